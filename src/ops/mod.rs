@@ -1,0 +1,49 @@
+//! The lazy algebra: operators built from other operators, never formed.
+//!
+//! Every type here implements faer's [`LinOp`] and [`BiLinOp`], so it can be
+//! applied with scratch from a [`MemStack`], combined further, handed to the
+//! parallel backends, or passed to faer's iterative solvers.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | [`compose`] | `A · B` |
+//! | [`sum`] | `A + B` |
+//! | [`scale`] | `α · A`, `-A` |
+//! | [`adjoint`] | `Aᴴ`, `Aᵀ`, `conj(A)` as views |
+//! | [`stack`] | horizontal, vertical and block-diagonal stacks |
+//! | [`kron`] | `A ⊗ B` |
+//! | [`basic`] | `eye`, `zeros`, `diag` |
+//! | [`closure`] | operators from user closures (matmat or matvec) |
+//! | [`dynop`] | [`DynOp`], a type-erased, cheaply cloneable handle |
+//!
+//! Combinators take their operands by value. To combine without moving, pass
+//! references: faer implements its traits for `&L`.
+
+pub mod adjoint;
+pub mod basic;
+pub mod closure;
+pub mod compose;
+pub mod dynop;
+pub mod kron;
+pub mod scale;
+pub mod stack;
+pub mod sum;
+
+mod mode;
+
+pub use adjoint::{Adjoint, Conjugate, Transpose};
+pub use basic::{Eye, Zeros, diag, eye, zeros};
+pub use closure::{ClosureOp, from_matmat, from_matvec};
+pub use compose::Compose;
+pub use dynop::DynOp;
+pub use kron::Kron;
+pub use scale::Scaled;
+pub use stack::{Blocks, block_diag, hstack, vstack};
+pub use sum::Sum;
+
+pub(crate) use mode::{Mode, ModeOp, apply_as, dims_as, impl_bilinop, scratch_as};
+
+#[allow(unused_imports)] // used by the module docs
+use crate::{BiLinOp, LinOp};
+#[allow(unused_imports)]
+use faer::dyn_stack::MemStack;

@@ -1,0 +1,210 @@
+//! One product, four faces: `L·X`, `conj(L)·X`, `Lᵀ·X`, `Lᴴ·X`.
+//!
+//! Every combinator writes its product once, for a [`Mode`], and
+//! [`impl_bilinop!`] turns that into faer's four trait methods, with the
+//! shape check in one place.
+
+use faer::dyn_stack::{MemStack, StackReq};
+use faer::traits::ComplexField;
+use faer::{MatMut, MatRef, Par};
+
+use crate::BiLinOp;
+
+/// Which of the four products of an operator is asked for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `L · X`
+    Apply,
+    /// `conj(L) · X`
+    Conj,
+    /// `Lᵀ · X`
+    Transpose,
+    /// `Lᴴ · X`
+    Adjoint,
+}
+
+impl Mode {
+    fn from_flags(transpose: bool, conj: bool) -> Self {
+        match (transpose, conj) {
+            (false, false) => Mode::Apply,
+            (false, true) => Mode::Conj,
+            (true, false) => Mode::Transpose,
+            (true, true) => Mode::Adjoint,
+        }
+    }
+
+    /// Whether the operator is used transposed (`Lᵀ` or `Lᴴ`).
+    pub(crate) fn is_transposed(self) -> bool {
+        matches!(self, Mode::Transpose | Mode::Adjoint)
+    }
+
+    /// Whether the operator's entries are conjugated (`conj(L)` or `Lᴴ`).
+    pub(crate) fn is_conj(self) -> bool {
+        matches!(self, Mode::Conj | Mode::Adjoint)
+    }
+
+    /// This mode applied to `Lᴴ` instead of `L`.
+    pub(crate) fn adjoint(self) -> Self {
+        Self::from_flags(!self.is_transposed(), !self.is_conj())
+    }
+
+    /// This mode applied to `Lᵀ` instead of `L`.
+    pub(crate) fn transpose(self) -> Self {
+        Self::from_flags(!self.is_transposed(), self.is_conj())
+    }
+
+    /// This mode applied to `conj(L)` instead of `L`.
+    pub(crate) fn conj(self) -> Self {
+        Self::from_flags(self.is_transposed(), !self.is_conj())
+    }
+
+    /// What the product is called in messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Apply => "apply",
+            Mode::Conj => "conj_apply",
+            Mode::Transpose => "transpose_apply",
+            Mode::Adjoint => "adjoint_apply",
+        }
+    }
+}
+
+/// `(nrows, ncols)` of `op` used in `mode`.
+pub(crate) fn dims_as<T: ComplexField, L: BiLinOp<T> + ?Sized>(op: &L, mode: Mode) -> (usize, usize) {
+    if mode.is_transposed() { (op.ncols(), op.nrows()) } else { (op.nrows(), op.ncols()) }
+}
+
+/// Scratch of `op`'s product in `mode` for `k` right-hand sides.
+pub(crate) fn scratch_as<T: ComplexField, L: BiLinOp<T> + ?Sized>(op: &L, mode: Mode, k: usize, par: Par) -> StackReq {
+    if mode.is_transposed() { op.transpose_apply_scratch(k, par) } else { op.apply_scratch(k, par) }
+}
+
+/// `out = op_mode · rhs`.
+#[track_caller]
+pub(crate) fn apply_as<T: ComplexField, L: BiLinOp<T> + ?Sized>(
+    op: &L,
+    mode: Mode,
+    out: MatMut<'_, T>,
+    rhs: MatRef<'_, T>,
+    par: Par,
+    stack: &mut MemStack,
+) {
+    match mode {
+        Mode::Apply => op.apply(out, rhs, par, stack),
+        Mode::Conj => op.conj_apply(out, rhs, par, stack),
+        Mode::Transpose => op.transpose_apply(out, rhs, par, stack),
+        Mode::Adjoint => op.adjoint_apply(out, rhs, par, stack),
+    }
+}
+
+/// A product written once for all four modes; [`impl_bilinop!`] makes it a
+/// faer [`BiLinOp`].
+pub(crate) trait ModeOp<T: ComplexField> {
+    /// Name used in panic messages.
+    const NAME: &'static str;
+    /// `(nrows, ncols)` of the operator itself (not transposed).
+    fn shape(&self) -> (usize, usize);
+    /// Scratch for [`ModeOp::run`] with `k` right-hand sides.
+    fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq;
+    /// `out = self_mode · rhs`; shapes are already checked.
+    fn run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack);
+}
+
+/// Panics, naming every shape, unless `out = op_mode · rhs` fits.
+#[track_caller]
+pub(crate) fn check_shapes(name: &str, shape: (usize, usize), mode: Mode, out: (usize, usize), rhs: (usize, usize)) {
+    let (m, n) = if mode.is_transposed() { (shape.1, shape.0) } else { shape };
+    if out.0 != m || rhs.0 != n || out.1 != rhs.1 {
+        panic!(
+            "lazylinop: shape mismatch in {name}::{}: the operator is {}×{}{}, so out must be {m}×k and rhs {n}×k, \
+             but out is {}×{} and rhs is {}×{}",
+            mode.name(),
+            shape.0,
+            shape.1,
+            if mode.is_transposed() { " (used transposed)" } else { "" },
+            out.0,
+            out.1,
+            rhs.0,
+            rhs.1,
+        );
+    }
+}
+
+/// Checks the shapes, then runs the product.
+#[track_caller]
+pub(crate) fn run_checked<T: ComplexField, O: ModeOp<T>>(
+    op: &O,
+    mode: Mode,
+    out: MatMut<'_, T>,
+    rhs: MatRef<'_, T>,
+    par: Par,
+    stack: &mut MemStack,
+) {
+    check_shapes(O::NAME, op.shape(), mode, (out.nrows(), out.ncols()), (rhs.nrows(), rhs.ncols()));
+    op.run(mode, out, rhs, par, stack)
+}
+
+/// Implements faer's `LinOp` and `BiLinOp` for a type that implements
+/// [`ModeOp`]: `impl_bilinop!([A, B] Compose<A, B> where A: BiLinOp<T>, B: BiLinOp<T>);`
+/// (`T` is the scalar type, bound by the macro).
+macro_rules! impl_bilinop {
+    ([$($g:tt)*] $ty:ty $(where $($w:tt)+)?) => {
+        impl<T: faer::traits::ComplexField, $($g)*> $crate::LinOp<T> for $ty $(where $($w)+)? {
+            fn apply_scratch(&self, rhs_ncols: usize, par: faer::Par) -> faer::dyn_stack::StackReq {
+                $crate::ops::ModeOp::<T>::scratch(self, $crate::ops::Mode::Apply, rhs_ncols, par)
+            }
+            fn nrows(&self) -> usize {
+                $crate::ops::ModeOp::<T>::shape(self).0
+            }
+            fn ncols(&self) -> usize {
+                $crate::ops::ModeOp::<T>::shape(self).1
+            }
+            #[track_caller]
+            fn apply(
+                &self,
+                out: faer::MatMut<'_, T>,
+                rhs: faer::MatRef<'_, T>,
+                par: faer::Par,
+                stack: &mut faer::dyn_stack::MemStack,
+            ) {
+                $crate::ops::mode::run_checked(self, $crate::ops::Mode::Apply, out, rhs, par, stack)
+            }
+            #[track_caller]
+            fn conj_apply(
+                &self,
+                out: faer::MatMut<'_, T>,
+                rhs: faer::MatRef<'_, T>,
+                par: faer::Par,
+                stack: &mut faer::dyn_stack::MemStack,
+            ) {
+                $crate::ops::mode::run_checked(self, $crate::ops::Mode::Conj, out, rhs, par, stack)
+            }
+        }
+        impl<T: faer::traits::ComplexField, $($g)*> $crate::BiLinOp<T> for $ty $(where $($w)+)? {
+            fn transpose_apply_scratch(&self, rhs_ncols: usize, par: faer::Par) -> faer::dyn_stack::StackReq {
+                $crate::ops::ModeOp::<T>::scratch(self, $crate::ops::Mode::Transpose, rhs_ncols, par)
+            }
+            #[track_caller]
+            fn transpose_apply(
+                &self,
+                out: faer::MatMut<'_, T>,
+                rhs: faer::MatRef<'_, T>,
+                par: faer::Par,
+                stack: &mut faer::dyn_stack::MemStack,
+            ) {
+                $crate::ops::mode::run_checked(self, $crate::ops::Mode::Transpose, out, rhs, par, stack)
+            }
+            #[track_caller]
+            fn adjoint_apply(
+                &self,
+                out: faer::MatMut<'_, T>,
+                rhs: faer::MatRef<'_, T>,
+                par: faer::Par,
+                stack: &mut faer::dyn_stack::MemStack,
+            ) {
+                $crate::ops::mode::run_checked(self, $crate::ops::Mode::Adjoint, out, rhs, par, stack)
+            }
+        }
+    };
+}
+pub(crate) use impl_bilinop;

@@ -1,0 +1,192 @@
+//! Horizontal stack `[A B C]`, vertical stack `[A; B; C]` and block-diagonal
+//! `diag(A, B, C)` of any number of operators.
+
+use faer::dyn_stack::{MemStack, StackReq};
+use faer::linalg::{temp_mat_scratch, temp_mat_uninit};
+use faer::mat::AsMatMut;
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::traits::ComplexField;
+use faer::{MatMut, MatRef, Par};
+
+use crate::BiLinOp;
+use crate::ops::sum::add_to;
+use crate::ops::{Mode, ModeOp, apply_as, dims_as, impl_bilinop, scratch_as};
+
+/// How the blocks of a [`Blocks`] operator are laid out.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[A B C]`: equal row counts, side by side.
+    Horizontal,
+    /// `[A; B; C]`: equal column counts, one above the other.
+    Vertical,
+    /// `diag(A, B, C)`: on the diagonal, zeros elsewhere.
+    Diagonal,
+}
+
+/// Operators stacked side by side, one above the other, or on a block
+/// diagonal. The blocks share one type `L`; to mix types, use
+/// [`DynOp`](crate::ops::DynOp) handles.
+///
+/// Products go block by block on views of the output and operand: a vertical
+/// or diagonal stack writes each block's rows in place; a horizontal stack
+/// adds each block's product to the output through one temporary in scratch.
+/// The transpose of a horizontal stack is a vertical stack and the reverse.
+///
+/// # Examples
+/// ```
+/// use lazylinop::prelude::*;
+/// use faer::{Mat, mat};
+///
+/// let a = mat![[1.0, 2.0]];
+/// let b = mat![[3.0, 4.0]];
+/// assert_eq!(vstack(vec![&a, &b]).to_dense(), mat![[1.0, 2.0], [3.0, 4.0]]);
+/// assert_eq!(hstack(vec![&a, &b]).to_dense(), mat![[1.0, 2.0, 3.0, 4.0]]);
+/// let d: Mat<f64> = block_diag(vec![&a, &b]).to_dense();
+/// assert_eq!(d, mat![[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 3.0, 4.0]]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Blocks<L> {
+    ops: Vec<L>,
+    layout: Layout,
+    nrows: usize,
+    ncols: usize,
+}
+
+/// `[A B C …]`: see [`Blocks`].
+///
+/// # Panics
+/// If `ops` is empty or the row counts differ; the message names the shapes.
+#[track_caller]
+pub fn hstack<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
+    Blocks::new(ops, Layout::Horizontal)
+}
+
+/// `[A; B; C; …]`: see [`Blocks`].
+///
+/// # Panics
+/// If `ops` is empty or the column counts differ; the message names the shapes.
+#[track_caller]
+pub fn vstack<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
+    Blocks::new(ops, Layout::Vertical)
+}
+
+/// `diag(A, B, C, …)`: see [`Blocks`].
+///
+/// # Panics
+/// If `ops` is empty.
+#[track_caller]
+pub fn block_diag<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
+    Blocks::new(ops, Layout::Diagonal)
+}
+
+impl<L> Blocks<L> {
+    /// Stacks `ops` in `layout`.
+    ///
+    /// # Panics
+    /// If `ops` is empty, or if the shapes do not fit the layout; the message
+    /// names every shape.
+    #[track_caller]
+    pub fn new<T: ComplexField>(ops: Vec<L>, layout: Layout) -> Self
+    where
+        L: BiLinOp<T>,
+    {
+        assert!(!ops.is_empty(), "lazylinop: cannot stack an empty list of operators ({layout:?})");
+        let shapes = || ops.iter().map(|op| format!("{}×{}", op.nrows(), op.ncols())).collect::<Vec<_>>().join(", ");
+        let rows = ops.iter().map(|op| op.nrows());
+        let cols = ops.iter().map(|op| op.ncols());
+        let (nrows, ncols) = match layout {
+            Layout::Horizontal => {
+                let m = ops[0].nrows();
+                assert!(
+                    rows.clone().all(|r| r == m),
+                    "lazylinop: hstack needs equal row counts, got shapes [{}]",
+                    shapes()
+                );
+                (m, cols.sum())
+            }
+            Layout::Vertical => {
+                let n = ops[0].ncols();
+                assert!(
+                    cols.clone().all(|c| c == n),
+                    "lazylinop: vstack needs equal column counts, got shapes [{}]",
+                    shapes()
+                );
+                (rows.sum(), n)
+            }
+            Layout::Diagonal => (rows.sum(), cols.sum()),
+        };
+        Self { ops, layout, nrows, ncols }
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[L] {
+        &self.ops
+    }
+
+    /// How the blocks are laid out.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The layout seen in `mode`: transposing swaps horizontal and vertical.
+    fn layout_as(&self, mode: Mode) -> Layout {
+        match (self.layout, mode.is_transposed()) {
+            (Layout::Horizontal, true) => Layout::Vertical,
+            (Layout::Vertical, true) => Layout::Horizontal,
+            (layout, _) => layout,
+        }
+    }
+}
+
+impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Blocks<L> {
+    const NAME: &'static str = "Blocks";
+
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
+    }
+
+    fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
+        let inner = self.ops.iter().fold(StackReq::EMPTY, |req, op| req.or(scratch_as(op, mode, k, par)));
+        match self.layout_as(mode) {
+            Layout::Horizontal => {
+                let m = dims_as(&self.ops[0], mode).0;
+                temp_mat_scratch::<T>(m, k).and(inner)
+            }
+            Layout::Vertical | Layout::Diagonal => inner,
+        }
+    }
+
+    fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
+        let layout = self.layout_as(mode);
+        if layout == Layout::Horizontal {
+            // out = Σ op_i · rhs[rows_i]: the first block writes `out`, the others add.
+            // SAFETY: every block writes all of `tmp` before it is read.
+            let (mut tmp, stack) = unsafe { temp_mat_uninit::<T, _, _>(out.nrows(), out.ncols(), stack) };
+            let mut tmp = tmp.as_mat_mut();
+            let mut row = 0;
+            for (i, op) in self.ops.iter().enumerate() {
+                let n = dims_as(op, mode).1;
+                let x = rhs.subrows(row, n);
+                row += n;
+                if i == 0 {
+                    apply_as(op, mode, out.rb_mut(), x, par, stack);
+                } else {
+                    apply_as(op, mode, tmp.rb_mut(), x, par, stack);
+                    add_to(out.rb_mut(), tmp.rb());
+                }
+            }
+            return;
+        }
+        // out[rows_i] = op_i · rhs (vertical) or op_i · rhs[cols_i] (diagonal).
+        let (mut out_row, mut rhs_row) = (0, 0);
+        for op in &self.ops {
+            let (m, n) = dims_as(op, mode);
+            let x = if layout == Layout::Diagonal { rhs.subrows(rhs_row, n) } else { rhs };
+            apply_as(op, mode, out.rb_mut().subrows_mut(out_row, m), x, par, stack);
+            out_row += m;
+            rhs_row += n;
+        }
+    }
+}
+
+impl_bilinop!([L: BiLinOp<T>] Blocks<L>);
