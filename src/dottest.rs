@@ -80,7 +80,7 @@ fn inner<T: ComplexField>(u: MatRef<'_, T>, v: MatRef<'_, T>) -> T {
     let mut acc = zero::<T>();
     for j in 0..u.ncols() {
         for i in 0..u.nrows() {
-            acc = acc + mul(&conj(&v[(i, j)]), &u[(i, j)]);
+            acc += mul(&conj(&v[(i, j)]), &u[(i, j)]);
         }
     }
     acc

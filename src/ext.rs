@@ -13,9 +13,12 @@ use crate::ops::{Adjoint, Compose, Conjugate, DynOp, Scaled, Sum, Transpose};
 /// for code that does not manage scratch. Implemented for every faer
 /// [`BiLinOp`].
 ///
-/// The builders take `self` by value; call them on a reference (`(&a).compose(&b)`)
-/// to keep the operands. faer's matrices have inherent `adjoint()` and
-/// `transpose()` views that win over these methods and mean the same.
+/// The views (`adjoint`, `transpose`, `conj`) borrow `self`; wrap an operator
+/// in [`Adjoint`], [`Transpose`] or [`Conjugate`] to move it in. The other
+/// builders take `self` by value: call them on a reference
+/// (`(&a).compose(&b)`) to keep the operands. faer's matrices have inherent
+/// `adjoint()`, `transpose()` and `to_dense()` methods that win over these
+/// and mean the same.
 ///
 /// # Examples
 /// ```
@@ -29,18 +32,18 @@ use crate::ops::{Adjoint, Compose, Conjugate, DynOp, Scaled, Sum, Transpose};
 /// assert_eq!(l.to_dense(), mat![[3.0, 5.5], [5.5, 13.0]]);
 /// ```
 pub trait LinOpExt<T: ComplexField>: BiLinOp<T> + Sized {
-    /// `Aᴴ`, a view: see [`Adjoint`].
-    fn adjoint(self) -> Adjoint<Self> {
+    /// `Aᴴ`, a view borrowing `self`: see [`Adjoint`] (`Adjoint(op)` owns `op`).
+    fn adjoint(&self) -> Adjoint<&Self> {
         Adjoint(self)
     }
 
-    /// `Aᵀ`, a view: see [`Transpose`].
-    fn transpose(self) -> Transpose<Self> {
+    /// `Aᵀ`, a view borrowing `self`: see [`Transpose`] (`Transpose(op)` owns `op`).
+    fn transpose(&self) -> Transpose<&Self> {
         Transpose(self)
     }
 
-    /// `conj(A)`, a view: see [`Conjugate`].
-    fn conj(self) -> Conjugate<Self> {
+    /// `conj(A)`, a view borrowing `self`: see [`Conjugate`] (`Conjugate(op)` owns `op`).
+    fn conj(&self) -> Conjugate<&Self> {
         Conjugate(self)
     }
 

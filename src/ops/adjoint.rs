@@ -51,7 +51,7 @@ view!(
     /// use faer::{c64, mat};
     ///
     /// let a = mat![[c64::new(1.0, 2.0), c64::new(0.0, 1.0)]];
-    /// assert_eq!(Adjoint(&a).to_dense(), a.adjoint());
+    /// assert_eq!(Adjoint(&a).to_dense(), a.adjoint().to_owned());
     /// ```
     Adjoint,
     adjoint,
@@ -83,7 +83,7 @@ view!(
     /// use faer::{c64, mat};
     ///
     /// let a = mat![[c64::new(1.0, 2.0)]];
-    /// assert_eq!(Conjugate(&a).to_dense(), a.conjugate());
+    /// assert_eq!(Conjugate(&a).to_dense(), a.conjugate().to_owned());
     /// ```
     Conjugate,
     conj,

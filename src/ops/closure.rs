@@ -14,6 +14,12 @@ use faer::{ColMut, ColRef, MatMut, MatRef, Par, unzip, zip};
 
 use crate::ops::{Mode, ModeOp, impl_bilinop};
 
+/// A matmat closure, `f(out, x)` writing a product into `out`: any
+/// `Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync`.
+pub trait MatMatFn<T>: Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync {}
+
+impl<T, F: Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync> MatMatFn<T> for F {}
+
 /// An operator defined by two closures: `matmat(out, X)` writes `L·X` into
 /// `out`, `rmatmat(out, Y)` writes `Lᴴ·Y` into `out`.
 ///
@@ -124,7 +130,7 @@ pub fn from_matvec<T, F, G>(
     ncols: usize,
     matvec: F,
     rmatvec: G,
-) -> ClosureOp<T, impl Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync, impl Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync>
+) -> ClosureOp<T, impl MatMatFn<T>, impl MatMatFn<T>>
 where
     T: ComplexField,
     F: Fn(ColMut<'_, T>, ColRef<'_, T>) + Sync,
@@ -133,9 +139,7 @@ where
     from_matmat(nrows, ncols, by_columns(matvec), by_columns(rmatvec))
 }
 
-fn by_columns<T: ComplexField>(
-    matvec: impl Fn(ColMut<'_, T>, ColRef<'_, T>) + Sync,
-) -> impl Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync {
+fn by_columns<T: ComplexField>(matvec: impl Fn(ColMut<'_, T>, ColRef<'_, T>) + Sync) -> impl MatMatFn<T> {
     move |mut out: MatMut<'_, T>, x: MatRef<'_, T>| {
         for j in 0..x.ncols() {
             matvec(out.rb_mut().col_mut(j), x.col(j));
@@ -143,12 +147,7 @@ fn by_columns<T: ComplexField>(
     }
 }
 
-impl<T, F, G> ModeOp<T> for ClosureOp<T, F, G>
-where
-    T: ComplexField,
-    F: Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync,
-    G: Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync,
-{
+impl<T: ComplexField, F: MatMatFn<T>, G: MatMatFn<T>> ModeOp<T> for ClosureOp<T, F, G> {
     const NAME: &'static str = "ClosureOp";
 
     fn shape(&self) -> (usize, usize) {
@@ -179,7 +178,4 @@ where
     }
 }
 
-impl_bilinop!(
-    [F: Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync, G: Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync]
-    ClosureOp<T, F, G>
-);
+impl_bilinop!([F: MatMatFn<T>, G: MatMatFn<T>] ClosureOp<T, F, G>);

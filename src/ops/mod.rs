@@ -33,7 +33,7 @@ mod mode;
 
 pub use adjoint::{Adjoint, Conjugate, Transpose};
 pub use basic::{Eye, Zeros, diag, eye, zeros};
-pub use closure::{ClosureOp, from_matmat, from_matvec};
+pub use closure::{ClosureOp, MatMatFn, from_matmat, from_matvec};
 pub use compose::Compose;
 pub use dynop::DynOp;
 pub use kron::Kron;

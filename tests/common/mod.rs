@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests: dense references and comparisons.
+#![allow(dead_code)]
+
+use faer::linalg::matmul::matmul;
+use faer::traits::ComplexField;
+use faer::traits::math_utils::{eps, from_f64, is_nan, max, one};
+use faer::{Accum, Mat, MatRef, Par};
+use lazylinop::prelude::*;
+
+/// The shapes every operator is checked on: empty, tiny and odd.
+pub const KS: [usize; 4] = [0, 1, 3, 7];
+
+/// Runs `f::<T>()` for f32, f64, c32 and c64.
+#[macro_export]
+macro_rules! for_all_types {
+    ($f:ident) => {{
+        $f::<f32>();
+        $f::<f64>();
+        $f::<faer::c32>();
+        $f::<faer::c64>();
+    }};
+}
+
+/// The four products, as in faer's traits.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Product {
+    Apply,
+    Conj,
+    Transpose,
+    Adjoint,
+}
+
+pub const PRODUCTS: [Product; 4] = [Product::Apply, Product::Conj, Product::Transpose, Product::Adjoint];
+
+/// `dense_p · x` computed by faer's matmul: the reference.
+pub fn reference<T: ComplexField>(dense: MatRef<'_, T>, p: Product, x: MatRef<'_, T>) -> Mat<T> {
+    let rows = if matches!(p, Product::Apply | Product::Conj) { dense.nrows() } else { dense.ncols() };
+    let mut out = Mat::zeros(rows, x.ncols());
+    match p {
+        Product::Apply => matmul(out.as_mut(), Accum::Replace, dense, x, one(), Par::Seq),
+        Product::Conj => matmul(out.as_mut(), Accum::Replace, dense.conjugate(), x, one(), Par::Seq),
+        Product::Transpose => matmul(out.as_mut(), Accum::Replace, dense.transpose(), x, one(), Par::Seq),
+        Product::Adjoint => matmul(out.as_mut(), Accum::Replace, dense.adjoint(), x, one(), Par::Seq),
+    }
+    out
+}
+
+/// `op_p · x` through the faer trait method, with exactly the scratch the
+/// operator asks for, into an output filled with NaN (so unwritten entries show).
+pub fn product<T: ComplexField, L: BiLinOp<T> + ?Sized>(op: &L, p: Product, x: MatRef<'_, T>, par: Par) -> Mat<T> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    let rows = if matches!(p, Product::Apply | Product::Conj) { op.nrows() } else { op.ncols() };
+    let k = x.ncols();
+    let req = match p {
+        Product::Apply | Product::Conj => op.apply_scratch(k, par),
+        _ => op.transpose_apply_scratch(k, par),
+    };
+    let mut buf = MemBuffer::new(req);
+    let stack = MemStack::new(&mut buf);
+    let mut out = Mat::from_fn(rows, k, |_, _| faer::traits::math_utils::nan::<T>());
+    match p {
+        Product::Apply => op.apply(out.as_mut(), x, par, stack),
+        Product::Conj => op.conj_apply(out.as_mut(), x, par, stack),
+        Product::Transpose => op.transpose_apply(out.as_mut(), x, par, stack),
+        Product::Adjoint => op.adjoint_apply(out.as_mut(), x, par, stack),
+    }
+    out
+}
+
+/// Asserts `got` equals `want` within a tolerance relative to the scalar's ε.
+#[track_caller]
+pub fn assert_close<T: ComplexField>(got: MatRef<'_, T>, want: MatRef<'_, T>, what: &str) {
+    assert_eq!(
+        (got.nrows(), got.ncols()),
+        (want.nrows(), want.ncols()),
+        "{what} [{}]: shapes differ",
+        std::any::type_name::<T>()
+    );
+    if got.nrows() == 0 || got.ncols() == 0 {
+        return;
+    }
+    // faer's norm_max skips NaN: look for unwritten (NaN) entries first.
+    let unwritten =
+        (0..got.ncols()).flat_map(|j| (0..got.nrows()).map(move |i| (i, j))).find(|&(i, j)| is_nan(&got[(i, j)]));
+    assert!(unwritten.is_none(), "{what} [{}]: entry {unwritten:?} is NaN (not written?)", std::any::type_name::<T>());
+    let err = (got - want).norm_max();
+    let scale = max(&want.norm_max(), &one::<T::Real>());
+    let tol = from_f64::<T::Real>(1e3) * eps::<T::Real>() * scale;
+    assert!(err <= tol, "{what} [{}]: max difference {err:?} > tolerance {tol:?}", std::any::type_name::<T>());
+}
+
+/// Checks all four products of `op` against `dense` for several operand
+/// widths (including 0), its shape, and the dot test.
+#[track_caller]
+pub fn check_op<T: ComplexField, L: BiLinOp<T>>(op: &L, dense: MatRef<'_, T>, what: &str) {
+    assert_eq!((op.nrows(), op.ncols()), (dense.nrows(), dense.ncols()), "{what}: shape");
+    for (seed, k) in KS.into_iter().enumerate() {
+        for p in PRODUCTS {
+            let n = if matches!(p, Product::Apply | Product::Conj) { op.ncols() } else { op.nrows() };
+            let x = lazylinop::random::mat::<T>(n, k, seed as u64);
+            let got = product(op, p, x.as_ref(), Par::Seq);
+            let want = reference(dense, p, x.as_ref());
+            assert_close(got.as_ref(), want.as_ref(), &format!("{what}, {p:?}, k = {k}"));
+        }
+    }
+    if let Err(report) = lazylinop::dottest(op, 3) {
+        panic!("{what} [{}]: {report}", std::any::type_name::<T>());
+    }
+}
