@@ -75,6 +75,11 @@ pub mod ops;
 pub mod random;
 
 pub use dottest::{DotTest, dottest};
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use ext::LinOpExt;
 
 /// Everything needed to build and apply operators: `use lazylinop::prelude::*;`.
