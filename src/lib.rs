@@ -72,6 +72,7 @@ pub use faer::matrix_free::{BiLinOp, LinOp};
 pub mod dottest;
 mod ext;
 pub mod ops;
+pub mod parallel;
 pub mod random;
 
 pub use dottest::{DotTest, dottest};

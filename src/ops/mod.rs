@@ -29,7 +29,7 @@ pub mod scale;
 pub mod stack;
 pub mod sum;
 
-mod mode;
+pub(crate) mod mode;
 
 pub use adjoint::{Adjoint, Conjugate, Transpose};
 pub use basic::{Eye, Zeros, diag, eye, zeros};

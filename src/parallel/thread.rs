@@ -1,0 +1,145 @@
+//! The thread backend: a rayon pool created with the operator; the output
+//! is split in place into column blocks, one per worker, with no copy of the
+//! operand or of the output.
+//!
+//! The blocks are handed out by recursive halving with `rayon::join` inside
+//! the pool, and each block gets its own piece of the caller's scratch, so a
+//! product allocates nothing on the heap. A panic in a block reaches the
+//! caller (rayon waits for the other blocks, then resumes the panic) and the
+//! pool stays usable.
+
+use faer::dyn_stack::{MemStack, StackReq};
+use faer::reborrow::ReborrowMut;
+use faer::traits::ComplexField;
+use faer::{MatMut, MatRef, Par};
+
+use super::{Error, split};
+use crate::BiLinOp;
+use crate::ops::{Mode, apply_as, scratch_as};
+
+/// A rayon pool of `nworkers` threads, owned by one operator.
+#[derive(Debug)]
+pub(crate) struct Threads {
+    pool: rayon::ThreadPool,
+}
+
+impl Threads {
+    pub(crate) fn new(nworkers: usize) -> Result<Self, Error> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(nworkers)
+            .thread_name(|i| format!("lazylinop-{i}"))
+            .build()
+            .map_err(Error::ThreadPool)?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) fn nworkers(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// `out = op_mode · rhs` over `nblocks` column blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run<T: ComplexField, L: BiLinOp<T>>(
+        &self,
+        op: &L,
+        mode: Mode,
+        out: MatMut<'_, T>,
+        rhs: MatRef<'_, T>,
+        nblocks: usize,
+        use_matvec: bool,
+        stack: &mut MemStack,
+    ) {
+        let k = rhs.ncols();
+        let unit = block_scratch(op, mode, k, nblocks, use_matvec);
+        let job = Blocks { op, mode, k, nblocks, use_matvec, unit };
+        if nblocks <= 1 {
+            job.run(0..nblocks, out, rhs, stack);
+        } else {
+            self.pool.install(|| job.run(0..nblocks, out, rhs, stack));
+        }
+    }
+}
+
+/// Scratch for one product over `nblocks` blocks: one piece per block.
+pub(crate) fn scratch<T: ComplexField, L: BiLinOp<T>>(
+    op: &L,
+    mode: Mode,
+    k: usize,
+    nblocks: usize,
+    use_matvec: bool,
+) -> StackReq {
+    tree_scratch(nblocks, block_scratch(op, mode, k, nblocks, use_matvec))
+}
+
+/// Scratch of the widest block's product.
+fn block_scratch<T: ComplexField, L: BiLinOp<T>>(
+    op: &L,
+    mode: Mode,
+    k: usize,
+    nblocks: usize,
+    use_matvec: bool,
+) -> StackReq {
+    let width = if use_matvec { k.min(1) } else { split::widest(k, nblocks.max(1)) };
+    scratch_as(op, mode, width, Par::Seq)
+}
+
+/// Scratch of `n` blocks cut the way [`Blocks::run`] cuts them: the left
+/// half's piece, then the right half's.
+fn tree_scratch(n: usize, unit: StackReq) -> StackReq {
+    if n <= 1 {
+        return unit;
+    }
+    let left = n / 2;
+    tree_scratch(left, unit).and(tree_scratch(n - left, unit))
+}
+
+/// One product, split into `nblocks` column blocks.
+struct Blocks<'a, L> {
+    op: &'a L,
+    mode: Mode,
+    k: usize,
+    nblocks: usize,
+    use_matvec: bool,
+    unit: StackReq,
+}
+
+impl<L> Blocks<'_, L> {
+    /// Computes the blocks `range` (whose columns `out` and `rhs` hold),
+    /// halving the range across `rayon::join` until one block is left.
+    fn run<T: ComplexField>(
+        &self,
+        range: core::ops::Range<usize>,
+        out: MatMut<'_, T>,
+        rhs: MatRef<'_, T>,
+        stack: &mut MemStack,
+    ) where
+        L: BiLinOp<T>,
+    {
+        if range.len() <= 1 {
+            return self.one_block(out, rhs, stack);
+        }
+        let mid = range.start + range.len() / 2;
+        let col = split::block(self.k, self.nblocks, mid).start - split::block(self.k, self.nblocks, range.start).start;
+        let (out_l, out_r) = out.split_at_col_mut(col);
+        let (rhs_l, rhs_r) = rhs.split_at_col(col);
+        let left = tree_scratch(mid - range.start, self.unit);
+        let (buf, stack_r) = stack.make_aligned_uninit::<u8>(left.size_bytes(), left.align_bytes());
+        let stack_l = MemStack::new(buf);
+        rayon::join(
+            || self.run(range.start..mid, out_l, rhs_l, stack_l),
+            || self.run(mid..range.end, out_r, rhs_r, stack_r),
+        );
+    }
+
+    fn one_block<T: ComplexField>(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack)
+    where
+        L: BiLinOp<T>,
+    {
+        if !self.use_matvec {
+            return apply_as(self.op, self.mode, out, rhs, Par::Seq, stack);
+        }
+        for j in 0..rhs.ncols() {
+            apply_as(self.op, self.mode, out.rb_mut().subcols_mut(j, 1), rhs.subcols(j, 1), Par::Seq, stack);
+        }
+    }
+}
