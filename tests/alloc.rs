@@ -113,3 +113,39 @@ fn composite_products_do_not_allocate() {
     let want = l.to_dense().transpose() * &y;
     assert!((&out_t - &want).norm_max() < 1e-10 * want.norm_max());
 }
+
+#[test]
+fn thread_backend_products_do_not_allocate_per_product() {
+    let _serial = SERIAL.lock().unwrap();
+    let n = 40;
+    let a = random::mat::<f64>(n, n, 1);
+    let b = random::mat::<f64>(n, n, 2);
+    let k = 7;
+    let x = random::mat::<f64>(n, k, 3);
+    let y = random::mat::<f64>(3 * n, k, 4);
+    for use_matvec in [false, true] {
+        let l =
+            lazylinop::parallel::pmatmat(composite(&a, &b), lazylinop::parallel::Method::Thread, Some(3), use_matvec)
+                .unwrap()
+                .with_min_parallel_work(0);
+        let mut out = Mat::zeros(3 * n, k);
+        let mut out_t = Mat::zeros(n, k);
+        let mut buf = MemBuffer::new(l.apply_scratch(k, Par::Seq).or(l.transpose_apply_scratch(k, Par::Seq)));
+        // Warm up: faer's kernels, and the pool's threads reaching their first job.
+        for _ in 0..3 {
+            l.apply(out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
+        }
+        let rounds = 200;
+        let count = allocations(|| {
+            for _ in 0..rounds {
+                l.apply(out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
+                l.adjoint_apply(out_t.as_mut(), y.as_ref(), Par::Seq, MemStack::new(&mut buf));
+            }
+        });
+        // Nothing per product: the only allocations are rayon's job queue
+        // (crossbeam's Injector) taking one new block of 63 slots every 63
+        // products that enter the pool from outside it.
+        let products = 2 * rounds;
+        assert!(count <= products / 63 + 1, "use_matvec {use_matvec}: {count} allocations in {products} products");
+    }
+}

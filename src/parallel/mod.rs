@@ -134,7 +134,7 @@ impl<T, L: fmt::Debug> fmt::Debug for Pmatmat<T, L> {
 
 /// Below this many `nrows · ncols · k`, a product runs on the calling
 /// thread (measured in `benches/pmatmat.rs`, see README).
-pub const DEFAULT_MIN_PARALLEL_WORK: usize = 1 << 19;
+pub const DEFAULT_MIN_PARALLEL_WORK: usize = 1 << 20;
 
 /// `op` with a parallel product, as Python lazylinop's
 /// `pmatmat(L, method, nworkers, use_matvec)`.
