@@ -4,32 +4,16 @@
 
 mod common;
 
-use common::{PRODUCTS, Product, assert_close, product, reference};
+use common::{assert_close, check_parallel};
 use faer::traits::ComplexField;
 use faer::traits::math_utils::{from_f64, one};
 use faer::{Mat, MatMut, MatRef, Par};
-use lazylinop::parallel::{Error, Method, Pmatmat, pmatmat, pmatmat_multithread};
+use lazylinop::parallel::{Error, Method, pmatmat, pmatmat_multithread};
 use lazylinop::prelude::*;
 use lazylinop::random;
 
 const SHAPES: [(usize, usize); 5] = [(0, 3), (3, 0), (1, 1), (7, 5), (33, 17)];
-const WIDTHS: [usize; 6] = [0, 1, 2, 3, 5, 16];
 const WORKERS: [usize; 4] = [1, 2, 3, 7];
-
-/// Every product of `l` (always split: no sequential fallback) against `dense`.
-fn check_parallel<T: ComplexField, L: BiLinOp<T>>(l: Pmatmat<T, L>, dense: MatRef<'_, T>, what: &str) {
-    let l = l.with_min_parallel_work(0);
-    for (seed, k) in WIDTHS.into_iter().enumerate() {
-        for p in PRODUCTS {
-            let n = if matches!(p, Product::Apply | Product::Conj) { dense.ncols() } else { dense.nrows() };
-            let x = random::mat::<T>(n, k, seed as u64);
-            let got = product(&l, p, x.as_ref(), Par::Seq);
-            let want = reference(dense, p, x.as_ref());
-            let label = format!("{what}, {} workers, use_matvec {}, {p:?}, k = {k}", l.nworkers(), l.use_matvec());
-            assert_close(got.as_ref(), want.as_ref(), &label);
-        }
-    }
-}
 
 fn sparse<T: ComplexField>(m: usize, n: usize) -> (faer::sparse::SparseColMat<usize, T>, Mat<T>) {
     let dense = Mat::from_fn(m, n, |i, j| {
@@ -43,7 +27,7 @@ fn sparse<T: ComplexField>(m: usize, n: usize) -> (faer::sparse::SparseColMat<us
     (faer::sparse::SparseColMat::try_new_from_triplets(m, n, &triplets).unwrap(), dense)
 }
 
-fn all_kinds<T: ComplexField>() {
+fn all_kinds<T: lazylinop::parallel::Scalar>() {
     for (s, (m, n)) in SHAPES.into_iter().enumerate() {
         let a = random::mat::<T>(m, n, 100 + s as u64);
         let b = random::mat::<T>(n, n, 200 + s as u64);
@@ -216,10 +200,8 @@ fn small_products_run_on_the_calling_thread() {
 }
 
 #[test]
-fn process_and_mpi_report_unavailable_until_they_land() {
+fn mpi_reports_unavailable_until_it_lands() {
     let a = Mat::<f64>::identity(3, 3);
-    for method in [Method::Process { procs_created_once: true }, Method::Mpi] {
-        let err = pmatmat(&a, method, Some(2), false).unwrap_err();
-        assert!(matches!(err, Error::Unavailable(m, _) if m == method), "{err}");
-    }
+    let err = pmatmat(&a, Method::Mpi, Some(2), false).unwrap_err();
+    assert!(matches!(err, Error::Unavailable(Method::Mpi, _)), "{err}");
 }

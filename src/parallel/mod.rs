@@ -12,9 +12,11 @@
 //! | method | workers | file |
 //! |---|---|---|
 //! | [`Method::Thread`] | a rayon pool owned by the operator | [`thread`] |
-//! | [`Method::Process`] | forked processes (not yet available) | |
+//! | [`Method::Process`] | forked processes, per product or a pool created once | [`process`] |
 //! | [`Method::Mpi`] | MPI ranks (not yet available) | |
 
+#[cfg(unix)]
+pub mod process;
 pub mod split;
 pub mod thread;
 
@@ -23,11 +25,18 @@ use core::marker::PhantomData;
 use core::str::FromStr;
 
 use faer::dyn_stack::{MemStack, StackReq};
+use faer::reborrow::ReborrowMut;
 use faer::traits::ComplexField;
 use faer::{MatMut, MatRef, Par};
 
 use crate::BiLinOp;
-use crate::ops::{Mode, ModeOp, impl_bilinop};
+use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop, scratch_as};
+
+/// The scalar types the parallel backends move between workers: faer's
+/// `f32`, `f64`, `c32`, `c64` (plain data that can live in shared memory).
+pub trait Scalar: ComplexField + bytemuck::Pod {}
+
+impl<T: ComplexField + bytemuck::Pod> Scalar for T {}
 
 /// Where the blocks of a parallel product run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -73,6 +82,35 @@ pub enum Error {
     Unavailable(Method, &'static str),
     /// The thread pool could not be started.
     ThreadPool(rayon::ThreadPoolBuildError),
+    /// A system call failed: fork, memfd, mmap, socket.
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A worker process panicked during a product.
+    WorkerPanicked {
+        /// The worker's index.
+        worker: usize,
+        /// Its process id.
+        pid: i32,
+        /// The panic message.
+        message: String,
+    },
+    /// A worker process died during a product (killed by a signal, aborted,
+    /// or exited) without giving its result.
+    WorkerDied {
+        /// The worker's index.
+        worker: usize,
+        /// Its process id.
+        pid: i32,
+        /// How it ended, e.g. "was killed by signal SIGKILL".
+        how: String,
+    },
+    /// A pool of processes lost a worker earlier; rebuild it with
+    /// [`Pmatmat::rebuild_pool`].
+    PoolBroken(String),
 }
 
 impl fmt::Display for Error {
@@ -84,6 +122,16 @@ impl fmt::Display for Error {
             Error::ZeroWorkers => write!(f, "nworkers must be at least 1, got 0"),
             Error::Unavailable(method, why) => write!(f, "parallel method {method:?} is not available: {why}"),
             Error::ThreadPool(e) => write!(f, "could not start the thread pool: {e}"),
+            Error::Os { what, source } => write!(f, "{what} failed: {source}"),
+            Error::WorkerPanicked { worker, pid, message } => {
+                write!(f, "process worker {worker} (pid {pid}) panicked during a product: {message}")
+            }
+            Error::WorkerDied { worker, pid, how } => {
+                write!(f, "process worker {worker} (pid {pid}) {how} during a product")
+            }
+            Error::PoolBroken(why) => {
+                write!(f, "the process pool is broken ({why}); rebuild it with Pmatmat::rebuild_pool")
+            }
         }
     }
 }
@@ -92,6 +140,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::ThreadPool(e) => Some(e),
+            Error::Os { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -101,6 +150,8 @@ impl std::error::Error for Error {
 #[derive(Debug)]
 enum Backend {
     Thread(thread::Threads),
+    #[cfg(unix)]
+    Process(process::Processes),
 }
 
 /// An operator whose products run in parallel over blocks of columns: see
@@ -165,7 +216,7 @@ pub const DEFAULT_MIN_PARALLEL_WORK: usize = 1 << 20;
 /// assert!((l.matmat(&x) - &a * &x).norm_max() < 1e-12);
 /// assert!((l.rmatmat(&a) - a.adjoint() * &a).norm_max() < 1e-10);
 /// ```
-pub fn pmatmat<T: ComplexField, L: BiLinOp<T>>(
+pub fn pmatmat<T: Scalar, L: BiLinOp<T>>(
     op: L,
     method: Method,
     nworkers: Option<usize>,
@@ -174,9 +225,12 @@ pub fn pmatmat<T: ComplexField, L: BiLinOp<T>>(
     let nworkers = resolve_nworkers(nworkers)?;
     let backend = match method {
         Method::Thread => Backend::Thread(thread::Threads::new(nworkers)?),
-        Method::Process { .. } => {
-            return Err(Error::Unavailable(method, "the process backend is not implemented yet"));
+        #[cfg(unix)]
+        Method::Process { procs_created_once } => {
+            Backend::Process(process::Processes::new(&op, nworkers, procs_created_once)?)
         }
+        #[cfg(not(unix))]
+        Method::Process { .. } => return Err(Error::Unavailable(method, "forked processes need a unix system")),
         Method::Mpi => return Err(Error::Unavailable(method, "the MPI backend is not implemented yet")),
     };
     Ok(Pmatmat { op, method, use_matvec, min_parallel_work: DEFAULT_MIN_PARALLEL_WORK, backend, _scalar: PhantomData })
@@ -187,12 +241,27 @@ pub fn pmatmat<T: ComplexField, L: BiLinOp<T>>(
 ///
 /// # Errors
 /// As [`pmatmat`].
-pub fn pmatmat_multithread<T: ComplexField, L: BiLinOp<T>>(
+pub fn pmatmat_multithread<T: Scalar, L: BiLinOp<T>>(
     op: L,
     nworkers: Option<usize>,
     use_matvec: bool,
 ) -> Result<Pmatmat<T, L>, Error> {
     pmatmat(op, Method::Thread, nworkers, use_matvec)
+}
+
+/// `pmatmat(op, Method::Process { procs_created_once }, nworkers, use_matvec)`,
+/// as Python lazylinop's `pmatmat_multiprocess`: see [`process`].
+///
+/// # Errors
+/// As [`pmatmat`]; with `procs_created_once`, [`Error::Os`] if the workers
+/// cannot be forked.
+pub fn pmatmat_multiprocess<T: Scalar, L: BiLinOp<T>>(
+    op: L,
+    nworkers: Option<usize>,
+    use_matvec: bool,
+    procs_created_once: bool,
+) -> Result<Pmatmat<T, L>, Error> {
+    pmatmat(op, Method::Process { procs_created_once }, nworkers, use_matvec)
 }
 
 fn resolve_nworkers(nworkers: Option<usize>) -> Result<usize, Error> {
@@ -218,6 +287,8 @@ impl<T, L> Pmatmat<T, L> {
     pub fn nworkers(&self) -> usize {
         match &self.backend {
             Backend::Thread(t) => t.nworkers(),
+            #[cfg(unix)]
+            Backend::Process(p) => p.nworkers(),
         }
     }
 
@@ -239,6 +310,16 @@ impl<T, L> Pmatmat<T, L> {
         self
     }
 
+    /// The process ids of a pool's workers (`procs_created_once`); empty for
+    /// other methods.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        match &self.backend {
+            #[cfg(unix)]
+            Backend::Process(p) => p.worker_pids(),
+            _ => Vec::new(),
+        }
+    }
+
     /// How many blocks a product with `k` columns is split into.
     fn nblocks(&self, m: usize, n: usize, k: usize) -> usize {
         let work = m.saturating_mul(n).saturating_mul(k);
@@ -246,7 +327,74 @@ impl<T, L> Pmatmat<T, L> {
     }
 }
 
-impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Pmatmat<T, L> {
+impl<T: Scalar, L: BiLinOp<T>> Pmatmat<T, L> {
+    /// `self · rhs` in a new matrix, with errors from workers returned
+    /// instead of panicking (the faer trait methods panic with the same
+    /// message).
+    ///
+    /// # Errors
+    /// For the process backend: a worker that panicked or died, a broken
+    /// pool, a failed fork or map.
+    ///
+    /// # Panics
+    /// If `rhs.nrows() != self.ncols()`.
+    #[track_caller]
+    pub fn try_matmat(&self, rhs: MatRef<'_, T>) -> Result<faer::Mat<T>, Error> {
+        self.try_product(Mode::Apply, rhs)
+    }
+
+    /// `selfᴴ · rhs` in a new matrix, with errors returned: see
+    /// [`Pmatmat::try_matmat`].
+    ///
+    /// # Errors
+    /// As [`Pmatmat::try_matmat`].
+    ///
+    /// # Panics
+    /// If `rhs.nrows() != self.nrows()`.
+    #[track_caller]
+    pub fn try_rmatmat(&self, rhs: MatRef<'_, T>) -> Result<faer::Mat<T>, Error> {
+        self.try_product(Mode::Adjoint, rhs)
+    }
+
+    #[track_caller]
+    fn try_product(&self, mode: Mode, rhs: MatRef<'_, T>) -> Result<faer::Mat<T>, Error> {
+        let (m, n) = crate::ops::dims_as(&self.op, mode);
+        crate::ops::mode::check_shapes("Pmatmat", self.shape(), mode, (m, rhs.ncols()), (rhs.nrows(), rhs.ncols()));
+        let _ = n;
+        let mut out = faer::Mat::zeros(m, rhs.ncols());
+        let mut buf = faer::dyn_stack::MemBuffer::new(self.scratch(mode, rhs.ncols(), Par::Seq));
+        self.try_run(mode, out.as_mut(), rhs, MemStack::new(&mut buf))?;
+        Ok(out)
+    }
+
+    fn try_run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack) -> Result<(), Error> {
+        let nblocks = self.nblocks(self.op.nrows(), self.op.ncols(), rhs.ncols());
+        match &self.backend {
+            Backend::Thread(t) => {
+                t.run(&self.op, mode, out, rhs, nblocks, self.use_matvec, stack);
+                Ok(())
+            }
+            #[cfg(unix)]
+            Backend::Process(p) => p.run(&self.op, mode, out, rhs, nblocks, self.use_matvec, stack),
+        }
+    }
+
+    /// Replaces the workers of a process pool (`procs_created_once`) with new
+    /// ones forked from this process: after a worker died, or to give the
+    /// workers a fresh snapshot. Does nothing for other methods.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the new workers cannot be forked.
+    pub fn rebuild_pool(&mut self) -> Result<(), Error> {
+        match &mut self.backend {
+            #[cfg(unix)]
+            Backend::Process(p) => p.rebuild(&self.op),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<T: Scalar, L: BiLinOp<T>> ModeOp<T> for Pmatmat<T, L> {
     const NAME: &'static str = "Pmatmat";
 
     fn shape(&self) -> (usize, usize) {
@@ -255,17 +403,59 @@ impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Pmatmat<T, L> {
 
     fn scratch(&self, mode: Mode, k: usize, _: Par) -> StackReq {
         let nblocks = self.nblocks(self.op.nrows(), self.op.ncols(), k);
+        let unit = block_scratch(&self.op, mode, k, nblocks, self.use_matvec);
         match &self.backend {
-            Backend::Thread(_) => thread::scratch(&self.op, mode, k, nblocks, self.use_matvec),
+            Backend::Thread(_) => thread::scratch(nblocks, unit),
+            // Each process has its own copy of the caller's scratch.
+            #[cfg(unix)]
+            Backend::Process(_) => unit,
         }
     }
 
+    #[track_caller]
     fn run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, stack: &mut MemStack) {
-        let nblocks = self.nblocks(self.op.nrows(), self.op.ncols(), rhs.ncols());
-        match &self.backend {
-            Backend::Thread(t) => t.run(&self.op, mode, out, rhs, nblocks, self.use_matvec, stack),
+        if let Err(e) = self.try_run(mode, out, rhs, stack) {
+            panic!("lazylinop: {e}");
         }
     }
 }
 
-impl_bilinop!([L: BiLinOp<T>] Pmatmat<T, L>);
+impl_bilinop!([L: BiLinOp<T>] Pmatmat<T, L> where T: Scalar);
+
+/// Scratch of the widest block's product.
+fn block_scratch<T: ComplexField, L: BiLinOp<T>>(
+    op: &L,
+    mode: Mode,
+    k: usize,
+    nblocks: usize,
+    use_matvec: bool,
+) -> StackReq {
+    let width = if use_matvec { k.min(1) } else { split::widest(k, nblocks.max(1)) };
+    scratch_as(op, mode, width, Par::Seq)
+}
+
+/// Whether this process is a forked worker of the process backend (no
+/// threads but the one that forked; rayon must not be entered).
+pub(crate) fn in_forked_worker() -> bool {
+    #[cfg(unix)]
+    return process::in_forked_worker();
+    #[cfg(not(unix))]
+    return false;
+}
+
+/// One worker's block: `out = op_mode · rhs`, at once or column by column.
+pub(crate) fn block_product<T: ComplexField, L: BiLinOp<T>>(
+    op: &L,
+    mode: Mode,
+    mut out: MatMut<'_, T>,
+    rhs: MatRef<'_, T>,
+    use_matvec: bool,
+    stack: &mut MemStack,
+) {
+    if !use_matvec {
+        return apply_as(op, mode, out, rhs, Par::Seq, stack);
+    }
+    for j in 0..rhs.ncols() {
+        apply_as(op, mode, out.rb_mut().subcols_mut(j, 1), rhs.subcols(j, 1), Par::Seq, stack);
+    }
+}

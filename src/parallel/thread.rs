@@ -9,13 +9,12 @@
 //! pool stays usable.
 
 use faer::dyn_stack::{MemStack, StackReq};
-use faer::reborrow::ReborrowMut;
 use faer::traits::ComplexField;
-use faer::{MatMut, MatRef, Par};
+use faer::{MatMut, MatRef};
 
 use super::{Error, split};
 use crate::BiLinOp;
-use crate::ops::{Mode, apply_as, scratch_as};
+use crate::ops::Mode;
 
 /// A rayon pool of `nworkers` threads, owned by one operator.
 #[derive(Debug)]
@@ -50,37 +49,22 @@ impl Threads {
         stack: &mut MemStack,
     ) {
         let k = rhs.ncols();
-        let unit = block_scratch(op, mode, k, nblocks, use_matvec);
-        let job = Blocks { op, mode, k, nblocks, use_matvec, unit };
-        if nblocks <= 1 {
-            job.run(0..nblocks, out, rhs, stack);
-        } else {
+        let unit = super::block_scratch(op, mode, k, nblocks, use_matvec);
+        // In a forked worker process there are no pool threads to hand work
+        // to: the blocks run one after the other there.
+        let parallel = nblocks > 1 && !super::in_forked_worker();
+        let job = Blocks { op, mode, k, nblocks, use_matvec, unit, parallel };
+        if parallel {
             self.pool.install(|| job.run(0..nblocks, out, rhs, stack));
+        } else {
+            job.run(0..nblocks, out, rhs, stack);
         }
     }
 }
 
-/// Scratch for one product over `nblocks` blocks: one piece per block.
-pub(crate) fn scratch<T: ComplexField, L: BiLinOp<T>>(
-    op: &L,
-    mode: Mode,
-    k: usize,
-    nblocks: usize,
-    use_matvec: bool,
-) -> StackReq {
-    tree_scratch(nblocks, block_scratch(op, mode, k, nblocks, use_matvec))
-}
-
-/// Scratch of the widest block's product.
-fn block_scratch<T: ComplexField, L: BiLinOp<T>>(
-    op: &L,
-    mode: Mode,
-    k: usize,
-    nblocks: usize,
-    use_matvec: bool,
-) -> StackReq {
-    let width = if use_matvec { k.min(1) } else { split::widest(k, nblocks.max(1)) };
-    scratch_as(op, mode, width, Par::Seq)
+/// Scratch for one product over `nblocks` blocks, each needing `unit`.
+pub(crate) fn scratch(nblocks: usize, unit: StackReq) -> StackReq {
+    tree_scratch(nblocks, unit)
 }
 
 /// Scratch of `n` blocks cut the way [`Blocks::run`] cuts them: the left
@@ -101,11 +85,13 @@ struct Blocks<'a, L> {
     nblocks: usize,
     use_matvec: bool,
     unit: StackReq,
+    parallel: bool,
 }
 
 impl<L> Blocks<'_, L> {
     /// Computes the blocks `range` (whose columns `out` and `rhs` hold),
-    /// halving the range across `rayon::join` until one block is left.
+    /// halving the range across `rayon::join` (or in turn, when not
+    /// parallel) until one block is left.
     fn run<T: ComplexField>(
         &self,
         range: core::ops::Range<usize>,
@@ -122,24 +108,23 @@ impl<L> Blocks<'_, L> {
         let col = split::block(self.k, self.nblocks, mid).start - split::block(self.k, self.nblocks, range.start).start;
         let (out_l, out_r) = out.split_at_col_mut(col);
         let (rhs_l, rhs_r) = rhs.split_at_col(col);
-        let left = tree_scratch(mid - range.start, self.unit);
-        let (buf, stack_r) = stack.make_aligned_uninit::<u8>(left.size_bytes(), left.align_bytes());
+        let req = tree_scratch(mid - range.start, self.unit);
+        let (buf, stack_r) = stack.make_aligned_uninit::<u8>(req.size_bytes(), req.align_bytes());
         let stack_l = MemStack::new(buf);
-        rayon::join(
-            || self.run(range.start..mid, out_l, rhs_l, stack_l),
-            || self.run(mid..range.end, out_r, rhs_r, stack_r),
-        );
+        let left = || self.run(range.start..mid, out_l, rhs_l, stack_l);
+        let right = || self.run(mid..range.end, out_r, rhs_r, stack_r);
+        if self.parallel {
+            rayon::join(left, right);
+        } else {
+            left();
+            right();
+        }
     }
 
-    fn one_block<T: ComplexField>(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack)
+    fn one_block<T: ComplexField>(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack)
     where
         L: BiLinOp<T>,
     {
-        if !self.use_matvec {
-            return apply_as(self.op, self.mode, out, rhs, Par::Seq, stack);
-        }
-        for j in 0..rhs.ncols() {
-            apply_as(self.op, self.mode, out.rb_mut().subcols_mut(j, 1), rhs.subcols(j, 1), Par::Seq, stack);
-        }
+        super::block_product(self.op, self.mode, out, rhs, self.use_matvec, stack)
     }
 }

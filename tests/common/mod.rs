@@ -107,3 +107,33 @@ pub fn check_op<T: ComplexField, L: BiLinOp<T>>(op: &L, dense: MatRef<'_, T>, wh
         panic!("{what} [{}]: {report}", std::any::type_name::<T>());
     }
 }
+
+/// Widths of the operand for parallel products: none, fewer than the
+/// workers, uneven splits.
+pub const WIDTHS: [usize; 6] = [0, 1, 2, 3, 5, 16];
+
+/// Every product of the parallel operator `l` (always split: no sequential
+/// fallback) against `dense`.
+#[track_caller]
+pub fn check_parallel<T: lazylinop::parallel::Scalar, L: BiLinOp<T>>(
+    l: lazylinop::parallel::Pmatmat<T, L>,
+    dense: MatRef<'_, T>,
+    what: &str,
+) {
+    let l = l.with_min_parallel_work(0);
+    for (seed, k) in WIDTHS.into_iter().enumerate() {
+        for p in PRODUCTS {
+            let n = if matches!(p, Product::Apply | Product::Conj) { dense.ncols() } else { dense.nrows() };
+            let x = lazylinop::random::mat::<T>(n, k, seed as u64);
+            let got = product(&l, p, x.as_ref(), Par::Seq);
+            let want = reference(dense, p, x.as_ref());
+            let label = format!(
+                "{what}, {:?}, {} workers, use_matvec {}, {p:?}, k = {k}",
+                l.method(),
+                l.nworkers(),
+                l.use_matvec()
+            );
+            assert_close(got.as_ref(), want.as_ref(), &label);
+        }
+    }
+}

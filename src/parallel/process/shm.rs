@@ -1,0 +1,192 @@
+//! Shared memory for worker processes: anonymous files (`memfd_create`)
+//! mapped `MAP_SHARED` with memmap2, so that writes from a forked child are
+//! seen by its parent. Nothing is ever created on a filesystem: the memory
+//! goes away with the last descriptor and mapping, even after a crash.
+//!
+//! (memmap2's `map_anon` is `MAP_PRIVATE`: a child's writes would stay in
+//! the child.)
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+
+use faer::{MatMut, MatRef};
+use memmap2::{MmapMut, MmapOptions};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+
+use crate::parallel::{Error, Scalar};
+
+/// A shared, zero-filled buffer of bytes: a memfd and its `MAP_SHARED` map.
+#[derive(Debug)]
+pub(crate) struct SharedBuf {
+    map: MmapMut,
+    fd: OwnedFd,
+    len: usize,
+}
+
+const NAME: &CStr = c"lazylinop";
+
+impl SharedBuf {
+    /// A new buffer of `len` bytes.
+    pub(crate) fn new(len: usize) -> Result<Self, Error> {
+        let fd = memfd_create(NAME, MFdFlags::MFD_CLOEXEC).map_err(|e| os("memfd_create", e.into()))?;
+        // A map cannot be empty: keep at least one byte.
+        nix::unistd::ftruncate(&fd, len.max(1) as i64).map_err(|e| os("ftruncate of a shared buffer", e.into()))?;
+        Self::from_fd(fd, len)
+    }
+
+    /// Maps `len` bytes of the memfd `fd` (received from another process).
+    pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> Result<Self, Error> {
+        // SAFETY: the memfd is private to this crate's processes, which only
+        // touch it through faer views of disjoint column blocks while a
+        // product runs (see the backends); its size never shrinks.
+        let map =
+            unsafe { MmapOptions::new().len(len.max(1)).map_mut(&fd) }.map_err(|e| os("mmap of a shared buffer", e))?;
+        Ok(Self { map, fd, len })
+    }
+
+    /// The size asked for, in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map[..self.len]
+    }
+
+    fn elements<T: Scalar>(&self, n: usize) -> &[T] {
+        bytemuck::cast_slice(&self.map[..n * size_of::<T>()])
+    }
+
+    fn elements_mut<T: Scalar>(&mut self, n: usize) -> &mut [T] {
+        bytemuck::cast_slice_mut(&mut self.map[..n * size_of::<T>()])
+    }
+
+    /// The first `nrows · ncols` elements as a column-major matrix.
+    ///
+    /// # Panics
+    /// If the buffer is too small.
+    pub(crate) fn mat<T: Scalar>(&self, nrows: usize, ncols: usize) -> MatRef<'_, T> {
+        MatRef::from_column_major_slice(self.elements(nrows * ncols), nrows, ncols)
+    }
+
+    /// The first `nrows · ncols` elements as a mutable column-major matrix.
+    ///
+    /// # Panics
+    /// If the buffer is too small.
+    pub(crate) fn mat_mut<T: Scalar>(&mut self, nrows: usize, ncols: usize) -> MatMut<'_, T> {
+        MatMut::from_column_major_slice_mut(self.elements_mut(nrows * ncols), nrows, ncols)
+    }
+}
+
+/// The address ranges of live [`SharedMat`]s, to recognise an output that
+/// worker processes can write in place.
+static SHARED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
+    SHARED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether every entry of `m` lies in one live [`SharedMat`].
+pub(crate) fn is_shared<T>(m: MatRef<'_, T>) -> bool {
+    if m.nrows() == 0 || m.ncols() == 0 {
+        return false;
+    }
+    let size = size_of::<T>() as isize;
+    let corners = [0, m.row_stride() * (m.nrows() as isize - 1), m.col_stride() * (m.ncols() as isize - 1)];
+    let lo = corners[1].min(0) + corners[2].min(0);
+    let hi = corners[1].max(0) + corners[2].max(0);
+    let base = m.as_ptr() as isize;
+    let (lo, hi) = ((base + lo * size) as usize, (base + hi * size + size) as usize);
+    registry().iter().any(|&(start, end)| start <= lo && hi <= end)
+}
+
+/// A column-major matrix in shared memory.
+///
+/// Allocate the output of a process-backend product in one and the workers
+/// write their blocks straight into it: nothing is copied back. It is also a
+/// plain faer matrix ([`SharedMat::as_ref`], [`SharedMat::as_mut`]) and
+/// behaves like any other memory for everything else.
+///
+/// # Examples
+/// ```
+/// use lazylinop::prelude::*;
+/// use lazylinop::parallel::{pmatmat_multiprocess, process::SharedMat};
+/// use faer::Par;
+/// use faer::dyn_stack::{MemBuffer, MemStack};
+///
+/// let a = lazylinop::random::mat::<f64>(100, 80, 0);
+/// let x = lazylinop::random::mat::<f64>(80, 16, 1);
+/// let l = pmatmat_multiprocess(&a, Some(2), false, false).unwrap();
+/// let mut out = SharedMat::<f64>::zeros(100, 16).unwrap();
+/// let mut buf = MemBuffer::new(l.apply_scratch(16, Par::Seq));
+/// l.apply(out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
+/// assert!((out.as_ref() - &a * &x).norm_max() < 1e-12);
+/// ```
+#[derive(Debug)]
+pub struct SharedMat<T> {
+    buf: SharedBuf,
+    nrows: usize,
+    ncols: usize,
+    _scalar: core::marker::PhantomData<T>,
+}
+
+impl<T: Scalar> SharedMat<T> {
+    /// An `nrows × ncols` matrix of zeros in a new shared map.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the memory cannot be created or mapped.
+    pub fn zeros(nrows: usize, ncols: usize) -> Result<Self, Error> {
+        let len = nrows.checked_mul(ncols).and_then(|n| n.checked_mul(size_of::<T>()));
+        let len = len.ok_or_else(|| os("sizing a shared matrix", std::io::ErrorKind::OutOfMemory.into()))?;
+        let buf = SharedBuf::new(len)?;
+        let start = buf.map.as_ptr() as usize;
+        registry().push((start, start + len));
+        Ok(Self { buf, nrows, ncols, _scalar: core::marker::PhantomData })
+    }
+
+    /// A copy of `m` in a new shared map.
+    ///
+    /// # Errors
+    /// As [`SharedMat::zeros`].
+    pub fn from_mat(m: MatRef<'_, T>) -> Result<Self, Error> {
+        let mut s = Self::zeros(m.nrows(), m.ncols())?;
+        s.as_mut().copy_from(m);
+        Ok(s)
+    }
+
+    /// The number of rows.
+    pub fn nrows(&self) -> usize {
+        self.nrows
+    }
+
+    /// The number of columns.
+    pub fn ncols(&self) -> usize {
+        self.ncols
+    }
+
+    /// A view of the matrix.
+    pub fn as_ref(&self) -> MatRef<'_, T> {
+        self.buf.mat(self.nrows, self.ncols)
+    }
+
+    /// A mutable view of the matrix.
+    pub fn as_mut(&mut self) -> MatMut<'_, T> {
+        self.buf.mat_mut(self.nrows, self.ncols)
+    }
+}
+
+impl<T> Drop for SharedMat<T> {
+    fn drop(&mut self) {
+        let start = self.buf.map.as_ptr() as usize;
+        registry().retain(|&(s, _)| s != start);
+    }
+}
+
+pub(crate) fn os(what: &'static str, source: std::io::Error) -> Error {
+    Error::Os { what, source }
+}
