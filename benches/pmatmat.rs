@@ -63,6 +63,31 @@ fn dense(c: &mut Criterion, m: usize, k: usize) {
     }
     bench_op(c, &group, "thread", &pmatmat(&a, Method::Thread, Some(p), false).unwrap(), k);
     bench_op(c, &group, "thread_matvec", &pmatmat(&a, Method::Thread, Some(p), true).unwrap(), k);
+    bench_processes(c, &group, &a, k);
+}
+
+/// The process backend on `op`: forking per product (output copied back, or
+/// written in place in a `SharedMat`), and a pool created once.
+fn bench_processes<L: BiLinOp<f64>>(c: &mut Criterion, group: &str, op: &L, k: usize) {
+    #[cfg(unix)]
+    {
+        use lazylinop::parallel::process::SharedMat;
+        let p = Some(nworkers());
+        let per_product = pmatmat(op, Method::Process { procs_created_once: false }, p, false).unwrap();
+        bench_op(c, group, "process_per_product", &per_product, k);
+        // The same, with the output in shared memory: no copy back.
+        let x = random::mat::<f64>(op.ncols(), k, 1);
+        let mut out = SharedMat::<f64>::zeros(op.nrows(), k).unwrap();
+        let mut buf = MemBuffer::new(per_product.apply_scratch(k, Par::Seq));
+        let mut g = c.benchmark_group(group);
+        configure(&mut g, op.nrows() * op.ncols() * k);
+        g.bench_function("process_per_product_shared_out", |b| {
+            b.iter(|| per_product.apply(out.as_mut(), black_box(x.as_ref()), Par::Seq, MemStack::new(&mut buf)))
+        });
+        g.finish();
+        let pool = pmatmat(op, Method::Process { procs_created_once: true }, p, false).unwrap();
+        bench_op(c, group, "process_pool", &pool, k);
+    }
 }
 
 /// A sparse `n × n` matrix with `per_col` entries a column, at hashed rows.
@@ -89,6 +114,32 @@ fn composite(c: &mut Criterion) {
     let group = format!("composite_sparse_{n}_x_{k}");
     bench_op(c, &group, "seq", &l, k);
     bench_op(c, &group, "thread", &pmatmat(&l, Method::Thread, Some(nworkers()), false).unwrap(), k);
+    bench_processes(c, &group, &l, k);
+}
+
+/// The fixed cost of the process backend: a product too small to matter
+/// (1×1 operator, one column a worker), forced parallel, so what is measured
+/// is forking, waiting and reaping (per product) or one round trip to the
+/// pool.
+fn process_overhead(c: &mut Criterion) {
+    #[cfg(unix)]
+    {
+        let a = Mat::<f64>::identity(1, 1);
+        let k = nworkers();
+        let group = "process_overhead_1x1_x_nworkers";
+        let per = pmatmat(&a, Method::Process { procs_created_once: false }, Some(k), false).unwrap();
+        bench_op(c, group, "process_per_product", &per.with_min_parallel_work(0), k);
+        let pool = pmatmat(&a, Method::Process { procs_created_once: true }, Some(k), false).unwrap();
+        bench_op(c, group, "process_pool", &pool.with_min_parallel_work(0), k);
+        bench_op(
+            c,
+            group,
+            "thread",
+            &pmatmat(&a, Method::Thread, Some(k), false).unwrap().with_min_parallel_work(0),
+            k,
+        );
+        bench_op(c, group, "seq", &a, k);
+    }
 }
 
 /// The fixed overhead: 200 × 200 times 200 × 16.
@@ -173,6 +224,7 @@ fn main() {
     dense(&mut c, 4000, 256);
     composite(&mut c);
     small(&mut c);
+    process_overhead(&mut c);
     c.final_summary();
     summary(start);
 }

@@ -13,8 +13,10 @@
 //! |---|---|---|
 //! | [`Method::Thread`] | a rayon pool owned by the operator | [`thread`] |
 //! | [`Method::Process`] | forked processes, per product or a pool created once | [`process`] |
-//! | [`Method::Mpi`] | MPI ranks (not yet available) | |
+//! | [`Method::Mpi`] | the ranks of an MPI communicator (feature `mpi`) | `mpi` |
 
+#[cfg(feature = "mpi")]
+pub mod mpi;
 #[cfg(unix)]
 pub mod process;
 pub mod split;
@@ -33,10 +35,22 @@ use crate::BiLinOp;
 use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop, scratch_as};
 
 /// The scalar types the parallel backends move between workers: faer's
-/// `f32`, `f64`, `c32`, `c64` (plain data that can live in shared memory).
+/// `f32`, `f64`, `c32`, `c64` (plain data that can live in shared memory
+/// and, with the feature `mpi`, in MPI messages).
+#[cfg(not(feature = "mpi"))]
 pub trait Scalar: ComplexField + bytemuck::Pod {}
 
+#[cfg(not(feature = "mpi"))]
 impl<T: ComplexField + bytemuck::Pod> Scalar for T {}
+
+/// The scalar types the parallel backends move between workers: faer's
+/// `f32`, `f64`, `c32`, `c64` (plain data that can live in shared memory
+/// and, with the feature `mpi`, in MPI messages).
+#[cfg(feature = "mpi")]
+pub trait Scalar: ComplexField + bytemuck::Pod + ::mpi::datatype::Equivalence {}
+
+#[cfg(feature = "mpi")]
+impl<T: ComplexField + bytemuck::Pod + ::mpi::datatype::Equivalence> Scalar for T {}
 
 /// Where the blocks of a parallel product run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -111,6 +125,17 @@ pub enum Error {
     /// A pool of processes lost a worker earlier; rebuild it with
     /// [`Pmatmat::rebuild_pool`].
     PoolBroken(String),
+    /// MPI cannot run this: not initialized, wrong thread, ranks that
+    /// disagree on a shape, a worker count that is not the communicator's.
+    Mpi(String),
+    /// A rank failed (reading its part of a file, say); every rank returns
+    /// this same error.
+    Rank {
+        /// The lowest rank that failed.
+        rank: usize,
+        /// Its error.
+        message: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -132,6 +157,8 @@ impl fmt::Display for Error {
             Error::PoolBroken(why) => {
                 write!(f, "the process pool is broken ({why}); rebuild it with Pmatmat::rebuild_pool")
             }
+            Error::Mpi(why) => write!(f, "MPI: {why}"),
+            Error::Rank { rank, message } => write!(f, "rank {rank} failed: {message}"),
         }
     }
 }
@@ -152,6 +179,8 @@ enum Backend {
     Thread(thread::Threads),
     #[cfg(unix)]
     Process(process::Processes),
+    #[cfg(feature = "mpi")]
+    Mpi(self::mpi::Ranks),
 }
 
 /// An operator whose products run in parallel over blocks of columns: see
@@ -222,6 +251,7 @@ pub fn pmatmat<T: Scalar, L: BiLinOp<T>>(
     nworkers: Option<usize>,
     use_matvec: bool,
 ) -> Result<Pmatmat<T, L>, Error> {
+    let nworkers_arg = nworkers;
     let nworkers = resolve_nworkers(nworkers)?;
     let backend = match method {
         Method::Thread => Backend::Thread(thread::Threads::new(nworkers)?),
@@ -231,7 +261,20 @@ pub fn pmatmat<T: Scalar, L: BiLinOp<T>>(
         }
         #[cfg(not(unix))]
         Method::Process { .. } => return Err(Error::Unavailable(method, "forked processes need a unix system")),
-        Method::Mpi => return Err(Error::Unavailable(method, "the MPI backend is not implemented yet")),
+        #[cfg(feature = "mpi")]
+        Method::Mpi => {
+            let ranks = self::mpi::Ranks { comm: self::mpi::SharedComm::world()?, gather: self::mpi::Gather::Root };
+            if nworkers_arg.is_some_and(|n| n != ranks.nworkers()) {
+                return Err(Error::Mpi(format!(
+                    "Method::Mpi runs on the world communicator's {} ranks: pass nworkers None or Some({0}), not {:?}",
+                    ranks.nworkers(),
+                    nworkers_arg
+                )));
+            }
+            Backend::Mpi(ranks)
+        }
+        #[cfg(not(feature = "mpi"))]
+        Method::Mpi => return Err(Error::Unavailable(method, "build lazylinop with the cargo feature `mpi`")),
     };
     Ok(Pmatmat { op, method, use_matvec, min_parallel_work: DEFAULT_MIN_PARALLEL_WORK, backend, _scalar: PhantomData })
 }
@@ -264,6 +307,42 @@ pub fn pmatmat_multiprocess<T: Scalar, L: BiLinOp<T>>(
     pmatmat(op, Method::Process { procs_created_once }, nworkers, use_matvec)
 }
 
+/// `op` with its products distributed over the ranks of `comm`, as Python
+/// lazylinop's `pmatmat_mpi` (feature `mpi`).
+///
+/// SPMD: every rank builds the same operator and calls the same products
+/// with operands of the same shape (checked before each product). Rank `r`
+/// computes column block `r` of the result; `gather` says whether the blocks
+/// are gathered on rank 0 only ([`Gather::Root`](self::mpi::Gather::Root),
+/// the other ranks' output is not written) or on every rank
+/// ([`Gather::All`](self::mpi::Gather::All), for faer's solvers running on
+/// every rank). Products with fewer than two columns or less work than
+/// [`Pmatmat::min_parallel_work`] are computed whole on every rank, without
+/// messages.
+///
+/// # Errors
+/// [`Error::Mpi`] if MPI is not initialized.
+///
+/// # Examples
+/// See `examples/pmatmat_mpi.rs`, run with `mpirun -n 2`.
+#[cfg(feature = "mpi")]
+pub fn pmatmat_mpi<T: Scalar, L: BiLinOp<T>>(
+    op: L,
+    comm: ::mpi::topology::SimpleCommunicator,
+    use_matvec: bool,
+    gather: self::mpi::Gather,
+) -> Result<Pmatmat<T, L>, Error> {
+    let ranks = self::mpi::Ranks { comm: self::mpi::SharedComm::new(comm)?, gather };
+    Ok(Pmatmat {
+        op,
+        method: Method::Mpi,
+        use_matvec,
+        min_parallel_work: DEFAULT_MIN_PARALLEL_WORK,
+        backend: Backend::Mpi(ranks),
+        _scalar: PhantomData,
+    })
+}
+
 fn resolve_nworkers(nworkers: Option<usize>) -> Result<usize, Error> {
     match nworkers {
         Some(0) => Err(Error::ZeroWorkers),
@@ -289,6 +368,8 @@ impl<T, L> Pmatmat<T, L> {
             Backend::Thread(t) => t.nworkers(),
             #[cfg(unix)]
             Backend::Process(p) => p.nworkers(),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(r) => r.nworkers(),
         }
     }
 
@@ -307,6 +388,38 @@ impl<T, L> Pmatmat<T, L> {
     /// least two columns parallel.
     pub fn with_min_parallel_work(mut self, work: usize) -> Self {
         self.min_parallel_work = work;
+        self
+    }
+
+    /// With MPI: split messages into pieces of at most `elements` elements
+    /// (default [`i32::MAX`], MPI's count limit). Does nothing for other
+    /// methods. Every rank must set the same value.
+    pub fn with_max_mpi_message(mut self, elements: usize) -> Self {
+        #[cfg(feature = "mpi")]
+        if let Backend::Mpi(r) = &mut self.backend {
+            r.comm.max_message = elements.max(1);
+        }
+        let _ = elements;
+        self
+    }
+
+    /// Where the result goes, with MPI ([`Gather::Root`](self::mpi::Gather::Root)
+    /// for `Method::Mpi`); `None` for other methods.
+    #[cfg(feature = "mpi")]
+    pub fn gather(&self) -> Option<self::mpi::Gather> {
+        match &self.backend {
+            Backend::Mpi(r) => Some(r.gather),
+            _ => None,
+        }
+    }
+
+    /// Sets where the result of an MPI product goes; does nothing for other
+    /// methods. Every rank must set the same value.
+    #[cfg(feature = "mpi")]
+    pub fn with_gather(mut self, gather: self::mpi::Gather) -> Self {
+        if let Backend::Mpi(r) = &mut self.backend {
+            r.gather = gather;
+        }
         self
     }
 
@@ -376,6 +489,8 @@ impl<T: Scalar, L: BiLinOp<T>> Pmatmat<T, L> {
             }
             #[cfg(unix)]
             Backend::Process(p) => p.run(&self.op, mode, out, rhs, nblocks, self.use_matvec, stack),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(r) => r.run(&self.op, mode, out, rhs, nblocks <= 1, self.use_matvec, stack),
         }
     }
 
@@ -409,6 +524,8 @@ impl<T: Scalar, L: BiLinOp<T>> ModeOp<T> for Pmatmat<T, L> {
             // Each process has its own copy of the caller's scratch.
             #[cfg(unix)]
             Backend::Process(_) => unit,
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(r) => r.scratch::<T>(crate::ops::dims_as(&self.op, mode).0, k, unit),
         }
     }
 
