@@ -71,6 +71,9 @@ pub use faer::matrix_free::{BiLinOp, LinOp};
 
 pub mod dottest;
 mod ext;
+#[cfg(feature = "mpi")]
+pub mod mpilop;
+pub mod npz;
 pub mod ops;
 pub mod parallel;
 pub mod random;

@@ -1,0 +1,272 @@
+//! [`MpiLop`] (feature `mpi`): a distributed dense operator whose matrix
+//! lives in a numpy `.npz` file, as Python lazylinop's `MPILop`.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use faer::dyn_stack::{MemStack, StackReq};
+use faer::reborrow::ReborrowMut;
+use faer::{Mat, MatMut, MatRef, Par};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::Communicator;
+
+use crate::npz::{NpyScalar, NpzMatrix};
+use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop};
+use crate::parallel::mpi::{
+    Gather, Pieces, SharedComm, agree, agree_on, as_contiguous, broadcast, gather, reduce_sum, temp_slice,
+    temp_slice_scratch,
+};
+use crate::parallel::{Error, Scalar, split};
+
+/// This rank's rows of the matrix.
+#[derive(Debug)]
+enum Rows<T> {
+    /// A zero-copy view into the file's map, taken again at each product.
+    Mapped(NpzMatrix),
+    /// A copy (compressed, unaligned or big-endian data).
+    Copied(Mat<T>),
+}
+
+/// A matrix stored in a `.npz` file, distributed by rows over the ranks of a
+/// communicator: an `m × n` faer operator whose products run on every rank.
+///
+/// Each rank memory-maps the file, reads the member's header, and keeps
+/// only its own block of rows (split as [`split::block`] splits columns):
+/// a zero-copy strided view into the map when the data is stored, aligned
+/// for `T` and in the machine's byte order, otherwise a copy of its rows
+/// only (`np.savez` does not align member data: expect the copy for `f64`
+/// and `c64`). No rank holds the whole matrix unless it is alone.
+///
+/// - `L·A`: with `bcast_op`, `A` is broadcast from rank 0 (the other ranks'
+///   operand only gives the shape); without it, each rank uses its own
+///   (identical) operand. Each rank multiplies its rows, and the row blocks
+///   are gathered on rank 0 or on every rank ([`Gather`]).
+/// - `Lᴴ·Y`, `Lᵀ·Y`: each rank multiplies its rows' adjoint by its own rows
+///   of `Y` (broadcast from rank 0 with `bcast_op`), and the partial results
+///   are summed with a reduce, on rank 0 or on every rank. The matrix is not
+///   distributed a second time.
+/// - The local products use the `par` given to the product (faer's own
+///   parallelism inside each rank).
+///
+/// With [`Gather::Root`] (the default, as Python lazylinop) the other ranks'
+/// output is not written. Products are collective: every rank calls the same
+/// products in the same order, with operands of the same shape (checked: a
+/// mismatch is the same error on every rank, not a hang).
+///
+/// # Examples
+/// See `examples/mpilop.rs`, run with `mpirun -n 2`.
+#[derive(Debug)]
+pub struct MpiLop<T> {
+    comm: SharedComm,
+    path: PathBuf,
+    member: String,
+    nrows: usize,
+    ncols: usize,
+    rows: Range<usize>,
+    local: Rows<T>,
+    bcast_op: bool,
+    gather: Gather,
+}
+
+impl<T: NpyScalar + Scalar> MpiLop<T> {
+    /// Opens member `member` (`None`: the first array in the archive, as
+    /// Python lazylinop) of the `.npz` file at `path` on every rank of
+    /// `comm`; each rank keeps its own rows. Collective.
+    ///
+    /// `shape`, when given, is checked against the file.
+    ///
+    /// # Errors
+    /// When any rank fails (file missing on one rank, not a zip, member
+    /// missing, truncated data, a dtype other than `T`'s, big-endian data
+    /// that cannot be read, not a 2-D array, a shape other than `shape`, a
+    /// header that lies about its size), every rank returns the same
+    /// [`Error::Rank`], naming the lowest failing rank, the path and the
+    /// reason. [`Error::Mpi`] if MPI is not initialized.
+    pub fn new(
+        comm: SimpleCommunicator,
+        path: impl AsRef<Path>,
+        member: Option<&str>,
+        bcast_op: bool,
+        shape: Option<(usize, usize)>,
+    ) -> Result<Self, Error> {
+        let comm = SharedComm::new(comm)?;
+        let path = path.as_ref().to_owned();
+        let (p, r) = (comm.size(), comm.rank());
+        let opened = comm.with(|c| {
+            let opened = NpzMatrix::open(&path, member).map_err(|e| e.to_string()).and_then(|npz| {
+                let found = npz.shape();
+                match shape {
+                    Some(want) if want != found => Err(format!(
+                        "{}: member {} has shape {}×{}, expected {}×{}",
+                        path.display(),
+                        npz.member(),
+                        found.0,
+                        found.1,
+                        want.0,
+                        want.1
+                    )),
+                    _ => Ok(npz),
+                }
+            });
+            let npz = agree(c, opened)?;
+            let (m, n) = npz.shape();
+            agree_on(c, "the matrix shape in the file", [m, n, 0])?;
+            // This rank's rows: a view into the map where possible, else a copy of them only.
+            let rows = split::block(m, p, r);
+            let local = match npz.view_rows::<T>(rows.clone()) {
+                Ok(Some(_)) => Ok(Rows::Mapped(npz)),
+                Ok(None) => npz.read_rows::<T>(rows.clone()).map(Rows::Copied).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let local = agree(c, local)?;
+            Ok::<_, Error>((local, rows, m, n))
+        })??;
+        let (local, rows, nrows, ncols) = opened;
+        let member = match &local {
+            Rows::Mapped(npz) => npz.member().to_owned(),
+            Rows::Copied(_) => member.map_or_else(String::new, str::to_owned),
+        };
+        Ok(Self { comm, path, member, nrows, ncols, rows, local, bcast_op, gather: Gather::Root })
+    }
+
+    /// Sets where products' results go ([`Gather::Root`] by default). Every
+    /// rank must set the same value.
+    pub fn with_gather(mut self, gather: Gather) -> Self {
+        self.gather = gather;
+        self
+    }
+
+    /// Splits messages into pieces of at most `elements` elements (default
+    /// [`i32::MAX`], MPI's count limit). Every rank must set the same value.
+    pub fn with_max_mpi_message(mut self, elements: usize) -> Self {
+        self.comm.max_message = elements.max(1);
+        self
+    }
+
+    /// The file the matrix comes from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The member read (empty when it was the default and its rows were copied).
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    /// This rank's rows of the matrix.
+    pub fn local_rows(&self) -> Range<usize> {
+        self.rows.clone()
+    }
+
+    /// Whether this rank's rows are a zero-copy view into the file's map
+    /// (`false`: a copy of them).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.local, Rows::Mapped(_))
+    }
+
+    /// Whether the operand is broadcast from rank 0.
+    pub fn bcast_op(&self) -> bool {
+        self.bcast_op
+    }
+
+    /// This rank's rows as a faer view.
+    pub fn local(&self) -> MatRef<'_, T> {
+        match &self.local {
+            Rows::Mapped(npz) => {
+                npz.view_rows::<T>(self.rows.clone()).ok().flatten().expect("the view was checked at construction")
+            }
+            Rows::Copied(m) => m.as_ref(),
+        }
+    }
+
+    /// `out = self_mode · rhs`, returning errors instead of panicking.
+    fn try_run(
+        &self,
+        mode: Mode,
+        mut out: MatMut<'_, T>,
+        rhs: MatRef<'_, T>,
+        par: Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let max = self.comm.max_message;
+        let local = self.local();
+        self.comm.with(|comm| {
+            let (m, n, k) = (out.nrows(), rhs.nrows(), rhs.ncols());
+            agree_on(comm, "the product's shapes (out rows, operand rows, columns)", [m, n, k])?;
+            let (p, rank) = (comm.size() as usize, comm.rank() as usize);
+            // The operand, broadcast from rank 0 or this rank's own.
+            let (operand, stack) = temp_slice::<T>(if self.bcast_op { n * k } else { 0 }, stack);
+            let rhs = if self.bcast_op {
+                if rank == 0 {
+                    MatMut::from_column_major_slice_mut(&mut operand[..], n, k).copy_from(rhs);
+                }
+                broadcast(comm, 0, operand, max);
+                MatRef::from_column_major_slice(&operand[..], n, k)
+            } else {
+                rhs
+            };
+            let receives = self.gather == Gather::All || rank == 0;
+            if !mode.is_transposed() {
+                // Row block `rank` of the result here; the blocks gathered.
+                let (staging, stack) = temp_slice::<T>(if receives { m * k } else { self.rows.len() * k }, stack);
+                let piece = |r: usize| split::block(m, p, r).len() * k;
+                let at = if receives { split::block(m, p, rank).start * k } else { 0 };
+                let mine = MatMut::from_column_major_slice_mut(&mut staging[at..at + piece(rank)], self.rows.len(), k);
+                apply_as(&local, mode, mine, rhs, par, stack);
+                if receives {
+                    gather(comm, self.gather, piece, Pieces::All(&mut staging[..]), max);
+                    for r in 0..p {
+                        let rows = split::block(m, p, r);
+                        let block =
+                            MatRef::from_column_major_slice(&staging[rows.start * k..rows.end * k], rows.len(), k);
+                        out.rb_mut().subrows_mut(rows.start, rows.len()).copy_from(block);
+                    }
+                } else {
+                    gather(comm, self.gather, piece, Pieces::Mine(&staging[..]), max);
+                }
+            } else {
+                // This rank's rows' adjoint times its rows of the operand; summed.
+                let (partial, stack) = temp_slice::<T>(m * k, stack);
+                let mine = MatMut::from_column_major_slice_mut(&mut partial[..], m, k);
+                apply_as(&local, mode, mine, rhs.subrows(self.rows.start, self.rows.len()), par, stack);
+                let (staging, _) = temp_slice::<T>(if receives { m * k } else { 0 }, stack);
+                match as_contiguous(&mut out).filter(|_| receives) {
+                    Some(all) => reduce_sum(comm, self.gather, partial, all, max),
+                    None => {
+                        reduce_sum(comm, self.gather, partial, staging, max);
+                        if receives {
+                            out.copy_from(MatRef::from_column_major_slice(&staging[..], m, k));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?
+    }
+}
+
+impl<T: NpyScalar + Scalar> ModeOp<T> for MpiLop<T> {
+    const NAME: &'static str = "MpiLop";
+
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
+    }
+
+    fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
+        let (m, n) = crate::ops::dims_as(self, mode);
+        let local = crate::ops::scratch_as(&self.local(), mode, k, par);
+        temp_slice_scratch::<T>(n * k)
+            .and(temp_slice_scratch::<T>(m * k))
+            .and(temp_slice_scratch::<T>(m * k))
+            .and(local)
+    }
+
+    #[track_caller]
+    fn run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
+        if let Err(e) = self.try_run(mode, out, rhs, par, stack) {
+            panic!("lazylinop: {e}");
+        }
+    }
+}
+
+impl_bilinop!([] MpiLop<T> where T: NpyScalar + Scalar);
