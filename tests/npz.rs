@@ -7,56 +7,18 @@
 //! The manifest also gives each stored member's data offset in the file, from which the test
 //! knows whether a zero-copy view must be possible.
 
-use std::fmt::Debug;
 use std::io::Write;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use faer::{Mat, MatRef, c32, c64};
-use lazylinop::npz::{Dtype, NpyScalar, NpzError, NpzErrorKind, NpzMatrix, Order};
+use lazylinop::npz::{Dtype, NpzError, NpzErrorKind, NpzMatrix, Order};
 use serde_json::Value;
 
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/npz")
-}
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    data_dir().join(name)
-}
+use common::fixtures::{Formula, fixture, re};
 
-/// The scalar types, with the fixtures' formula.
-trait Formula: NpyScalar + PartialEq + Debug {
-    fn value(seed: u64, i: usize, j: usize) -> Self;
-}
-
-fn re(seed: u64, i: usize, j: usize) -> f64 {
-    (seed * 100_000 + i as u64 * 1000 + j as u64) as f64 + 0.5
-}
-
-fn im(seed: u64, i: usize, j: usize) -> f64 {
-    -((i + 2 * j) as f64) - seed as f64
-}
-
-impl Formula for f32 {
-    fn value(seed: u64, i: usize, j: usize) -> Self {
-        re(seed, i, j) as f32
-    }
-}
-impl Formula for f64 {
-    fn value(seed: u64, i: usize, j: usize) -> Self {
-        re(seed, i, j)
-    }
-}
-impl Formula for c32 {
-    fn value(seed: u64, i: usize, j: usize) -> Self {
-        c32::new(re(seed, i, j) as f32, im(seed, i, j) as f32)
-    }
-}
-impl Formula for c64 {
-    fn value(seed: u64, i: usize, j: usize) -> Self {
-        c64::new(re(seed, i, j), im(seed, i, j))
-    }
-}
 
 /// Checks that `m` holds rows `rows` of the formula with seed `seed`, exactly.
 fn check_values<T: Formula>(m: MatRef<'_, T>, seed: u64, rows: &Range<usize>, ncols: usize, ctx: &str) {

@@ -251,6 +251,7 @@ pub fn pmatmat<T: Scalar, L: BiLinOp<T>>(
     nworkers: Option<usize>,
     use_matvec: bool,
 ) -> Result<Pmatmat<T, L>, Error> {
+    #[cfg(feature = "mpi")]
     let nworkers_arg = nworkers;
     let nworkers = resolve_nworkers(nworkers)?;
     let backend = match method {
@@ -394,6 +395,7 @@ impl<T, L> Pmatmat<T, L> {
     /// With MPI: split messages into pieces of at most `elements` elements
     /// (default [`i32::MAX`], MPI's count limit). Does nothing for other
     /// methods. Every rank must set the same value.
+    #[cfg_attr(not(feature = "mpi"), allow(unused_mut))]
     pub fn with_max_mpi_message(mut self, elements: usize) -> Self {
         #[cfg(feature = "mpi")]
         if let Backend::Mpi(r) = &mut self.backend {

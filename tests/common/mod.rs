@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: dense references and comparisons.
 #![allow(dead_code)]
 
+pub mod fixtures;
+
 use faer::linalg::matmul::matmul;
 use faer::traits::ComplexField;
 use faer::traits::math_utils::{eps, from_f64, is_nan, max, one};
