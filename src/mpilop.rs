@@ -110,6 +110,7 @@ impl<T: NpyScalar + Scalar> MpiLop<T> {
             });
             let npz = agree(c, opened)?;
             let (m, n) = npz.shape();
+            let member = npz.member().to_owned();
             agree_on(c, "the matrix shape in the file", [m, n, 0])?;
             // This rank's rows: a view into the map where possible, else a copy of them only.
             let rows = split::block(m, p, r);
@@ -119,13 +120,9 @@ impl<T: NpyScalar + Scalar> MpiLop<T> {
                 Err(e) => Err(e.to_string()),
             };
             let local = agree(c, local)?;
-            Ok::<_, Error>((local, rows, m, n))
+            Ok::<_, Error>((local, rows, m, n, member))
         })??;
-        let (local, rows, nrows, ncols) = opened;
-        let member = match &local {
-            Rows::Mapped(npz) => npz.member().to_owned(),
-            Rows::Copied(_) => member.map_or_else(String::new, str::to_owned),
-        };
+        let (local, rows, nrows, ncols, member) = opened;
         Ok(Self { comm, path, member, nrows, ncols, rows, local, bcast_op, gather: Gather::Root })
     }
 
@@ -148,7 +145,7 @@ impl<T: NpyScalar + Scalar> MpiLop<T> {
         &self.path
     }
 
-    /// The member read (empty when it was the default and its rows were copied).
+    /// The member read (numpy's name, without `.npy`).
     pub fn member(&self) -> &str {
         &self.member
     }

@@ -19,7 +19,6 @@ mod common;
 
 use common::fixtures::{Formula, fixture, re};
 
-
 /// Checks that `m` holds rows `rows` of the formula with seed `seed`, exactly.
 fn check_values<T: Formula>(m: MatRef<'_, T>, seed: u64, rows: &Range<usize>, ncols: usize, ctx: &str) {
     assert_eq!((m.nrows(), m.ncols()), (rows.len(), ncols), "{ctx}: shape of rows {rows:?}");
