@@ -731,3 +731,68 @@ impl NpzMatrix {
         Ok(())
     }
 }
+
+/// Writes `mat` as the only member `member` (numpy's key, without `.npy`) of
+/// a new `.npz` file at `path`, that numpy reads with `np.load`: stored (not
+/// compressed), in Fortran order, with the data aligned to 64 bytes in the
+/// file, so that [`NpzMatrix::view_rows`] (and an
+/// [`MpiLop`](crate::mpilop::MpiLop)) can view it in place without a copy.
+///
+/// # Errors
+/// [`NpzErrorKind::Io`] if the file cannot be written.
+///
+/// # Examples
+/// ```no_run
+/// use lazylinop::npz::{NpzMatrix, save};
+/// let a = lazylinop::random::mat::<f64>(100, 40, 0);
+/// save("a.npz", "a", a.as_ref()).unwrap();
+/// let back = NpzMatrix::open("a.npz", None).unwrap();
+/// assert_eq!(back.view_rows::<f64>(0..100).unwrap().unwrap(), a.as_ref());
+/// ```
+pub fn save<T: NpyScalar>(path: impl AsRef<Path>, member: &str, mat: MatRef<'_, T>) -> Result<(), NpzError> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let error =
+        |e: io::Error| NpzError { path: path.to_owned(), member: Some(member.to_owned()), kind: NpzErrorKind::Io(e) };
+    let endian = if cfg!(target_endian = "little") { '<' } else { '>' };
+    let descr = match T::DTYPE {
+        Dtype::F32 => "f4",
+        Dtype::F64 => "f8",
+        Dtype::C64 => "c8",
+        Dtype::C128 => "c16",
+    };
+    // numpy's format 1.0: magic, version, header length, then the header padded so that the
+    // data starts at a multiple of 64 bytes from the start of the member.
+    let mut header =
+        format!("{{'descr': '{endian}{descr}', 'fortran_order': True, 'shape': ({}, {}), }}", mat.nrows(), mat.ncols());
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let write = || -> io::Result<()> {
+        let file = File::create(path)?;
+        let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
+        let bytes = mat.nrows() * mat.ncols() * size_of::<T>() + 10 + header.len();
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            .with_alignment(64)
+            .large_file(bytes >= u32::MAX as usize);
+        zip.start_file(format!("{member}.npy"), options).map_err(io::Error::other)?;
+        zip.write_all(b"\x93NUMPY\x01\x00")?;
+        zip.write_all(&(header.len() as u16).to_le_bytes())?;
+        zip.write_all(header.as_bytes())?;
+        for j in 0..mat.ncols() {
+            let col = mat.col(j);
+            match col.try_as_col_major() {
+                Some(col) => zip.write_all(bytemuck::cast_slice(col.as_slice()))?,
+                None => {
+                    for i in 0..mat.nrows() {
+                        zip.write_all(bytemuck::bytes_of(&col[i]))?;
+                    }
+                }
+            }
+        }
+        zip.finish().map_err(io::Error::other)?.flush()
+    };
+    write().map_err(error)
+}

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use faer::{Mat, MatRef, c32, c64};
-use lazylinop::npz::{Dtype, NpzError, NpzErrorKind, NpzMatrix, Order};
+use lazylinop::npz::{Dtype, NpyScalar, NpzError, NpzErrorKind, NpzMatrix, Order};
 use serde_json::Value;
 
 mod common;
@@ -402,4 +402,33 @@ fn larger_members_read_by_blocks() {
     let default = NpzMatrix::open(&path, None).unwrap();
     assert_eq!(default.member(), "c_stored", "pad.txt is not an array");
     std::fs::remove_file(&path).unwrap();
+}
+
+fn save_and_view<T: NpyScalar + std::fmt::Debug>() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for (m, n) in [(0, 3), (3, 0), (1, 1), (7, 5), (33, 17)] {
+        let a = lazylinop::random::mat::<T>(m + 2, n + 3, 9);
+        // A strided view: the writer handles any layout.
+        let view = a.as_ref().submatrix(1, 2, m, n);
+        let path = dir.join(format!(
+            "saved_{}_{m}x{n}_{}.npz",
+            std::any::type_name::<T>().replace("::", "_"),
+            std::process::id()
+        ));
+        lazylinop::npz::save(&path, "a", view).unwrap();
+        let back = NpzMatrix::open(&path, None).unwrap();
+        assert_eq!((back.member(), back.shape(), back.dtype(), back.is_compressed()), ("a", (m, n), T::DTYPE, false));
+        let mapped = back.view_rows::<T>(0..m).unwrap().expect("saved data is aligned: a view in place");
+        assert_eq!(mapped, view);
+        assert_eq!(back.read_rows::<T>(0..m).unwrap(), view.to_owned());
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn saved_matrices_are_viewed_in_place() {
+    save_and_view::<f32>();
+    save_and_view::<f64>();
+    save_and_view::<c32>();
+    save_and_view::<c64>();
 }
