@@ -115,7 +115,12 @@ impl<T: NpyScalar + Scalar> MpiLop<T> {
             // This rank's rows: a view into the map where possible, else a copy of them only.
             let rows = split::block(m, p, r);
             let local = match npz.view_rows::<T>(rows.clone()) {
-                Ok(Some(_)) => Ok(Rows::Mapped(npz)),
+                Ok(Some(view)) => {
+                    // Read this rank's rows once now, so that their pages are mapped
+                    // before the first product rather than during it.
+                    core::hint::black_box(view.norm_max());
+                    Ok(Rows::Mapped(npz))
+                }
                 Ok(None) => npz.read_rows::<T>(rows.clone()).map(Rows::Copied).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
