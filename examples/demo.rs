@@ -1,6 +1,6 @@
 //! The main job: a lazy operator on a built-in default problem, applied the
-//! faer way, sequentially and in parallel, checked against a dense
-//! reference, and used in a solver.
+//! faer way, sequentially, on threads and on forked processes, checked
+//! against a dense reference, and used in a solver.
 //!
 //! `cargo run --release --example demo [-- n k]`
 
@@ -45,6 +45,22 @@ fn main() {
         t_seq / t_par
     );
     assert!(diff <= 1e-12 * y.norm_max(), "the parallel product disagrees with the sequential one");
+
+    // On forked processes: per product, and a pool created once.
+    #[cfg(unix)]
+    for (once, name) in [(false, "process per product"), (true, "process pool")] {
+        let pl = pmatmat(&l, Method::Process { procs_created_once: once }, None, false).expect("fork the workers");
+        let (y_proc, t) = timed_product(&pl, &x);
+        let diff = (&y_proc - &y).norm_max();
+        println!(
+            "L·X, pmatmat {name} ({} workers): {:8.1} ms  ({:5.1} GFLOP/s), speedup {:.2}, max difference from sequential {diff:.1e}",
+            pl.nworkers(),
+            t * 1e3,
+            flops / t * 1e-9,
+            t_seq / t
+        );
+        assert!(diff <= 1e-12 * y.norm_max(), "the process product disagrees with the sequential one");
+    }
 
     // Dense reference, formed here only to check.
     let mut s = Mat::<f64>::zeros(n, n);
