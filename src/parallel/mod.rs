@@ -425,7 +425,8 @@ impl<T, L> Pmatmat<T, L> {
         self
     }
 
-    /// The process ids of a pool's workers (`procs_created_once`); empty for
+    /// The process ids of a pool's forked workers (`procs_created_once`:
+    /// `nworkers - 1` of them, this process being the last worker); empty for
     /// other methods.
     pub fn worker_pids(&self) -> Vec<i32> {
         match &self.backend {

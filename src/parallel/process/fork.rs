@@ -1,13 +1,24 @@
 //! Workers forked for each product (`procs_created_once = false`).
+//!
+//! A child reports on a pipe as soon as its block is written (4 bytes:
+//! its index and whether it panicked) and then leaves; the parent does not
+//! wait for the child's exit (tearing down its copy of the address space
+//! costs as much as the fork). Children that reported are reaped at the
+//! start of the next product, or when the operator is dropped. A child that
+//! dies without reporting is found by `waitpid` (polled every 20 ms while
+//! reports are missing) and reaped at once.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
 use faer::dyn_stack::MemStack;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{MatMut, MatRef};
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
 use super::shm::{SharedBuf, is_shared, os};
 use super::{describe, enter_child, panic_message};
@@ -19,17 +30,40 @@ use crate::parallel::{Error, Scalar, block_product, split};
 /// of the shared buffer, `[len: u32][message bytes]`.
 const SLOT: usize = 1024;
 
-/// The per-product backend: a worker count, and the shared buffer the
-/// children write into, kept from one product to the next.
+/// The per-product backend: a worker count, the shared buffer the children
+/// write into (kept from one product to the next), and the children that
+/// reported but may not be reaped yet.
 #[derive(Debug)]
 pub(crate) struct PerProduct {
     nworkers: usize,
-    shared: Mutex<Option<SharedBuf>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    shared: Option<SharedBuf>,
+    finished: Vec<Pid>,
+}
+
+impl State {
+    /// Reaps the finished children; with `block`, waits for each.
+    fn reap_finished(&mut self, block: bool) {
+        self.finished.retain(|&pid| {
+            let flags = if block { None } else { Some(WaitPidFlag::WNOHANG) };
+            matches!(waitpid(pid, flags), Ok(WaitStatus::StillAlive))
+        });
+    }
+}
+
+impl Drop for PerProduct {
+    fn drop(&mut self) {
+        self.state.get_mut().unwrap_or_else(|e| e.into_inner()).reap_finished(true);
+    }
 }
 
 impl PerProduct {
     pub(crate) fn new(nworkers: usize) -> Self {
-        Self { nworkers, shared: Mutex::new(None) }
+        Self { nworkers, state: Mutex::new(State::default()) }
     }
 
     pub(crate) fn nworkers(&self) -> usize {
@@ -54,15 +88,18 @@ impl PerProduct {
         let child_cols = split::block(k, nblocks, nchildren).start;
         let in_place = is_shared(out.rb());
         // One product at a time uses the shared buffer.
-        let mut guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        guard.reap_finished(false);
+        let st = &mut *guard;
         let data_at = (nchildren * SLOT).next_multiple_of(64);
         let needed = data_at + if in_place { 0 } else { m * child_cols * size_of::<T>() };
-        if guard.as_ref().is_none_or(|b| b.len() < needed) {
-            *guard = None; // unmap the old one first
-            *guard = Some(SharedBuf::new(needed.next_power_of_two())?);
+        if st.shared.as_ref().is_none_or(|b| b.len() < needed) {
+            st.shared = None; // unmap the old one first
+            st.shared = Some(SharedBuf::new(needed.next_power_of_two())?);
         }
-        let shared = guard.as_mut().expect("just made");
+        let shared = st.shared.as_mut().expect("just made");
         shared.bytes_mut()[..data_at].fill(0);
+        let (reports, report) = pipe2(OFlag::O_CLOEXEC).map_err(|e| os("pipe", e.into()))?;
 
         let mut children = Children(Vec::with_capacity(nchildren));
         for i in 0..nchildren {
@@ -70,7 +107,7 @@ impl PerProduct {
             // SAFETY: see the module docs of `process`: the child runs the
             // operator with Par::Seq, never enters rayon, takes no lock shared
             // with other threads but glibc's malloc (reset by fork), reports
-            // through shared memory and leaves with `_exit`.
+            // through shared memory and a pipe, and leaves with `_exit`.
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
                     enter_child();
@@ -79,13 +116,11 @@ impl PerProduct {
                         let target = if in_place {
                             out.rb_mut().subcols_mut(cols.start, cols.len())
                         } else {
-                            let (_, data) = shared.bytes_mut().split_at_mut(data_at);
-                            let data: &mut [T] = bytemuck::cast_slice_mut(&mut data[..m * child_cols * size_of::<T>()]);
-                            MatMut::from_column_major_slice_mut(data, m, child_cols).subcols_mut(cols.start, cols.len())
+                            shared.mat_mut_at::<T>(data_at, m, child_cols).subcols_mut(cols.start, cols.len())
                         };
                         block_product(op, mode, target, rhs, use_matvec, stack);
                     }));
-                    let code = match result {
+                    let panicked = match result {
                         Ok(()) => 0,
                         Err(payload) => {
                             let msg = panic_message(&*payload).as_bytes();
@@ -93,16 +128,18 @@ impl PerProduct {
                             let len = msg.len().min(SLOT - 4);
                             slot[..4].copy_from_slice(&(len as u32).to_ne_bytes());
                             slot[4..4 + len].copy_from_slice(&msg[..len]);
-                            101
+                            1
                         }
                     };
+                    let _ = nix::unistd::write(&report, &((i as u32) << 1 | panicked).to_ne_bytes());
                     // SAFETY: leaving the child without running anything inherited from the parent.
-                    unsafe { libc::_exit(code) }
+                    unsafe { libc::_exit(panicked as i32) }
                 }
                 Ok(ForkResult::Parent { child }) => children.0.push((child, i)),
                 Err(e) => return Err(os("fork", e.into())),
             }
         }
+        drop(report);
         // The last block, here, straight into the caller's output. If it
         // panics, `children` kills and reaps the children on the way out.
         let last = split::block(k, nblocks, nchildren);
@@ -114,11 +151,18 @@ impl PerProduct {
             use_matvec,
             stack,
         );
-        children.wait_all(shared.bytes_mut())?;
+        let shared = st.shared.as_ref().expect("made above");
+        let outcome = children.wait_reports(&reports, shared.bytes());
+        let finished = &mut st.finished;
+        match outcome {
+            Ok(()) => finished.extend(children.0.drain(..).map(|(pid, _)| pid)),
+            Err(e) => {
+                children.reap_all();
+                return Err(e);
+            }
+        }
         if !in_place {
-            let data: &[T] =
-                bytemuck::cast_slice(&shared.bytes_mut()[data_at..data_at + m * child_cols * size_of::<T>()]);
-            out.subcols_mut(0, child_cols).copy_from(MatRef::from_column_major_slice(data, m, child_cols));
+            out.subcols_mut(0, child_cols).copy_from(shared.mat_at::<T>(data_at, m, child_cols));
         }
         Ok(())
     }
@@ -129,36 +173,92 @@ impl PerProduct {
 struct Children(Vec<(Pid, usize)>);
 
 impl Children {
-    /// Reaps every child; the first failure is the error.
-    fn wait_all(&mut self, slots: &[u8]) -> Result<(), Error> {
-        let mut first = Ok(());
-        for (pid, i) in std::mem::take(&mut self.0) {
-            let status = reap(pid);
-            let err = match status {
-                Ok(WaitStatus::Exited(_, 0)) => continue,
-                Ok(WaitStatus::Exited(_, 101)) => {
-                    let slot = &slots[i * SLOT..(i + 1) * SLOT];
-                    let len = u32::from_ne_bytes(slot[..4].try_into().unwrap()) as usize;
-                    let message = String::from_utf8_lossy(&slot[4..4 + len.min(SLOT - 4)]).into_owned();
-                    Error::WorkerPanicked { worker: i, pid: pid.as_raw(), message }
+    /// Waits until every child reported, or one failed. A child that dies
+    /// without reporting is seen by `waitpid` and reaped here.
+    fn wait_reports(&mut self, reports: &OwnedFd, slots: &[u8]) -> Result<(), Error> {
+        let mut reported = vec![false; self.0.len()];
+        let mut pending = self.0.len();
+        let mut buf = [0u8; 4];
+        let mut have = 0;
+        while pending > 0 {
+            let mut fds = [PollFd::new(reports.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, 20u16) {
+                Ok(n) if n > 0 => match nix::unistd::read(reports, &mut buf[have..]) {
+                    Ok(0) => {} // every child has exited; waitpid below says how
+                    Ok(got) => {
+                        have += got;
+                        if have == 4 {
+                            have = 0;
+                            let record = u32::from_ne_bytes(buf);
+                            let i = (record >> 1) as usize;
+                            if record & 1 == 1 {
+                                let (pid, _) = self.0[i];
+                                let _ = super::fork::reap(pid);
+                                self.0[i].0 = Pid::from_raw(0);
+                                return Err(panicked(i, pid, slots));
+                            }
+                            if !reported[i] {
+                                reported[i] = true;
+                                pending -= 1;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(os("reading the workers' reports", e.into())),
+                },
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(os("poll", e.into())),
+            }
+            // No report for a while (or none coming): has a silent child died?
+            for ((pid, i), done) in self.0.iter_mut().zip(reported.iter_mut()) {
+                let (child, i) = (*pid, *i);
+                if *done || child.as_raw() <= 0 {
+                    continue;
                 }
-                Ok(status) => Error::WorkerDied { worker: i, pid: pid.as_raw(), how: describe(status) },
-                Err(e) => os("waitpid", e.into()),
-            };
-            if first.is_ok() {
-                first = Err(err);
+                let status = match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => continue,
+                    Ok(status) => status,
+                    Err(e) => return Err(os("waitpid", e.into())),
+                };
+                *pid = Pid::from_raw(0); // reaped
+                match status {
+                    // Exited 0 after reporting: the report is still in the pipe.
+                    WaitStatus::Exited(_, 0) => {
+                        *done = true;
+                        pending -= 1;
+                    }
+                    WaitStatus::Exited(_, 1) => return Err(panicked(i, child, slots)),
+                    status => return Err(Error::WorkerDied { worker: i, pid: child.as_raw(), how: describe(status) }),
+                }
             }
         }
-        first
+        // Children already reaped above are not finished children any more.
+        self.0.retain(|&(pid, _)| pid.as_raw() > 0);
+        Ok(())
     }
+
+    /// Kills (if still running) and reaps every child.
+    fn reap_all(&mut self) {
+        for (pid, _) in self.0.drain(..) {
+            if pid.as_raw() > 0 {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = reap(pid);
+            }
+        }
+    }
+}
+
+fn panicked(i: usize, pid: Pid, slots: &[u8]) -> Error {
+    let slot = &slots[i * SLOT..(i + 1) * SLOT];
+    let len = u32::from_ne_bytes(slot[..4].try_into().unwrap()) as usize;
+    let message = String::from_utf8_lossy(&slot[4..4 + len.min(SLOT - 4)]).into_owned();
+    Error::WorkerPanicked { worker: i, pid: pid.as_raw(), message }
 }
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for &(pid, _) in &self.0 {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = reap(pid);
-        }
+        self.reap_all();
     }
 }
 

@@ -9,13 +9,18 @@
 //!   (copy-on-write: nothing is copied), write their blocks into a shared
 //!   map and leave with `_exit`; the parent computes the last block itself,
 //!   straight into the caller's output, then copies the children's blocks
-//!   from the map (one copy of their part of the output). When the caller's
+//!   from the map (one copy of their part of the output). Children report
+//!   on a pipe and the parent goes on without waiting for their exit; they
+//!   are reaped at the next product or when the operator is dropped. When the caller's
 //!   output lies in a [`SharedMat`], the children write into it in place and
 //!   nothing is copied.
-//! - **Created once** (`procs_created_once = true`, [`pool`]): `nworkers`
+//! - **Created once** (`procs_created_once = true`, [`pool`]): `nworkers - 1`
 //!   workers forked when the operator is built, each holding its snapshot
-//!   of `L`. A product writes `A` into a shared input map, sends each worker
-//!   its block over a Unix socket, and copies the shared output map back.
+//!   of `L`; the parent is the last worker, as above. A product writes the
+//!   workers' columns of `A` into a shared input map, sends each worker its
+//!   block over a Unix socket, computes the last block straight into the
+//!   caller's output, and copies the workers' blocks from the shared output
+//!   map.
 //!   The maps grow when a larger operand arrives; the new memfd reaches the
 //!   workers over the socket (`SCM_RIGHTS`). Products on one pool from
 //!   several threads are serialized. Dropping the operator stops and reaps
@@ -168,7 +173,7 @@ impl Processes {
         }
         match self {
             Processes::PerProduct(p) => p.run(op, mode, out, rhs, nblocks, use_matvec, stack),
-            Processes::Pool(p) => p.run(mode, out, rhs, nblocks, use_matvec),
+            Processes::Pool(p) => p.run(op, mode, out, rhs, nblocks, use_matvec, stack),
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::reborrow::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{
@@ -81,11 +82,12 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Forks `nworkers` workers, each with a snapshot of `op`.
+    /// Forks `nworkers - 1` workers, each with a snapshot of `op`; the
+    /// parent is the last worker.
     pub(crate) fn new<T: Scalar, L: BiLinOp<T>>(op: &L, nworkers: usize) -> Result<Self, Error> {
         let parent = nix::unistd::getpid();
         let mut state = State { workers: Vec::with_capacity(nworkers), input: None, output: None, broken: None };
-        for _ in 0..nworkers {
+        for _ in 1..nworkers {
             let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
                 .map_err(|e| os("socketpair", e.into()))?;
             // SAFETY: see the module docs of `process`; the worker never
@@ -120,29 +122,36 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `out = L_mode · rhs` on the workers, `nblocks` of them.
-    pub(crate) fn run<T: Scalar>(
+    /// `out = L_mode · rhs`: blocks `0..nblocks - 1` on the workers, the last
+    /// one here (with `op`, the parent's own operator).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run<T: Scalar, L: BiLinOp<T>>(
         &self,
+        op: &L,
         mode: Mode,
         mut out: MatMut<'_, T>,
         rhs: MatRef<'_, T>,
         nblocks: usize,
         use_matvec: bool,
+        stack: &mut MemStack,
     ) -> Result<(), Error> {
         let mut st = self.lock();
         if let Some(why) = &st.broken {
             return Err(Error::PoolBroken(why.clone()));
         }
         let (m, n, k) = (out.nrows(), rhs.nrows(), rhs.ncols());
+        // The workers' columns go through the maps; the last block stays here.
+        let nworkers = nblocks - 1;
+        let kw = split::block(k, nblocks, nworkers).start;
         let size = size_of::<T>();
-        st.ensure_map(MAP_INPUT, n * k * size)?;
-        st.ensure_map(MAP_OUTPUT, m * k * size)?;
-        st.input.as_mut().expect("mapped").mat_mut::<T>(n, k).copy_from(rhs);
+        st.ensure_map(MAP_INPUT, n * kw * size)?;
+        st.ensure_map(MAP_OUTPUT, m * kw * size)?;
+        st.input.as_mut().expect("mapped").mat_mut::<T>(n, kw).copy_from(rhs.subcols(0, kw));
 
-        // Requests first, then replies: the workers run at the same time.
+        // Requests first, then the parent's block, then replies: all run at the same time.
         let mut result = Ok(());
         let mut sent = 0;
-        for i in 0..nblocks {
+        for i in 0..nworkers {
             let cols = split::block(k, nblocks, i);
             let req: Request = [
                 PRODUCT,
@@ -150,7 +159,7 @@ impl Pool {
                 use_matvec as u64,
                 m as u64,
                 n as u64,
-                k as u64,
+                kw as u64,
                 cols.start as u64,
                 cols.len() as u64,
             ];
@@ -160,6 +169,13 @@ impl Pool {
             }
             sent += 1;
         }
+        let last = split::block(k, nblocks, nworkers);
+        // A panic here waits for the workers' replies first, so that the next
+        // product finds the sockets in step.
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let out = out.rb_mut().subcols_mut(last.start, last.len());
+            block_product(op, mode, out, rhs.subcols(last.start, last.len()), use_matvec, stack)
+        }));
         for i in 0..sent {
             let mut reply = [0u8; 16 + REPLY_MAX];
             let got = recv(&st.workers[i].sock, &mut reply, None);
@@ -180,8 +196,12 @@ impl Pool {
                 result = Err(err);
             }
         }
+        if let Err(payload) = mine {
+            drop(st);
+            std::panic::resume_unwind(payload);
+        }
         result?;
-        out.copy_from(st.output.as_ref().expect("mapped").mat::<T>(m, k));
+        out.subcols_mut(0, kw).copy_from(st.output.as_ref().expect("mapped").mat::<T>(m, kw));
         Ok(())
     }
 }

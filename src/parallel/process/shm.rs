@@ -54,8 +54,24 @@ impl SharedBuf {
         self.fd.as_fd()
     }
 
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.map[..self.len]
+    }
+
+    /// `nrows · ncols` elements from byte `at` (a multiple of 64) as a column-major matrix.
+    pub(crate) fn mat_at<T: Scalar>(&self, at: usize, nrows: usize, ncols: usize) -> MatRef<'_, T> {
+        let data: &[T] = bytemuck::cast_slice(&self.map[at..at + nrows * ncols * size_of::<T>()]);
+        MatRef::from_column_major_slice(data, nrows, ncols)
+    }
+
+    /// `nrows · ncols` elements from byte `at` (a multiple of 64) as a mutable column-major matrix.
+    pub(crate) fn mat_mut_at<T: Scalar>(&mut self, at: usize, nrows: usize, ncols: usize) -> MatMut<'_, T> {
+        let data: &mut [T] = bytemuck::cast_slice_mut(&mut self.map[at..at + nrows * ncols * size_of::<T>()]);
+        MatMut::from_column_major_slice_mut(data, nrows, ncols)
     }
 
     fn elements<T: Scalar>(&self, n: usize) -> &[T] {
