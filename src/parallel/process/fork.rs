@@ -100,6 +100,10 @@ impl PerProduct {
         let shared = st.shared.as_mut().expect("just made");
         shared.bytes_mut()[..data_at].fill(0);
         let (reports, report) = pipe2(OFlag::O_CLOEXEC).map_err(|e| os("pipe", e.into()))?;
+        // The children never touch the caller's output (unless it is shared
+        // memory): keep its pages out of their copy of the address space, so
+        // that the parent writes them without copy-on-write faults.
+        let _not_forked = (!in_place).then(|| DontFork::new(out.rb()));
 
         let mut children = Children(Vec::with_capacity(nchildren));
         for i in 0..nchildren {
@@ -165,6 +169,40 @@ impl PerProduct {
             out.subcols_mut(0, child_cols).copy_from(shared.mat_at::<T>(data_at, m, child_cols));
         }
         Ok(())
+    }
+}
+
+/// The whole pages of a matrix's memory, marked `MADV_DONTFORK` while it
+/// lives: a child does not get them at all.
+struct DontFork(usize, usize);
+
+impl DontFork {
+    fn new<T>(m: MatRef<'_, T>) -> Option<Self> {
+        // Only when the entries fill their span: then no other view (another
+        // thread's, say) can own bytes in these pages.
+        let contiguous = m.row_stride() == 1 && (m.ncols() <= 1 || m.col_stride() == m.nrows() as isize);
+        if !contiguous {
+            return None;
+        }
+        let (start, end) = super::shm::byte_range(m)?;
+        let page = 4096;
+        let (start, end) = (start.next_multiple_of(page), end / page * page);
+        if start >= end {
+            return None;
+        }
+        // SAFETY: the pages hold entries of `m` only, which this product
+        // borrows mutably and which outlive this guard; only the children's
+        // view of them changes, and the children never touch them (they
+        // write into the shared buffer).
+        let done = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTFORK) };
+        (done == 0).then_some(Self(start, end))
+    }
+}
+
+impl Drop for DontFork {
+    fn drop(&mut self) {
+        // SAFETY: undoes `new` on the same pages.
+        unsafe { libc::madvise(self.0 as *mut libc::c_void, self.1 - self.0, libc::MADV_DOFORK) };
     }
 }
 

@@ -107,17 +107,23 @@ fn registry() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
     SHARED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether every entry of `m` lies in one live [`SharedMat`].
-pub(crate) fn is_shared<T>(m: MatRef<'_, T>) -> bool {
+/// The bytes `[start, end)` spanned by the entries of `m`; `None` if it is empty.
+pub(crate) fn byte_range<T>(m: MatRef<'_, T>) -> Option<(usize, usize)> {
     if m.nrows() == 0 || m.ncols() == 0 {
-        return false;
+        return None;
     }
     let size = size_of::<T>() as isize;
-    let corners = [0, m.row_stride() * (m.nrows() as isize - 1), m.col_stride() * (m.ncols() as isize - 1)];
-    let lo = corners[1].min(0) + corners[2].min(0);
-    let hi = corners[1].max(0) + corners[2].max(0);
+    let rows = m.row_stride() * (m.nrows() as isize - 1);
+    let cols = m.col_stride() * (m.ncols() as isize - 1);
+    let lo = rows.min(0) + cols.min(0);
+    let hi = rows.max(0) + cols.max(0);
     let base = m.as_ptr() as isize;
-    let (lo, hi) = ((base + lo * size) as usize, (base + hi * size + size) as usize);
+    Some(((base + lo * size) as usize, (base + hi * size + size) as usize))
+}
+
+/// Whether every entry of `m` lies in one live [`SharedMat`].
+pub(crate) fn is_shared<T>(m: MatRef<'_, T>) -> bool {
+    let Some((lo, hi)) = byte_range(m) else { return false };
     registry().iter().any(|&(start, end)| start <= lo && hi <= end)
 }
 
