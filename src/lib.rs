@@ -28,6 +28,14 @@
 //! - [`LinOpExt`]: the same as methods (`.compose()`, `.adjoint()`,
 //!   `.plus()`, `.scale()`, …) and allocating conveniences (`.to_dense()`,
 //!   `.matmat()`, `.rmatmat()`).
+//! - [`parallel`]: [`pmatmat`](parallel::pmatmat) and friends, an operator
+//!   whose product runs over blocks of columns on threads
+//!   ([`parallel::thread`]), forked processes (`parallel::process`, unix) or
+//!   MPI ranks (`parallel::mpi`, feature `mpi`).
+//! - [`npz`]: one 2-D member of a numpy `.npz` file, read through a memory
+//!   map (row blocks viewed in place or copied), and [`npz::save`].
+//! - `mpilop` (feature `mpi`): `MpiLop`, a matrix from a `.npz` distributed
+//!   by rows over MPI ranks.
 //! - [`dottest()`]: checks that an operator's adjoint matches its product.
 //! - [`random`]: reproducible random matrices of any scalar type.
 //!
@@ -63,6 +71,8 @@
 //! | `hstack`, `vstack`, `block_diag`, `kron` | [`ops::hstack`], [`ops::vstack`], [`ops::block_diag`], [`ops::Kron`] |
 //! | `eye`, `zeros`, `diag` | [`ops::eye`], [`ops::zeros`], [`ops::diag`] |
 //! | `L.toarray()`, `L @ A` | [`LinOpExt::to_dense`], [`LinOpExt::matmat`] |
+//! | `pmatmat`, `pmatmat_multithread`, `pmatmat_multiprocess` | [`parallel::pmatmat`], [`parallel::pmatmat_multithread`], [`parallel::pmatmat_multiprocess`] |
+//! | `pmatmat_mpi`, `MPILop` (feature `mpi`) | `parallel::pmatmat_mpi`, `mpilop::MpiLop` |
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

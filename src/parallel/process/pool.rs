@@ -180,7 +180,7 @@ impl Pool {
             let mut reply = [0u8; 16 + REPLY_MAX];
             let got = recv(&st.workers[i].sock, &mut reply, None);
             let err = match got {
-                Ok((len, _)) if len >= 16 => {
+                Ok(len) if len >= 16 => {
                     let status = u64::from_ne_bytes(reply[..8].try_into().unwrap());
                     if status == 0 {
                         continue;
@@ -308,7 +308,7 @@ fn send_bytes(sock: &OwnedFd, bytes: &[u8], fd: Option<RawFd>) -> std::io::Resul
 
 /// Receives one message (0 bytes: the other end is gone) and a descriptor
 /// if one came with it and `fd` asks for it.
-fn recv(sock: &OwnedFd, buf: &mut [u8], mut fd: Option<&mut Option<OwnedFd>>) -> std::io::Result<(usize, ())> {
+fn recv(sock: &OwnedFd, buf: &mut [u8], mut fd: Option<&mut Option<OwnedFd>>) -> std::io::Result<usize> {
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     loop {
         let mut iov = [IoSliceMut::new(buf)];
@@ -328,7 +328,7 @@ fn recv(sock: &OwnedFd, buf: &mut [u8], mut fd: Option<&mut Option<OwnedFd>>) ->
                         }
                     }
                 }
-                return Ok((len, ()));
+                return Ok(len);
             }
         }
     }
@@ -350,10 +350,8 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, sock: OwnedFd, parent: Pid) -> 
     loop {
         let mut req: Request = [0; 8];
         let mut fd = None;
-        let len = match recv(&sock, bytemuck::bytes_of_mut(&mut req), Some(&mut fd)) {
-            Ok((len, ())) => len,
-            Err(_) => 0,
-        };
+        // An error reading counts as the parent being gone.
+        let len = recv(&sock, bytemuck::bytes_of_mut(&mut req), Some(&mut fd)).unwrap_or_default();
         if len == 0 || req[0] == EXIT {
             // SAFETY: as above.
             unsafe { libc::_exit(0) }
