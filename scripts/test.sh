@@ -16,6 +16,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features)"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "cargo doc (all features; broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+
 step "cargo test (all features; the MPI tests run here as one rank)"
 cargo test --all-features
 

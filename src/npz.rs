@@ -736,7 +736,7 @@ impl NpzMatrix {
 /// a new `.npz` file at `path`, that numpy reads with `np.load`: stored (not
 /// compressed), in Fortran order, with the data aligned to 64 bytes in the
 /// file, so that [`NpzMatrix::view_rows`] (and an
-/// [`MpiLop`](crate::mpilop::MpiLop)) can view it in place without a copy.
+/// `MpiLop`, feature `mpi`) can view it in place without a copy.
 ///
 /// # Errors
 /// [`NpzErrorKind::Io`] if the file cannot be written.
