@@ -7,8 +7,8 @@ mod common;
 
 use common::fixtures::{self, Formula};
 use common::{PRODUCTS, Product, assert_close, product, reference};
-use faer::traits::math_utils::{is_nan, one};
-use faer::{Mat, MatMut, MatRef, Par};
+use faer::traits::math_utils::is_nan;
+use faer::{Mat, MatRef, Par};
 use lazylinop::mpilop::MpiLop;
 use lazylinop::parallel::mpi::Gather;
 use lazylinop::parallel::{Error, Method, Scalar, pmatmat, pmatmat_mpi};
@@ -47,18 +47,7 @@ fn pmatmat_mpi_all<T: Scalar>(world: &SimpleCommunicator) {
     let rank = world.rank();
     for (s, (m, n)) in [(0, 3), (3, 0), (1, 1), (7, 5), (33, 17)].into_iter().enumerate() {
         let a = random::mat::<T>(m, n, 100 + s as u64);
-        let a2 = a.clone();
-        let a3 = a.clone();
-        let closure = from_matmat(
-            m,
-            n,
-            move |out: MatMut<'_, T>, x: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, &a2, x, one(), Par::Seq)
-            },
-            move |out: MatMut<'_, T>, y: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, a3.adjoint(), y, one(), Par::Seq)
-            },
-        );
+        let closure = common::closure_of(&a);
         for gather in [Gather::Root, Gather::All] {
             let receives = gather == Gather::All || rank == 0;
             for use_matvec in [false, true] {

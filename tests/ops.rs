@@ -143,21 +143,10 @@ fn basic<T: ComplexField>() {
     }
 }
 
-fn closures<T: ComplexField + Send + Sync>() {
+fn closures<T: ComplexField + Send + Sync + 'static>() {
     for (s, (m, n)) in SHAPES.into_iter().enumerate() {
         let a = random::mat::<T>(m, n, 90 + s as u64);
-        let a1 = a.clone();
-        let a2 = a.clone();
-        let op = from_matmat(
-            m,
-            n,
-            move |out: MatMut<'_, T>, x: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, &a1, x, one(), Par::Seq)
-            },
-            move |out: MatMut<'_, T>, y: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, a2.adjoint(), y, one(), Par::Seq)
-            },
-        );
+        let op = common::closure_of(&a);
         check_op(&op, a.as_ref(), &format!("from_matmat {m}×{n}"));
         let (a3, a4) = (a.clone(), a.clone());
         let op = from_matvec(

@@ -9,7 +9,6 @@ mod common;
 use std::sync::RwLock;
 
 use common::{assert_close, check_parallel};
-use faer::traits::math_utils::one;
 use faer::{Mat, MatMut, MatRef, Par};
 use lazylinop::parallel::process::SharedMat;
 use lazylinop::parallel::{Error, Method, Scalar, pmatmat, pmatmat_multiprocess};
@@ -33,17 +32,7 @@ fn all_kinds<T: Scalar>() {
         let b = random::mat::<T>(n, n, 200 + s as u64);
         let composite = (&a).compose(Adjoint(&b)).plus(&a);
         let composite_dense = &a * b.adjoint() + &a;
-        let (a2, a3) = (a.clone(), a.clone());
-        let closure = from_matmat(
-            m,
-            n,
-            move |out: MatMut<'_, T>, x: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, &a2, x, one(), Par::Seq)
-            },
-            move |out: MatMut<'_, T>, y: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, a3.adjoint(), y, one(), Par::Seq)
-            },
-        );
+        let closure = common::closure_of(&a);
         for once in MODES {
             for nworkers in [1, 2, 3] {
                 for use_matvec in [false, true] {
@@ -304,6 +293,21 @@ fn nothing_is_left_behind() {
         per.matmat(&x);
         let running = children();
         assert!(pool.worker_pids().iter().all(|p| running.contains(p)), "the pool's workers are running");
+        // The per-product children are reaped as they exit, without waiting for the next product.
+        let mut expected = kids.clone();
+        expected.extend(pool.worker_pids());
+        expected.sort();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut now = children();
+        while {
+            now.sort();
+            now != expected
+        } && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            now = children();
+        }
+        assert_eq!(now, expected, "a finished child is not reaped (zombie)");
         assert!(shared_maps() > maps);
         let _ = pmatmat_multiprocess(faulty(self_kill), Some(2), false, false)
             .unwrap()

@@ -6,8 +6,8 @@ mod common;
 
 use common::{assert_close, check_parallel};
 use faer::traits::ComplexField;
-use faer::traits::math_utils::{from_f64, one};
-use faer::{Mat, MatMut, MatRef, Par};
+use faer::traits::math_utils::from_f64;
+use faer::{Mat, MatMut, MatRef};
 use lazylinop::parallel::{Error, Method, pmatmat, pmatmat_multithread};
 use lazylinop::prelude::*;
 use lazylinop::random;
@@ -35,18 +35,7 @@ fn all_kinds<T: lazylinop::parallel::Scalar>() {
         // A composite with no parallelism of its own: A·Bᴴ + S, with S sparse.
         let composite = (&a).compose(Adjoint(&b)).plus(&sp);
         let composite_dense = &a * b.adjoint() + &sp_dense;
-        let a2 = a.clone();
-        let a3 = a.clone();
-        let closure = from_matmat(
-            m,
-            n,
-            move |out: MatMut<'_, T>, x: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, &a2, x, one(), Par::Seq)
-            },
-            move |out: MatMut<'_, T>, y: MatRef<'_, T>| {
-                faer::linalg::matmul::matmul(out, faer::Accum::Replace, a3.adjoint(), y, one(), Par::Seq)
-            },
-        );
+        let closure = common::closure_of(&a);
         for nworkers in WORKERS {
             for use_matvec in [false, true] {
                 let w = Some(nworkers);

@@ -227,7 +227,8 @@ pub const DEFAULT_MIN_PARALLEL_WORK: usize = 1 << 20;
 ///   single-column products (for operators that only have a matvec).
 ///
 /// Takes the operator by value: a matrix, any combinator, a
-/// [`DynOp`](crate::ops::DynOp), or a reference `&L`.
+/// [`DynOp`](crate::ops::DynOp) (an `Arc<L>` becomes one with
+/// `DynOp::from(arc)`), or a reference `&L`.
 ///
 /// # Errors
 /// [`Error::ZeroWorkers`] for `Some(0)`; [`Error::Unavailable`] for a method

@@ -23,6 +23,18 @@ macro_rules! for_all_types {
     }};
 }
 
+/// `a` as a closure operator (matmat and rmatmat closures around faer's
+/// matmul): the pattern of Python lazylinop's `LazyLinOp(shape, matmat, rmatmat)`.
+pub fn closure_of<T: ComplexField + Send + Sync + 'static>(a: &Mat<T>) -> impl BiLinOp<T> + Send + Sync + 'static {
+    let (a1, a2) = (a.clone(), a.clone());
+    from_matmat(
+        a.nrows(),
+        a.ncols(),
+        move |out: faer::MatMut<'_, T>, x: MatRef<'_, T>| matmul(out, Accum::Replace, &a1, x, one(), Par::Seq),
+        move |out: faer::MatMut<'_, T>, y: MatRef<'_, T>| matmul(out, Accum::Replace, a2.adjoint(), y, one(), Par::Seq),
+    )
+}
+
 /// The four products, as in faer's traits.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Product {

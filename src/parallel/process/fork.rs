@@ -3,13 +3,15 @@
 //! A child reports on a pipe as soon as its block is written (4 bytes:
 //! its index and whether it panicked) and then leaves; the parent does not
 //! wait for the child's exit (tearing down its copy of the address space
-//! costs as much as the fork). Children that reported are reaped at the
-//! start of the next product, or when the operator is dropped. A child that
-//! dies without reporting is found by `waitpid` (polled every 20 ms while
-//! reports are missing) and reaped at once.
+//! costs as much as the fork): a reaper thread owned by the operator waits
+//! for children that reported, so none stays a zombie. A child that dies
+//! without reporting is found by `waitpid` (polled every 20 ms while reports
+//! are missing) and reaped at once.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
 
 use faer::dyn_stack::MemStack;
 use faer::reborrow::{Reborrow, ReborrowMut};
@@ -31,39 +33,57 @@ use crate::parallel::{Error, Scalar, block_product, split};
 const SLOT: usize = 1024;
 
 /// The per-product backend: a worker count, the shared buffer the children
-/// write into (kept from one product to the next), and the children that
-/// reported but may not be reaped yet.
+/// write into (kept from one product to the next), and the reaper of the
+/// children that reported.
 #[derive(Debug)]
 pub(crate) struct PerProduct {
     nworkers: usize,
-    state: Mutex<State>,
+    shared: Mutex<Option<SharedBuf>>,
+    reaper: Reaper,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    shared: Option<SharedBuf>,
-    finished: Vec<Pid>,
+/// A thread that reaps the children it is given, as they exit.
+#[derive(Debug)]
+struct Reaper {
+    pids: Option<Sender<Pid>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-impl State {
-    /// Reaps the finished children; with `block`, waits for each.
-    fn reap_finished(&mut self, block: bool) {
-        self.finished.retain(|&pid| {
-            let flags = if block { None } else { Some(WaitPidFlag::WNOHANG) };
-            matches!(waitpid(pid, flags), Ok(WaitStatus::StillAlive))
+impl Reaper {
+    fn new() -> Self {
+        let (pids, todo) = channel::<Pid>();
+        let thread = std::thread::Builder::new().name("lazylinop-reaper".into()).spawn(move || {
+            for pid in todo {
+                let _ = reap(pid);
+            }
         });
+        // Without a thread, `reap` below waits for each child itself.
+        match thread {
+            Ok(thread) => Self { pids: Some(pids), thread: Some(thread) },
+            Err(_) => Self { pids: None, thread: None },
+        }
+    }
+
+    fn reap(&self, pid: Pid) {
+        if self.pids.as_ref().is_none_or(|pids| pids.send(pid).is_err()) {
+            let _ = reap(pid);
+        }
     }
 }
 
-impl Drop for PerProduct {
+impl Drop for Reaper {
+    /// Waits until every child given to it is reaped.
     fn drop(&mut self) {
-        self.state.get_mut().unwrap_or_else(|e| e.into_inner()).reap_finished(true);
+        drop(self.pids.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 impl PerProduct {
     pub(crate) fn new(nworkers: usize) -> Self {
-        Self { nworkers, state: Mutex::new(State::default()) }
+        Self { nworkers, shared: Mutex::new(None), reaper: Reaper::new() }
     }
 
     pub(crate) fn nworkers(&self) -> usize {
@@ -88,16 +108,14 @@ impl PerProduct {
         let child_cols = split::block(k, nblocks, nchildren).start;
         let in_place = is_shared(out.rb());
         // One product at a time uses the shared buffer.
-        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        guard.reap_finished(false);
-        let st = &mut *guard;
+        let mut guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         let data_at = (nchildren * SLOT).next_multiple_of(64);
         let needed = data_at + if in_place { 0 } else { m * child_cols * size_of::<T>() };
-        if st.shared.as_ref().is_none_or(|b| b.len() < needed) {
-            st.shared = None; // unmap the old one first
-            st.shared = Some(SharedBuf::new(needed.next_power_of_two())?);
+        if guard.as_ref().is_none_or(|b| b.len() < needed) {
+            *guard = None; // unmap the old one first
+            *guard = Some(SharedBuf::new(needed.next_power_of_two())?);
         }
-        let shared = st.shared.as_mut().expect("just made");
+        let shared = guard.as_mut().expect("just made");
         shared.bytes_mut()[..data_at].fill(0);
         let (reports, report) = pipe2(OFlag::O_CLOEXEC).map_err(|e| os("pipe", e.into()))?;
         // The children never touch the caller's output (unless it is shared
@@ -155,11 +173,10 @@ impl PerProduct {
             use_matvec,
             stack,
         );
-        let shared = st.shared.as_ref().expect("made above");
+        let shared = guard.as_ref().expect("made above");
         let outcome = children.wait_reports(&reports, shared.bytes());
-        let finished = &mut st.finished;
         match outcome {
-            Ok(()) => finished.extend(children.0.drain(..).map(|(pid, _)| pid)),
+            Ok(()) => children.0.drain(..).for_each(|(pid, _)| self.reaper.reap(pid)),
             Err(e) => {
                 children.reap_all();
                 return Err(e);

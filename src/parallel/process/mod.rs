@@ -11,7 +11,7 @@
 //!   straight into the caller's output, then copies the children's blocks
 //!   from the map (one copy of their part of the output). Children report
 //!   on a pipe and the parent goes on without waiting for their exit; they
-//!   are reaped at the next product or when the operator is dropped. When the caller's
+//!   are reaped by a thread of the operator as they exit. When the caller's
 //!   output lies in a [`SharedMat`], the children write into it in place and
 //!   nothing is copied.
 //! - **Created once** (`procs_created_once = true`, [`pool`]): `nworkers - 1`
