@@ -321,3 +321,30 @@ fn nothing_is_left_behind() {
     assert_eq!(children(), kids, "child processes left behind");
     assert_eq!(shared_maps(), maps, "shared memory left behind");
 }
+
+#[test]
+fn running_out_of_descriptors_is_an_error_not_a_panic() {
+    // Runs alone: it lowers this process's descriptor limit for a moment.
+    let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    let a = random::mat::<f64>(8, 8, 0);
+    let x = random::mat::<f64>(8, 4, 1);
+    let per = pmatmat_multiprocess(&a, Some(2), false, false).unwrap().with_min_parallel_work(0);
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as libc::rlim_t;
+    // No descriptor left: memfd_create, socketpair and pipe fail with EMFILE.
+    let none_left = libc::rlimit { rlim_cur: open.saturating_sub(2), rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads the struct it is given.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &none_left) }, 0);
+    let pool = pmatmat_multiprocess(&a, Some(2), false, true);
+    let product = per.try_matmat(x.as_ref());
+    // SAFETY: as above; back to the limit read first.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let err = pool.unwrap_err();
+    assert!(matches!(&err, Error::Os { source, .. } if source.raw_os_error() == Some(libc::EMFILE)), "{err}");
+    let err = product.unwrap_err();
+    assert!(matches!(&err, Error::Os { source, .. } if source.raw_os_error() == Some(libc::EMFILE)), "{err}");
+    // With descriptors again, the same operator works.
+    assert_close(per.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "after EMFILE");
+}
