@@ -486,16 +486,21 @@ impl<T: Scalar, L: BiLinOp<T>> Pmatmat<T, L> {
 
     fn try_run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack) -> Result<(), Error> {
         let nblocks = self.nblocks(self.op.nrows(), self.op.ncols(), rhs.ncols());
+        let work = self.work(mode);
         match &self.backend {
             Backend::Thread(t) => {
-                t.run(&self.op, mode, out, rhs, nblocks, self.use_matvec, stack);
+                t.run(work, out, rhs, nblocks, stack);
                 Ok(())
             }
             #[cfg(unix)]
-            Backend::Process(p) => p.run(&self.op, mode, out, rhs, nblocks, self.use_matvec, stack),
+            Backend::Process(p) => p.run(work, out, rhs, nblocks, stack),
             #[cfg(feature = "mpi")]
-            Backend::Mpi(r) => r.run(&self.op, mode, out, rhs, nblocks <= 1, self.use_matvec, stack),
+            Backend::Mpi(r) => r.run(work, out, rhs, nblocks <= 1, stack),
         }
+    }
+
+    fn work(&self, mode: Mode) -> Work<'_, L> {
+        Work { op: &self.op, mode, use_matvec: self.use_matvec }
     }
 
     /// Replaces the workers of a process pool (`procs_created_once`) with new
@@ -522,7 +527,7 @@ impl<T: Scalar, L: BiLinOp<T>> ModeOp<T> for Pmatmat<T, L> {
 
     fn scratch(&self, mode: Mode, k: usize, _: Par) -> StackReq {
         let nblocks = self.nblocks(self.op.nrows(), self.op.ncols(), k);
-        let unit = block_scratch(&self.op, mode, k, nblocks, self.use_matvec);
+        let unit = self.work(mode).scratch(k, nblocks);
         match &self.backend {
             Backend::Thread(_) => thread::scratch(nblocks, unit),
             // Each process has its own copy of the caller's scratch.
@@ -543,18 +548,6 @@ impl<T: Scalar, L: BiLinOp<T>> ModeOp<T> for Pmatmat<T, L> {
 
 impl_bilinop!([L: BiLinOp<T>] Pmatmat<T, L> where T: Scalar);
 
-/// Scratch of the widest block's product.
-fn block_scratch<T: ComplexField, L: BiLinOp<T>>(
-    op: &L,
-    mode: Mode,
-    k: usize,
-    nblocks: usize,
-    use_matvec: bool,
-) -> StackReq {
-    let width = if use_matvec { k.min(1) } else { split::widest(k, nblocks.max(1)) };
-    scratch_as(op, mode, width, Par::Seq)
-}
-
 /// Whether this process is a forked worker of the process backend (no
 /// threads but the one that forked; rayon must not be entered).
 pub(crate) fn in_forked_worker() -> bool {
@@ -564,19 +557,43 @@ pub(crate) fn in_forked_worker() -> bool {
     return false;
 }
 
-/// One worker's block: `out = op_mode · rhs`, at once or column by column.
-pub(crate) fn block_product<T: ComplexField, L: BiLinOp<T>>(
-    op: &L,
-    mode: Mode,
-    mut out: MatMut<'_, T>,
-    rhs: MatRef<'_, T>,
-    use_matvec: bool,
-    stack: &mut MemStack,
-) {
-    if !use_matvec {
-        return apply_as(op, mode, out, rhs, Par::Seq, stack);
+/// What every worker computes in one product: `op` in `mode` on its block
+/// of columns, at once or (`use_matvec`) one column at a time, with
+/// `Par::Seq`.
+pub(crate) struct Work<'a, L> {
+    pub(crate) op: &'a L,
+    pub(crate) mode: Mode,
+    pub(crate) use_matvec: bool,
+}
+
+impl<L> Clone for Work<'_, L> {
+    fn clone(&self) -> Self {
+        *self
     }
-    for j in 0..rhs.ncols() {
-        apply_as(op, mode, out.rb_mut().subcols_mut(j, 1), rhs.subcols(j, 1), Par::Seq, stack);
+}
+
+impl<L> Copy for Work<'_, L> {}
+
+impl<L> Work<'_, L> {
+    /// One worker's block: `out = op_mode · rhs`.
+    pub(crate) fn block<T: ComplexField>(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack)
+    where
+        L: BiLinOp<T>,
+    {
+        if !self.use_matvec {
+            return apply_as(self.op, self.mode, out, rhs, Par::Seq, stack);
+        }
+        for j in 0..rhs.ncols() {
+            apply_as(self.op, self.mode, out.rb_mut().subcols_mut(j, 1), rhs.subcols(j, 1), Par::Seq, stack);
+        }
+    }
+
+    /// Scratch of the widest block when `k` columns are split into `nblocks`.
+    pub(crate) fn scratch<T: ComplexField>(&self, k: usize, nblocks: usize) -> StackReq
+    where
+        L: BiLinOp<T>,
+    {
+        let width = if self.use_matvec { k.min(1) } else { split::widest(k, nblocks.max(1)) };
+        scratch_as(self.op, self.mode, width, Par::Seq)
     }
 }

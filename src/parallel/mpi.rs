@@ -30,9 +30,8 @@ use mpi::datatype::Equivalence;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Destination, Root, Source};
 
-use super::{Error, Scalar, block_product, split};
+use super::{Error, Scalar, Work, split};
 use crate::BiLinOp;
-use crate::ops::Mode;
 
 /// The largest message, in elements: MPI's counts are `i32`.
 pub const DEFAULT_MAX_MESSAGE: usize = i32::MAX as usize;
@@ -302,16 +301,14 @@ impl Ranks {
         temp_slice_scratch::<T>(m * split::widest(k, p)).and(temp_slice_scratch::<T>(m * k)).and(unit)
     }
 
-    /// `out = op_mode · rhs`, column block `rank` here, gathered.
-    #[allow(clippy::too_many_arguments)]
+    /// `work` on column block `rank` here, the blocks gathered; a `small`
+    /// product is computed whole on every rank.
     pub(crate) fn run<T: Scalar, L: BiLinOp<T>>(
         &self,
-        op: &L,
-        mode: Mode,
+        work: Work<'_, L>,
         mut out: MatMut<'_, T>,
         rhs: MatRef<'_, T>,
         small: bool,
-        use_matvec: bool,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
         let max = self.comm.max_message;
@@ -320,7 +317,7 @@ impl Ranks {
             agree_on(comm, "the product's shapes (out rows, operand rows, columns)", [m, n, k])?;
             if small {
                 // Every rank computes the whole (small) product: no message at all.
-                block_product(op, mode, out, rhs, use_matvec, stack);
+                work.block(out, rhs, stack);
                 return Ok(());
             }
             let (p, r) = (comm.size() as usize, comm.rank() as usize);
@@ -331,14 +328,14 @@ impl Ranks {
             let (staging, stack) = temp_slice::<T>(m * k, stack);
             if !receives {
                 let local = MatMut::from_column_major_slice_mut(&mut mine[..m * cols.len()], m, cols.len());
-                block_product(op, mode, local, rhs.subcols(cols.start, cols.len()), use_matvec, stack);
+                work.block(local, rhs.subcols(cols.start, cols.len()), stack);
                 gather(comm, self.gather, width, Pieces::Mine(&mine[..m * cols.len()]), max);
                 return Ok(());
             }
             // Compute this rank's block in place in the gathered result, then gather.
             let mut compute_and_gather = |all: &mut [T]| {
                 let local = MatMut::from_column_major_slice_mut(&mut all[m * cols.start..m * cols.end], m, cols.len());
-                block_product(op, mode, local, rhs.subcols(cols.start, cols.len()), use_matvec, stack);
+                work.block(local, rhs.subcols(cols.start, cols.len()), stack);
                 gather(comm, self.gather, width, Pieces::All(all), max);
             };
             match as_contiguous(&mut out) {

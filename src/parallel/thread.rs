@@ -12,9 +12,8 @@ use faer::dyn_stack::{MemStack, StackReq};
 use faer::traits::ComplexField;
 use faer::{MatMut, MatRef};
 
-use super::{Error, split};
+use super::{Error, Work, split};
 use crate::BiLinOp;
-use crate::ops::Mode;
 
 /// A rayon pool of `nworkers` threads, owned by one operator.
 #[derive(Debug)]
@@ -36,24 +35,21 @@ impl Threads {
         self.pool.current_num_threads()
     }
 
-    /// `out = op_mode · rhs` over `nblocks` column blocks.
-    #[allow(clippy::too_many_arguments)]
+    /// `work` over `nblocks` column blocks of `out` and `rhs`.
     pub(crate) fn run<T: ComplexField, L: BiLinOp<T>>(
         &self,
-        op: &L,
-        mode: Mode,
+        work: Work<'_, L>,
         out: MatMut<'_, T>,
         rhs: MatRef<'_, T>,
         nblocks: usize,
-        use_matvec: bool,
         stack: &mut MemStack,
     ) {
         let k = rhs.ncols();
-        let unit = super::block_scratch(op, mode, k, nblocks, use_matvec);
+        let unit = work.scratch(k, nblocks);
         // In a forked worker process there are no pool threads to hand work
         // to: the blocks run one after the other there.
         let parallel = nblocks > 1 && !super::in_forked_worker();
-        let job = Blocks { op, mode, k, nblocks, use_matvec, unit, parallel };
+        let job = Blocks { work, k, nblocks, unit, parallel };
         if parallel {
             self.pool.install(|| job.run(0..nblocks, out, rhs, stack));
         } else {
@@ -79,11 +75,9 @@ fn tree_scratch(n: usize, unit: StackReq) -> StackReq {
 
 /// One product, split into `nblocks` column blocks.
 struct Blocks<'a, L> {
-    op: &'a L,
-    mode: Mode,
+    work: Work<'a, L>,
     k: usize,
     nblocks: usize,
-    use_matvec: bool,
     unit: StackReq,
     parallel: bool,
 }
@@ -102,7 +96,7 @@ impl<L> Blocks<'_, L> {
         L: BiLinOp<T>,
     {
         if range.len() <= 1 {
-            return self.one_block(out, rhs, stack);
+            return self.work.block(out, rhs, stack);
         }
         let mid = range.start + range.len() / 2;
         let col = split::block(self.k, self.nblocks, mid).start - split::block(self.k, self.nblocks, range.start).start;
@@ -119,12 +113,5 @@ impl<L> Blocks<'_, L> {
             left();
             right();
         }
-    }
-
-    fn one_block<T: ComplexField>(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack)
-    where
-        L: BiLinOp<T>,
-    {
-        super::block_product(self.op, self.mode, out, rhs, self.use_matvec, stack)
     }
 }

@@ -25,8 +25,7 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2};
 use super::shm::{SharedBuf, is_shared, os};
 use super::{describe, enter_child, panic_message};
 use crate::BiLinOp;
-use crate::ops::Mode;
-use crate::parallel::{Error, Scalar, block_product, split};
+use crate::parallel::{Error, Scalar, Work, split};
 
 /// Where a child leaves its panic message: one slot per child at the start
 /// of the shared buffer, `[len: u32][message bytes]`.
@@ -90,17 +89,13 @@ impl PerProduct {
         self.nworkers
     }
 
-    /// `out = op_mode · rhs`: blocks `0..nblocks - 1` in forked children, the
-    /// last one here.
-    #[allow(clippy::too_many_arguments)]
+    /// `work`: blocks `0..nblocks - 1` in forked children, the last one here.
     pub(crate) fn run<T: Scalar, L: BiLinOp<T>>(
         &self,
-        op: &L,
-        mode: Mode,
+        work: Work<'_, L>,
         mut out: MatMut<'_, T>,
         rhs: MatRef<'_, T>,
         nblocks: usize,
-        use_matvec: bool,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
         let (m, k) = (out.nrows(), out.ncols());
@@ -140,7 +135,7 @@ impl PerProduct {
                         } else {
                             shared.mat_mut_at::<T>(data_at, m, child_cols).subcols_mut(cols.start, cols.len())
                         };
-                        block_product(op, mode, target, rhs, use_matvec, stack);
+                        work.block(target, rhs, stack);
                     }));
                     let panicked = match result {
                         Ok(()) => 0,
@@ -165,14 +160,7 @@ impl PerProduct {
         // The last block, here, straight into the caller's output. If it
         // panics, `children` kills and reaps the children on the way out.
         let last = split::block(k, nblocks, nchildren);
-        block_product(
-            op,
-            mode,
-            out.rb_mut().subcols_mut(last.start, last.len()),
-            rhs.subcols(last.start, last.len()),
-            use_matvec,
-            stack,
-        );
+        work.block(out.rb_mut().subcols_mut(last.start, last.len()), rhs.subcols(last.start, last.len()), stack);
         let shared = guard.as_ref().expect("made above");
         let outcome = children.wait_reports(&reports, shared.bytes());
         match outcome {

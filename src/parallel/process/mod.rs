@@ -68,9 +68,8 @@ use nix::sys::wait::WaitStatus;
 
 pub use shm::SharedMat;
 
-use super::{Error, Scalar};
+use super::{Error, Scalar, Work};
 use crate::BiLinOp;
-use crate::ops::Mode;
 
 /// Set in forked workers only.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
@@ -156,24 +155,21 @@ impl Processes {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run<T: Scalar, L: BiLinOp<T>>(
         &self,
-        op: &L,
-        mode: Mode,
+        work: Work<'_, L>,
         out: MatMut<'_, T>,
         rhs: MatRef<'_, T>,
         nblocks: usize,
-        use_matvec: bool,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
         if nblocks <= 1 {
-            super::block_product(op, mode, out, rhs, use_matvec, stack);
+            work.block(out, rhs, stack);
             return Ok(());
         }
         match self {
-            Processes::PerProduct(p) => p.run(op, mode, out, rhs, nblocks, use_matvec, stack),
-            Processes::Pool(p) => p.run(op, mode, out, rhs, nblocks, use_matvec, stack),
+            Processes::PerProduct(p) => p.run(work, out, rhs, nblocks, stack),
+            Processes::Pool(p) => p.run(work, out, rhs, nblocks, stack),
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::reborrow::ReborrowMut;
-use faer::{MatMut, MatRef, Par};
+use faer::{MatMut, MatRef};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, recvmsg, sendmsg,
@@ -26,8 +26,8 @@ use super::fork::reap;
 use super::shm::{SharedBuf, os};
 use super::{describe, enter_child, panic_message};
 use crate::BiLinOp;
-use crate::ops::{Mode, scratch_as};
-use crate::parallel::{Error, Scalar, block_product, split};
+use crate::ops::Mode;
+use crate::parallel::{Error, Scalar, Work, split};
 
 /// Request kinds.
 const MAP_INPUT: u64 = 1;
@@ -122,19 +122,17 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `out = L_mode · rhs`: blocks `0..nblocks - 1` on the workers, the last
-    /// one here (with `op`, the parent's own operator).
-    #[allow(clippy::too_many_arguments)]
+    /// `work`: blocks `0..nblocks - 1` on the workers (with their snapshot
+    /// of the operator), the last one here.
     pub(crate) fn run<T: Scalar, L: BiLinOp<T>>(
         &self,
-        op: &L,
-        mode: Mode,
+        work: Work<'_, L>,
         mut out: MatMut<'_, T>,
         rhs: MatRef<'_, T>,
         nblocks: usize,
-        use_matvec: bool,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
+        let (mode, use_matvec) = (work.mode, work.use_matvec);
         let mut st = self.lock();
         if let Some(why) = &st.broken {
             return Err(Error::PoolBroken(why.clone()));
@@ -174,7 +172,7 @@ impl Pool {
         // product finds the sockets in step.
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let out = out.rb_mut().subcols_mut(last.start, last.len());
-            block_product(op, mode, out, rhs.subcols(last.start, last.len()), use_matvec, stack)
+            work.block(out, rhs.subcols(last.start, last.len()), stack)
         }));
         for i in 0..sent {
             let mut reply = [0u8; 16 + REPLY_MAX];
@@ -367,7 +365,8 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, sock: OwnedFd, parent: Pid) -> 
                 let [_, mode, use_matvec, m, n, k, start, width] = req.map(|w| w as usize);
                 let mode = code_mode(mode as u64);
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let need = scratch_as(op, mode, if use_matvec != 0 { 1 } else { width }, Par::Seq);
+                    let work = Work { op, mode, use_matvec: use_matvec != 0 };
+                    let need = work.scratch(width, 1);
                     if need.size_bytes() > have.size_bytes() || need.align_bytes() > have.align_bytes() {
                         have = have.or(need);
                         scratch = MemBuffer::new(have);
@@ -377,7 +376,7 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, sock: OwnedFd, parent: Pid) -> 
                     };
                     let rhs = input.mat::<T>(n, k).subcols(start, width);
                     let out = output.mat_mut::<T>(m, k).subcols_mut(start, width);
-                    block_product(op, mode, out, rhs, use_matvec != 0, MemStack::new(&mut scratch));
+                    work.block(out, rhs, MemStack::new(&mut scratch));
                 }));
                 let mut reply = [0u8; 16 + REPLY_MAX];
                 let len = match &result {
