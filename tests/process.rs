@@ -348,3 +348,32 @@ fn running_out_of_descriptors_is_an_error_not_a_panic() {
     // With descriptors again, the same operator works.
     assert_close(per.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "after EMFILE");
 }
+
+#[test]
+fn a_dead_worker_is_seen_even_when_other_processes_hold_its_socket() {
+    let _g = shared();
+    // Pools forked at the same time from two threads: a worker of one pool may
+    // inherit the other pool's sockets, so end-of-file alone would never come.
+    let pools: Vec<_> = std::thread::scope(|s| {
+        let builders: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..5)
+                        .map(|_| {
+                            pmatmat_multiprocess(faulty(self_kill), Some(2), false, true)
+                                .unwrap()
+                                .with_min_parallel_work(0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        builders.into_iter().flat_map(|b| b.join().unwrap()).collect()
+    });
+    for l in &pools {
+        let start = std::time::Instant::now();
+        let err = l.try_matmat(poisoned().as_ref()).unwrap_err();
+        assert!(matches!(&err, Error::WorkerDied { how, .. } if how.contains("SIGKILL")), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
+    }
+}

@@ -7,13 +7,14 @@
 //! end: the parent reads end-of-file, reaps it and reports how it ended.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::reborrow::ReborrowMut;
 use faer::{MatMut, MatRef};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, recvmsg, sendmsg,
@@ -162,7 +163,7 @@ impl Pool {
                 cols.len() as u64,
             ];
             if let Err(e) = send(&st.workers[i].sock, &req, None) {
-                result = Err(st.lost(i, e));
+                result = Err(st.lost(i, e, None));
                 break;
             }
             sent += 1;
@@ -176,7 +177,7 @@ impl Pool {
         }));
         for i in 0..sent {
             let mut reply = [0u8; 16 + REPLY_MAX];
-            let got = recv(&st.workers[i].sock, &mut reply, None);
+            let got = wait_reply(&st.workers[i], &mut reply);
             let err = match got {
                 Ok(len) if len >= 16 => {
                     let status = u64::from_ne_bytes(reply[..8].try_into().unwrap());
@@ -187,8 +188,8 @@ impl Pool {
                     let message = String::from_utf8_lossy(&reply[16..16 + msg_len]).into_owned();
                     Error::WorkerPanicked { worker: i, pid: st.workers[i].pid.as_raw(), message }
                 }
-                Ok(_) => st.lost(i, std::io::ErrorKind::UnexpectedEof.into()),
-                Err(e) => st.lost(i, e),
+                Ok(_) => st.lost(i, std::io::ErrorKind::UnexpectedEof.into(), None),
+                Err((e, status)) => st.lost(i, e, status),
             };
             if result.is_ok() {
                 result = Err(err);
@@ -219,17 +220,18 @@ impl State {
         *slot = Some(buf);
         for i in 0..self.workers.len() {
             if let Err(e) = send(&self.workers[i].sock, &req, Some(fd)) {
-                return Err(self.lost(i, e));
+                return Err(self.lost(i, e, None));
             }
         }
         Ok(())
     }
 
-    /// Worker `i` stopped answering (`e`): reap it, mark the pool broken and
-    /// say how it ended.
-    fn lost(&mut self, i: usize, e: std::io::Error) -> Error {
+    /// Worker `i` stopped answering (`e`): reap it (unless `reaped` says how
+    /// it ended already), mark the pool broken and say how it ended.
+    fn lost(&mut self, i: usize, e: std::io::Error, reaped: Option<WaitStatus>) -> Error {
         let pid = self.workers[i].pid;
-        let how = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        let status = reaped.map_or_else(|| waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok);
+        let how = match status {
             Ok(WaitStatus::StillAlive) => {
                 // Alive but its socket failed: it cannot be trusted any more.
                 let _ = kill(pid, Signal::SIGKILL);
@@ -239,7 +241,7 @@ impl State {
             Err(_) => format!("stopped answering ({e})"),
         };
         let how = match reap(pid) {
-            Ok(status) if how.starts_with("stopped") => format!("{how}; {}", describe(status)),
+            Ok(status) if reaped.is_none() && how.starts_with("stopped") => format!("{how}; {}", describe(status)),
             _ => how,
         };
         // Reaped: nothing to do for this one on drop.
@@ -275,6 +277,26 @@ impl Drop for State {
                     _ => break,
                 }
             }
+        }
+    }
+}
+
+/// Waits for worker `w`'s reply. Another process may hold a copy of the
+/// worker's end of the socket (a child forked elsewhere in this program), so
+/// end-of-file is not relied on: while no reply comes, `waitpid` checks every
+/// 20 ms whether the worker is gone, and returns how it ended if so.
+fn wait_reply(w: &Worker, buf: &mut [u8]) -> Result<usize, (std::io::Error, Option<WaitStatus>)> {
+    loop {
+        let mut fds = [PollFd::new(w.sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, 20u16) {
+            Ok(n) if n > 0 => return recv(&w.sock, buf, None).map_err(|e| (e, None)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err((e.into(), None)),
+        }
+        match waitpid(w.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => return Err((std::io::ErrorKind::UnexpectedEof.into(), Some(status))),
+            Err(e) => return Err((e.into(), None)),
         }
     }
 }
