@@ -232,8 +232,10 @@ pub const DEFAULT_MIN_PARALLEL_WORK: usize = 1 << 20;
 ///
 /// # Errors
 /// [`Error::ZeroWorkers`] for `Some(0)`; [`Error::Unavailable`] for a method
-/// this build does not have; [`Error::ThreadPool`] if the threads cannot
-/// start.
+/// this build or platform does not have; [`Error::ThreadPool`] if the
+/// threads cannot start; [`Error::Os`] if a process pool cannot be forked;
+/// [`Error::Mpi`] if MPI is not initialized or `nworkers` is not the world
+/// communicator's size.
 ///
 /// # Examples
 /// ```
