@@ -33,25 +33,18 @@ fn main() {
     let (y, t_seq) = timed_product(&l, &x);
     println!("L·X, sequential:            {:8.1} ms  ({:5.1} GFLOP/s)", t_seq * 1e3, flops / t_seq * 1e-9);
 
-    // The same product on threads: columns of X split in place over the workers.
-    let pl = pmatmat(&l, Method::Thread, None, false).expect("thread pool");
-    let (y_par, t_par) = timed_product(&pl, &x);
-    let diff = (&y_par - &y).norm_max();
-    println!(
-        "L·X, pmatmat thread ({} workers): {:8.1} ms  ({:5.1} GFLOP/s), speedup {:.2}, max difference from sequential {diff:.1e}",
-        pl.nworkers(),
-        t_par * 1e3,
-        flops / t_par * 1e-9,
-        t_seq / t_par
-    );
-    assert!(diff <= 1e-12 * y.norm_max(), "the parallel product disagrees with the sequential one");
-
-    // On forked processes: per product, and a pool created once.
+    // The same product on threads (columns of X split in place over the workers),
+    // then on forked processes: per product, and a pool created once.
+    let mut methods = vec![("thread", Method::Thread)];
     #[cfg(unix)]
-    for (once, name) in [(false, "process per product"), (true, "process pool")] {
-        let pl = pmatmat(&l, Method::Process { procs_created_once: once }, None, false).expect("fork the workers");
-        let (y_proc, t) = timed_product(&pl, &x);
-        let diff = (&y_proc - &y).norm_max();
+    methods.extend([
+        ("process per product", Method::Process { procs_created_once: false }),
+        ("process pool", Method::Process { procs_created_once: true }),
+    ]);
+    for (name, method) in methods {
+        let pl = pmatmat(&l, method, None, false).expect("start the workers");
+        let (y_par, t) = timed_product(&pl, &x);
+        let diff = (&y_par - &y).norm_max();
         println!(
             "L·X, pmatmat {name} ({} workers): {:8.1} ms  ({:5.1} GFLOP/s), speedup {:.2}, max difference from sequential {diff:.1e}",
             pl.nworkers(),
@@ -59,7 +52,7 @@ fn main() {
             flops / t * 1e-9,
             t_seq / t
         );
-        assert!(diff <= 1e-12 * y.norm_max(), "the process product disagrees with the sequential one");
+        assert!(diff <= 1e-12 * y.norm_max(), "the {name} product disagrees with the sequential one");
     }
 
     // Dense reference, formed here only to check.
