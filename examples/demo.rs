@@ -31,7 +31,7 @@ fn main() {
     let par = Par::Seq;
     let flops = 2.0 * (2.0 * (2 * n * n * k) as f64);
     let (y, t_seq) = timed_product(&l, &x);
-    println!("L·X, sequential:            {:8.1} ms  ({:5.1} GFLOP/s)", t_seq * 1e3, flops / t_seq * 1e-9);
+    println!("{:<46} {:8.1} ms  ({:5.1} GFLOP/s)", "L·X, sequential:", t_seq * 1e3, flops / t_seq * 1e-9);
 
     // The same product on threads (columns of X split in place over the workers),
     // then on forked processes: per product, and a pool created once.
@@ -45,9 +45,9 @@ fn main() {
         let pl = pmatmat(&l, method, None, false).expect("start the workers");
         let (y_par, t) = timed_product(&pl, &x);
         let diff = (&y_par - &y).norm_max();
+        let label = format!("L·X, pmatmat {name} ({} workers):", pl.nworkers());
         println!(
-            "L·X, pmatmat {name} ({} workers): {:8.1} ms  ({:5.1} GFLOP/s), speedup {:.2}, max difference from sequential {diff:.1e}",
-            pl.nworkers(),
+            "{label:<46} {:8.1} ms  ({:5.1} GFLOP/s), speedup {:.2}, max difference from sequential {diff:.1e}",
             t * 1e3,
             flops / t * 1e-9,
             t_seq / t
