@@ -36,6 +36,8 @@
 //!   map (row blocks viewed in place or copied), and [`npz::save`].
 //! - `mpilop` (feature `mpi`): `MpiLop`, a matrix from a `.npz` distributed
 //!   by rows over MPI ranks.
+//! - [`Scalar`]: the four scalar types (`f32`, `f64`, `c32`, `c64`) that
+//!   shared memory, MPI and `.npz` files carry, and their [`Dtype`].
 //! - [`dottest()`]: checks that an operator's adjoint matches its product.
 //! - [`random`]: reproducible random matrices of any scalar type.
 //!
@@ -87,8 +89,10 @@ pub mod npz;
 pub mod ops;
 pub mod parallel;
 pub mod random;
+mod scalar;
 
 pub use dottest::{DotTest, dottest};
+pub use scalar::{Dtype, Scalar};
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]

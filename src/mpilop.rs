@@ -10,8 +10,8 @@ use faer::{Mat, MatMut, MatRef, Par};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::Communicator;
 
-use crate::npz::{NpyScalar, NpzMatrix};
-use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop};
+use crate::npz::NpzMatrix;
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 use crate::parallel::mpi::{
     Gather, Pieces, SharedComm, agree, agree_on, as_contiguous, broadcast, gather, reduce_sum, temp_slice,
     temp_slice_scratch,
@@ -68,7 +68,7 @@ pub struct MpiLop<T> {
     gather: Gather,
 }
 
-impl<T: NpyScalar + Scalar> MpiLop<T> {
+impl<T: Scalar> MpiLop<T> {
     /// Opens member `member` (`None`: the first array in the archive, as
     /// Python lazylinop) of the `.npz` file at `path` on every rank of
     /// `comm`; each rank keeps its own rows. Collective.
@@ -214,7 +214,7 @@ impl<T: NpyScalar + Scalar> MpiLop<T> {
                 let piece = |r: usize| split::block(m, p, r).len() * k;
                 let at = if receives { split::block(m, p, rank).start * k } else { 0 };
                 let mine = MatMut::from_column_major_slice_mut(&mut staging[at..at + piece(rank)], self.rows.len(), k);
-                apply_as(&local, mode, mine, rhs, par, stack);
+                mode.apply(&local, mine, rhs, par, stack);
                 if receives {
                     gather(comm, self.gather, piece, Pieces::All(&mut staging[..]), max);
                     for r in 0..p {
@@ -230,7 +230,7 @@ impl<T: NpyScalar + Scalar> MpiLop<T> {
                 // This rank's rows' adjoint times its rows of the operand; summed.
                 let (partial, stack) = temp_slice::<T>(m * k, stack);
                 let mine = MatMut::from_column_major_slice_mut(&mut partial[..], m, k);
-                apply_as(&local, mode, mine, rhs.subrows(self.rows.start, self.rows.len()), par, stack);
+                mode.apply(&local, mine, rhs.subrows(self.rows.start, self.rows.len()), par, stack);
                 let (staging, _) = temp_slice::<T>(if receives { m * k } else { 0 }, stack);
                 match as_contiguous(&mut out).filter(|_| receives) {
                     Some(all) => reduce_sum(comm, self.gather, partial, all, max),
@@ -247,7 +247,7 @@ impl<T: NpyScalar + Scalar> MpiLop<T> {
     }
 }
 
-impl<T: NpyScalar + Scalar> ModeOp<T> for MpiLop<T> {
+impl<T: Scalar> ModeOp<T> for MpiLop<T> {
     const NAME: &'static str = "MpiLop";
 
     fn shape(&self) -> (usize, usize) {
@@ -255,8 +255,8 @@ impl<T: NpyScalar + Scalar> ModeOp<T> for MpiLop<T> {
     }
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
-        let (m, n) = crate::ops::dims_as(self, mode);
-        let local = crate::ops::scratch_as(&self.local(), mode, k, par);
+        let (m, n) = mode.dims_of(self);
+        let local = mode.scratch(&self.local(), k, par);
         temp_slice_scratch::<T>(n * k)
             .and(temp_slice_scratch::<T>(m * k))
             .and(temp_slice_scratch::<T>(m * k))
@@ -271,4 +271,4 @@ impl<T: NpyScalar + Scalar> ModeOp<T> for MpiLop<T> {
     }
 }
 
-impl_bilinop!([] MpiLop<T> where T: NpyScalar + Scalar);
+impl_bilinop!([] MpiLop<T> where T: Scalar);

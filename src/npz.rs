@@ -11,7 +11,7 @@
 //!   stored member (touching only the pages of those rows in C order), or by streaming the
 //!   decompressed data of a deflated member, keeping only those rows.
 //!
-//! The scalar type is matched exactly to the member's dtype ([`NpyScalar`]): `f32` for
+//! The scalar type is matched exactly to the member's dtype ([`Scalar`]): `f32` for
 //! float32, `f64` for float64, [`c32`](faer::c32) for complex64 and [`c64`](faer::c64) for
 //! complex128. Another type is an error ([`NpzErrorKind::DtypeMismatch`]), never a conversion.
 //!
@@ -40,76 +40,28 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use faer::traits::ComplexField;
 use faer::{Mat, MatRef};
 use memmap2::Mmap;
 use npyz::{DType, NpyHeader, TypeChar};
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
+pub use crate::{Dtype, Scalar};
+
 /// The dtypes a member can hold, as listed in error messages.
 const ACCEPTED: &str = "float32, float64, complex64, complex128";
 
-/// Dtype of a `.npy` array that this module reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    /// `float32` (`'<f4'` or `'>f4'`), read as `f32`.
-    F32,
-    /// `float64` (`'<f8'` or `'>f8'`), read as `f64`.
-    F64,
-    /// `complex64` (`'<c8'` or `'>c8'`), read as [`faer::c32`].
-    C64,
-    /// `complex128` (`'<c16'` or `'>c16'`), read as [`faer::c64`].
-    C128,
-}
-
-impl Dtype {
-    /// The numpy name: `float32`, `float64`, `complex64` or `complex128`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::F64 => "float64",
-            Dtype::C64 => "complex64",
-            Dtype::C128 => "complex128",
-        }
-    }
-
-    /// Size of one element in bytes.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F64 | Dtype::C64 => 8,
-            Dtype::C128 => 16,
-        }
-    }
-
-    /// Whether the dtype is complex.
-    pub fn is_complex(self) -> bool {
-        matches!(self, Dtype::C64 | Dtype::C128)
-    }
-
-    /// Size in bytes of one real component (the unit of byte swapping).
-    fn component_size(self) -> usize {
-        if self.is_complex() { self.size() / 2 } else { self.size() }
-    }
-
-    fn from_npyz(dtype: &DType) -> Option<(Self, bool)> {
-        let DType::Plain(ty) = dtype else { return None };
-        let dtype = match (ty.type_char(), ty.num_bytes()?) {
-            (TypeChar::Float, 4) => Dtype::F32,
-            (TypeChar::Float, 8) => Dtype::F64,
-            (TypeChar::Complex, 8) => Dtype::C64,
-            (TypeChar::Complex, 16) => Dtype::C128,
-            _ => return None,
-        };
-        Some((dtype, ty.endianness() == npyz::Endianness::Big))
-    }
-}
-
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// The dtype and byte order of a `.npy` descr, if it is one this module reads.
+fn dtype_of(dtype: &DType) -> Option<(Dtype, bool)> {
+    let DType::Plain(ty) = dtype else { return None };
+    let dtype = match (ty.type_char(), ty.num_bytes()?) {
+        (TypeChar::Float, 4) => Dtype::Float32,
+        (TypeChar::Float, 8) => Dtype::Float64,
+        (TypeChar::Complex, 8) => Dtype::Complex64,
+        (TypeChar::Complex, 16) => Dtype::Complex128,
+        _ => return None,
+    };
+    Some((dtype, ty.endianness() == npyz::Endianness::Big))
 }
 
 /// Memory order of the array data, as the `.npy` header's `fortran_order` says.
@@ -119,36 +71,6 @@ pub enum Order {
     C,
     /// Column-major: the entries of a column are contiguous.
     Fortran,
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
-    impl Sealed for faer::c32 {}
-    impl Sealed for faer::c64 {}
-}
-
-/// Scalar types a member can be read as, each matched exactly to one [`Dtype`].
-///
-/// Implemented for `f32` (float32), `f64` (float64), [`faer::c32`] (complex64) and
-/// [`faer::c64`] (complex128); sealed.
-pub trait NpyScalar: ComplexField + bytemuck::Pod + sealed::Sealed {
-    /// The dtype of a member that reads as `Self`.
-    const DTYPE: Dtype;
-}
-
-impl NpyScalar for f32 {
-    const DTYPE: Dtype = Dtype::F32;
-}
-impl NpyScalar for f64 {
-    const DTYPE: Dtype = Dtype::F64;
-}
-impl NpyScalar for faer::c32 {
-    const DTYPE: Dtype = Dtype::C64;
-}
-impl NpyScalar for faer::c64 {
-    const DTYPE: Dtype = Dtype::C128;
 }
 
 /// Why opening or reading a member failed.
@@ -524,7 +446,7 @@ impl NpzMatrix {
         };
 
         let descr = header.dtype();
-        let Some((dtype, big_endian)) = Dtype::from_npyz(&descr) else {
+        let Some((dtype, big_endian)) = dtype_of(&descr) else {
             return Err(fail(NpzErrorKind::UnsupportedDtype(descr.descr())));
         };
         let shape: Vec<usize> = header
@@ -611,7 +533,7 @@ impl NpzMatrix {
         NpzError { path: self.path.clone(), member: Some(self.member.clone()), kind }
     }
 
-    fn check<T: NpyScalar>(&self, rows: &Range<usize>) -> Result<(), NpzError> {
+    fn check<T: Scalar>(&self, rows: &Range<usize>) -> Result<(), NpzError> {
         if T::DTYPE != self.dtype {
             let found = if self.big_endian { format!("{} (big-endian)", self.dtype) } else { self.dtype.to_string() };
             return Err(self.error(NpzErrorKind::DtypeMismatch { found, expected: T::DTYPE }));
@@ -637,7 +559,7 @@ impl NpzMatrix {
     /// # Errors
     /// [`NpzErrorKind::DtypeMismatch`] if the member's dtype is not `T::DTYPE`, and
     /// [`NpzErrorKind::RowsOutOfRange`] unless `rows.start <= rows.end <= nrows`.
-    pub fn view_rows<T: NpyScalar>(&self, rows: Range<usize>) -> Result<Option<MatRef<'_, T>>, NpzError> {
+    pub fn view_rows<T: Scalar>(&self, rows: Range<usize>) -> Result<Option<MatRef<'_, T>>, NpzError> {
         self.check::<T>(&rows)?;
         if self.compressed || self.needs_swap() {
             return Ok(None);
@@ -673,7 +595,7 @@ impl NpzMatrix {
     /// [`NpzErrorKind::RowsOutOfRange`] unless `rows.start <= rows.end <= nrows`, and for a
     /// compressed member [`NpzErrorKind::Truncated`] if the decompressed stream ends early or
     /// [`NpzErrorKind::Io`] if it is corrupt.
-    pub fn read_rows<T: NpyScalar>(&self, rows: Range<usize>) -> Result<Mat<T>, NpzError> {
+    pub fn read_rows<T: Scalar>(&self, rows: Range<usize>) -> Result<Mat<T>, NpzError> {
         self.check::<T>(&rows)?;
         let mut out = Mat::<T>::zeros(rows.end - rows.start, self.ncols);
         if out.nrows() == 0 || out.ncols() == 0 {
@@ -695,7 +617,7 @@ impl NpzMatrix {
 
     /// Copies rows `rows` of the data read from `src` (positioned at the start of the data)
     /// into `out`, swapping bytes when needed.
-    fn copy_rows<T: NpyScalar>(&self, src: &mut impl Source, rows: Range<usize>, out: &mut Mat<T>) -> io::Result<()> {
+    fn copy_rows<T: Scalar>(&self, src: &mut impl Source, rows: Range<usize>, out: &mut Mat<T>) -> io::Result<()> {
         let size = size_of::<T>();
         let k = rows.end - rows.start;
         let swap = self.needs_swap().then(|| self.dtype.component_size());
@@ -749,17 +671,17 @@ impl NpzMatrix {
 /// let back = NpzMatrix::open("a.npz", None).unwrap();
 /// assert_eq!(back.view_rows::<f64>(0..100).unwrap().unwrap(), a.as_ref());
 /// ```
-pub fn save<T: NpyScalar>(path: impl AsRef<Path>, member: &str, mat: MatRef<'_, T>) -> Result<(), NpzError> {
+pub fn save<T: Scalar>(path: impl AsRef<Path>, member: &str, mat: MatRef<'_, T>) -> Result<(), NpzError> {
     use std::io::Write;
     let path = path.as_ref();
     let error =
         |e: io::Error| NpzError { path: path.to_owned(), member: Some(member.to_owned()), kind: NpzErrorKind::Io(e) };
     let endian = if cfg!(target_endian = "little") { '<' } else { '>' };
     let descr = match T::DTYPE {
-        Dtype::F32 => "f4",
-        Dtype::F64 => "f8",
-        Dtype::C64 => "c8",
-        Dtype::C128 => "c16",
+        Dtype::Float32 => "f4",
+        Dtype::Float64 => "f8",
+        Dtype::Complex64 => "c8",
+        Dtype::Complex128 => "c16",
     };
     // numpy's format 1.0: magic, version, header length, then the header padded so that the
     // data starts at a multiple of 64 bytes from the start of the member.

@@ -6,10 +6,11 @@
 mod common;
 
 use common::fixtures::{self, Formula};
-use common::{PRODUCTS, Product, assert_close, product, reference};
+use common::{assert_close, product, reference};
 use faer::traits::math_utils::is_nan;
 use faer::{Mat, MatRef, Par};
 use lazylinop::mpilop::MpiLop;
+use lazylinop::ops::Mode;
 use lazylinop::parallel::mpi::Gather;
 use lazylinop::parallel::{Error, Method, Scalar, pmatmat, pmatmat_mpi};
 use lazylinop::prelude::*;
@@ -26,8 +27,8 @@ fn check_distributed<T: Scalar, L: BiLinOp<T>>(
     what: &str,
 ) {
     for (seed, k) in common::WIDTHS.into_iter().enumerate() {
-        for p in PRODUCTS {
-            let n = if matches!(p, Product::Apply | Product::Conj) { dense.ncols() } else { dense.nrows() };
+        for p in Mode::ALL {
+            let n = p.dims((dense.nrows(), dense.ncols())).1;
             // The same operand on every rank (same seed).
             let x = random::mat::<T>(n, k, seed as u64);
             let got = product(l, p, x.as_ref(), Par::Seq);
@@ -139,7 +140,7 @@ fn fixtures_of(dtype: &str) -> Vec<(String, String, (usize, usize), u64)> {
         .collect()
 }
 
-fn mpilop_all<T: Scalar + lazylinop::npz::NpyScalar + Formula>(world: &SimpleCommunicator, dtype: &str) {
+fn mpilop_all<T: Scalar + Formula>(world: &SimpleCommunicator, dtype: &str) {
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     let arrays = fixtures_of(dtype);
     assert!(arrays.len() >= 6, "fixtures of {dtype}");
@@ -166,17 +167,11 @@ fn mpilop_all<T: Scalar + lazylinop::npz::NpyScalar + Formula>(world: &SimpleCom
 
 /// Like [`check_distributed`], with operands that differ off rank 0 when
 /// `bcast_op` (only rank 0's counts).
-fn check_mpilop<T: Scalar + lazylinop::npz::NpyScalar>(
-    l: &MpiLop<T>,
-    dense: MatRef<'_, T>,
-    receives: bool,
-    bcast_op: bool,
-    what: &str,
-) {
+fn check_mpilop<T: Scalar>(l: &MpiLop<T>, dense: MatRef<'_, T>, receives: bool, bcast_op: bool, what: &str) {
     let rank = mpi::topology::SimpleCommunicator::world().rank() as u64;
     for (seed, k) in common::WIDTHS.into_iter().enumerate() {
-        for p in PRODUCTS {
-            let n = if matches!(p, Product::Apply | Product::Conj) { dense.ncols() } else { dense.nrows() };
+        for p in Mode::ALL {
+            let n = p.dims((dense.nrows(), dense.ncols())).1;
             let x = random::mat::<T>(n, k, seed as u64);
             // With bcast_op, the other ranks' operands are garbage: rank 0's is broadcast.
             let mine = if bcast_op && rank > 0 { random::mat::<T>(n, k, 1000 + rank) } else { x.clone() };
@@ -216,7 +211,7 @@ fn mpilop_maps_aligned_data_and_copies_the_rest(world: &SimpleCommunicator) {
 
 /// `MpiLop::new` must fail on every rank with the same error.
 #[track_caller]
-fn fails_everywhere<T: Scalar + lazylinop::npz::NpyScalar>(
+fn fails_everywhere<T: Scalar>(
     world: &SimpleCommunicator,
     path: std::path::PathBuf,
     member: Option<&str>,

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use faer::{Mat, MatRef, c32, c64};
-use lazylinop::npz::{Dtype, NpyScalar, NpzError, NpzErrorKind, NpzMatrix, Order};
+use lazylinop::npz::{Dtype, NpzError, NpzErrorKind, NpzMatrix, Order};
 use serde_json::Value;
 
 mod common;
@@ -62,10 +62,10 @@ fn manifest() -> (Vec<Entry>, Value) {
                 member: a["member"].as_str().unwrap().into(),
                 shape: (shape[0].as_u64().unwrap() as usize, shape[1].as_u64().unwrap() as usize),
                 dtype: match a["dtype"].as_str().unwrap() {
-                    "float32" => Dtype::F32,
-                    "float64" => Dtype::F64,
-                    "complex64" => Dtype::C64,
-                    "complex128" => Dtype::C128,
+                    "float32" => Dtype::Float32,
+                    "float64" => Dtype::Float64,
+                    "complex64" => Dtype::Complex64,
+                    "complex128" => Dtype::Complex128,
                     other => panic!("unexpected dtype {other} in the manifest"),
                 },
                 order: if a["order"] == "F" { Order::Fortran } else { Order::C },
@@ -155,10 +155,10 @@ fn every_fixture_reads_the_formula() {
         assert_eq!(m.is_compressed(), e.compressed, "{ctx}");
         assert_eq!(m.is_big_endian(), e.big_endian, "{ctx}");
         let viewed = match e.dtype {
-            Dtype::F32 => check_member::<f32>(&m, e, &ctx),
-            Dtype::F64 => check_member::<f64>(&m, e, &ctx),
-            Dtype::C64 => check_member::<c32>(&m, e, &ctx),
-            Dtype::C128 => check_member::<c64>(&m, e, &ctx),
+            Dtype::Float32 => check_member::<f32>(&m, e, &ctx),
+            Dtype::Float64 => check_member::<f64>(&m, e, &ctx),
+            Dtype::Complex64 => check_member::<c32>(&m, e, &ctx),
+            Dtype::Complex128 => check_member::<c64>(&m, e, &ctx),
         };
         if viewed {
             zero_copy.push((e.dtype, e.order, e.shape));
@@ -178,7 +178,7 @@ fn every_fixture_reads_the_formula() {
         assert_eq!(default.member(), first[&e.file].as_str().unwrap(), "{ctx}");
     }
     // The zero-copy path is really taken, for every dtype and both orders, nonempty.
-    for dtype in [Dtype::F32, Dtype::F64, Dtype::C64, Dtype::C128] {
+    for dtype in [Dtype::Float32, Dtype::Float64, Dtype::Complex64, Dtype::Complex128] {
         assert!(zero_copy.iter().any(|&(d, _, (r, c))| d == dtype && r * c > 1), "no zero-copy {dtype} view");
     }
     for order in [Order::C, Order::Fortran] {
@@ -404,7 +404,7 @@ fn larger_members_read_by_blocks() {
     std::fs::remove_file(&path).unwrap();
 }
 
-fn save_and_view<T: NpyScalar + std::fmt::Debug>() {
+fn save_and_view<T: lazylinop::Scalar + std::fmt::Debug>() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     for (m, n) in [(0, 3), (3, 0), (1, 1), (7, 5), (33, 17)] {
         let a = lazylinop::random::mat::<T>(m + 2, n + 3, 9);

@@ -6,7 +6,7 @@ use faer::traits::ComplexField;
 use faer::{MatMut, MatRef, Par};
 
 use crate::BiLinOp;
-use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop, scratch_as};
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 
 macro_rules! view {
     ($(#[$doc:meta])* $name:ident, $flip:ident, $swaps:expr) => {
@@ -29,11 +29,11 @@ macro_rules! view {
             }
 
             fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
-                scratch_as(&self.0, mode.$flip(), k, par)
+                mode.$flip().scratch(&self.0, k, par)
             }
 
             fn run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
-                apply_as(&self.0, mode.$flip(), out, rhs, par, stack)
+                mode.$flip().apply(&self.0, out, rhs, par, stack)
             }
         }
 

@@ -158,7 +158,7 @@ impl<T: ComplexField, F: MatMatFn<T>, G: MatMatFn<T>> ModeOp<T> for ClosureOp<T,
         if T::IS_REAL {
             return StackReq::EMPTY;
         }
-        let rhs_rows = if mode.is_transposed() { self.nrows } else { self.ncols };
+        let rhs_rows = mode.dims((self.nrows, self.ncols)).1;
         temp_mat_scratch::<T>(rhs_rows, k)
     }
 

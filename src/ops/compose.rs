@@ -8,7 +8,7 @@ use faer::traits::ComplexField;
 use faer::{MatMut, MatRef, Par};
 
 use crate::BiLinOp;
-use crate::ops::{Mode, ModeOp, apply_as, dims_as, impl_bilinop, scratch_as};
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 
 /// The product `A · B` of two operators, never formed: `(A·B)·X = A·(B·X)`.
 ///
@@ -79,19 +79,19 @@ impl<T: ComplexField, A: BiLinOp<T>, B: BiLinOp<T>> ModeOp<T> for Compose<A, B> 
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
         let (first, second) = self.order::<T>(mode);
-        let mid = dims_as(first, mode).0;
+        let mid = mode.dims_of(first).0;
         temp_mat_scratch::<T>(mid, k)
-            .and(StackReq::any_of(&[scratch_as(first, mode, k, par), scratch_as(second, mode, k, par)]))
+            .and(StackReq::any_of(&[mode.scratch(first, k, par), mode.scratch(second, k, par)]))
     }
 
     fn run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
         let (first, second) = self.order::<T>(mode);
-        let mid = dims_as(first, mode).0;
+        let mid = mode.dims_of(first).0;
         // SAFETY: `first` writes every entry of `tmp` before `second` reads it.
         let (mut tmp, stack) = unsafe { temp_mat_uninit::<T, _, _>(mid, rhs.ncols(), stack) };
         let mut tmp = tmp.as_mat_mut();
-        apply_as(first, mode, tmp.rb_mut(), rhs, par, stack);
-        apply_as(second, mode, out, tmp.rb(), par, stack);
+        mode.apply(first, tmp.rb_mut(), rhs, par, stack);
+        mode.apply(second, out, tmp.rb(), par, stack);
     }
 }
 

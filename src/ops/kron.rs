@@ -9,7 +9,7 @@ use faer::traits::math_utils::zero;
 use faer::{MatMut, MatRef, Par};
 
 use crate::BiLinOp;
-use crate::ops::{Mode, ModeOp, apply_as, dims_as, impl_bilinop, scratch_as};
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 
 /// The Kronecker product `A ⊗ B` of an `m1 × n1` and an `m2 × n2` operator,
 /// never formed: an `(m1·m2) × (n1·n2)` operator.
@@ -60,13 +60,13 @@ impl<T: ComplexField, A: BiLinOp<T>, B: BiLinOp<T>> ModeOp<T> for Kron<A, B> {
     }
 
     fn scratch(&self, mode: Mode, _: usize, par: Par) -> StackReq {
-        let (m2, n1) = (dims_as(&self.b, mode).0, dims_as(&self.a, mode).1);
-        temp_mat_scratch::<T>(m2, n1).and(scratch_as(&self.b, mode, n1, par).or(scratch_as(&self.a, mode, m2, par)))
+        let (m2, n1) = (mode.dims_of(&self.b).0, mode.dims_of(&self.a).1);
+        temp_mat_scratch::<T>(m2, n1).and(mode.scratch(&self.b, n1, par).or(mode.scratch(&self.a, m2, par)))
     }
 
     fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
-        let (m1, n1) = dims_as(&self.a, mode);
-        let (m2, n2) = dims_as(&self.b, mode);
+        let (m1, n1) = mode.dims_of(&self.a);
+        let (m2, n2) = mode.dims_of(&self.b);
         if out.nrows() == 0 || rhs.ncols() == 0 {
             return;
         }
@@ -82,11 +82,11 @@ impl<T: ComplexField, A: BiLinOp<T>, B: BiLinOp<T>> ModeOp<T> for Kron<A, B> {
             // SAFETY: column c of `rhs` has n1·n2 entries at stride `rs`; X[j2, j1] is
             // entry j1·n2 + j2 of it, so every (j2 < n2, j1 < n1) lands inside the column.
             let x = unsafe { MatRef::from_raw_parts(rhs.ptr_at(0, c), n2, n1, rs, rs * n2 as isize) };
-            apply_as(&self.b, mode, z.rb_mut(), x, par, stack);
+            mode.apply(&self.b, z.rb_mut(), x, par, stack);
             // SAFETY: column c of `out` has m1·m2 entries at stride `os`; Yᵀ[i1, i2] is
             // entry i1·m2 + i2 of it, inside the column, and no other view of it is alive.
             let yt = unsafe { MatMut::from_raw_parts_mut(out.rb_mut().ptr_at_mut(0, c), m1, m2, os * m2 as isize, os) };
-            apply_as(&self.a, mode, yt, z.rb().transpose(), par, stack);
+            mode.apply(&self.a, yt, z.rb().transpose(), par, stack);
         }
     }
 }

@@ -41,7 +41,8 @@ pub use scale::Scaled;
 pub use stack::{Blocks, block_diag, hstack, vstack};
 pub use sum::Sum;
 
-pub(crate) use mode::{Mode, ModeOp, apply_as, dims_as, impl_bilinop, scratch_as};
+pub use mode::Mode;
+pub(crate) use mode::{ModeOp, impl_bilinop};
 
 #[allow(unused_imports)] // used by the module docs
 use crate::{BiLinOp, LinOp};

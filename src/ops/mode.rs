@@ -11,8 +11,12 @@ use faer::{MatMut, MatRef, Par};
 use crate::BiLinOp;
 
 /// Which of the four products of an operator is asked for.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
+///
+/// faer's traits have one method per mode; the combinators of this crate
+/// write their product once for a `Mode`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Mode {
     /// `L · X`
     Apply,
     /// `conj(L) · X`
@@ -24,6 +28,58 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
+    /// The four modes, in the order of their [`Mode::code`].
+    pub const ALL: [Mode; 4] = [Mode::Apply, Mode::Conj, Mode::Transpose, Mode::Adjoint];
+
+    /// A small number for this mode (its index in [`Mode::ALL`]), for
+    /// messages between processes.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The mode whose [`Mode::code`] is `code`, or `None` for any other number.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The shape `(nrows, ncols)` of an operator of shape `shape` used in
+    /// this mode: swapped for `Lᵀ` and `Lᴴ`.
+    pub fn dims(self, shape: (usize, usize)) -> (usize, usize) {
+        if self.is_transposed() { (shape.1, shape.0) } else { shape }
+    }
+
+    /// The shape `(nrows, ncols)` of `op` used in this mode.
+    pub fn dims_of<T: ComplexField, L: BiLinOp<T> + ?Sized>(self, op: &L) -> (usize, usize) {
+        self.dims((op.nrows(), op.ncols()))
+    }
+
+    /// The scratch of `op`'s product in this mode with `k` right-hand sides:
+    /// `op.apply_scratch` or `op.transpose_apply_scratch`.
+    pub fn scratch<T: ComplexField, L: BiLinOp<T> + ?Sized>(self, op: &L, k: usize, par: Par) -> StackReq {
+        if self.is_transposed() { op.transpose_apply_scratch(k, par) } else { op.apply_scratch(k, par) }
+    }
+
+    /// `out = op_mode · rhs`, through the faer trait method of this mode.
+    ///
+    /// # Panics
+    /// As the trait method: if the shapes do not fit.
+    #[track_caller]
+    pub fn apply<T: ComplexField, L: BiLinOp<T> + ?Sized>(
+        self,
+        op: &L,
+        out: MatMut<'_, T>,
+        rhs: MatRef<'_, T>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        match self {
+            Mode::Apply => op.apply(out, rhs, par, stack),
+            Mode::Conj => op.conj_apply(out, rhs, par, stack),
+            Mode::Transpose => op.transpose_apply(out, rhs, par, stack),
+            Mode::Adjoint => op.adjoint_apply(out, rhs, par, stack),
+        }
+    }
+
     fn from_flags(transpose: bool, conj: bool) -> Self {
         match (transpose, conj) {
             (false, false) => Mode::Apply,
@@ -34,66 +90,38 @@ impl Mode {
     }
 
     /// Whether the operator is used transposed (`Lᵀ` or `Lᴴ`).
-    pub(crate) fn is_transposed(self) -> bool {
+    pub fn is_transposed(self) -> bool {
         matches!(self, Mode::Transpose | Mode::Adjoint)
     }
 
     /// Whether the operator's entries are conjugated (`conj(L)` or `Lᴴ`).
-    pub(crate) fn is_conj(self) -> bool {
+    pub fn is_conj(self) -> bool {
         matches!(self, Mode::Conj | Mode::Adjoint)
     }
 
     /// This mode applied to `Lᴴ` instead of `L`.
-    pub(crate) fn adjoint(self) -> Self {
+    pub fn adjoint(self) -> Self {
         Self::from_flags(!self.is_transposed(), !self.is_conj())
     }
 
     /// This mode applied to `Lᵀ` instead of `L`.
-    pub(crate) fn transpose(self) -> Self {
+    pub fn transpose(self) -> Self {
         Self::from_flags(!self.is_transposed(), self.is_conj())
     }
 
     /// This mode applied to `conj(L)` instead of `L`.
-    pub(crate) fn conj(self) -> Self {
+    pub fn conj(self) -> Self {
         Self::from_flags(self.is_transposed(), !self.is_conj())
     }
 
     /// What the product is called in messages.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Apply => "apply",
             Mode::Conj => "conj_apply",
             Mode::Transpose => "transpose_apply",
             Mode::Adjoint => "adjoint_apply",
         }
-    }
-}
-
-/// `(nrows, ncols)` of `op` used in `mode`.
-pub(crate) fn dims_as<T: ComplexField, L: BiLinOp<T> + ?Sized>(op: &L, mode: Mode) -> (usize, usize) {
-    if mode.is_transposed() { (op.ncols(), op.nrows()) } else { (op.nrows(), op.ncols()) }
-}
-
-/// Scratch of `op`'s product in `mode` for `k` right-hand sides.
-pub(crate) fn scratch_as<T: ComplexField, L: BiLinOp<T> + ?Sized>(op: &L, mode: Mode, k: usize, par: Par) -> StackReq {
-    if mode.is_transposed() { op.transpose_apply_scratch(k, par) } else { op.apply_scratch(k, par) }
-}
-
-/// `out = op_mode · rhs`.
-#[track_caller]
-pub(crate) fn apply_as<T: ComplexField, L: BiLinOp<T> + ?Sized>(
-    op: &L,
-    mode: Mode,
-    out: MatMut<'_, T>,
-    rhs: MatRef<'_, T>,
-    par: Par,
-    stack: &mut MemStack,
-) {
-    match mode {
-        Mode::Apply => op.apply(out, rhs, par, stack),
-        Mode::Conj => op.conj_apply(out, rhs, par, stack),
-        Mode::Transpose => op.transpose_apply(out, rhs, par, stack),
-        Mode::Adjoint => op.adjoint_apply(out, rhs, par, stack),
     }
 }
 
@@ -113,7 +141,7 @@ pub(crate) trait ModeOp<T: ComplexField> {
 /// Panics, naming every shape, unless `out = op_mode · rhs` fits.
 #[track_caller]
 pub(crate) fn check_shapes(name: &str, shape: (usize, usize), mode: Mode, out: (usize, usize), rhs: (usize, usize)) {
-    let (m, n) = if mode.is_transposed() { (shape.1, shape.0) } else { shape };
+    let (m, n) = mode.dims(shape);
     if out.0 != m || rhs.0 != n || out.1 != rhs.1 {
         panic!(
             "lazylinop: shape mismatch in {name}::{}: the operator is {}×{}{}, so out must be {m}×k and rhs {n}×k, \

@@ -7,7 +7,7 @@ use faer::traits::math_utils::{conj, mul};
 use faer::{MatMut, MatRef, Par, unzip, zip};
 
 use crate::BiLinOp;
-use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop, scratch_as};
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 
 /// An operator times a scalar: `(α·A)·X = α·(A·X)`, scaled in place in the
 /// output. `-A` is `Scaled` with `α = -1`.
@@ -49,11 +49,11 @@ impl<T: ComplexField, A: BiLinOp<T>> ModeOp<T> for Scaled<T, A> {
     }
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
-        scratch_as(&self.a, mode, k, par)
+        mode.scratch(&self.a, k, par)
     }
 
     fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
-        apply_as(&self.a, mode, out.rb_mut(), rhs, par, stack);
+        mode.apply(&self.a, out.rb_mut(), rhs, par, stack);
         let alpha = if mode.is_conj() { conj(&self.alpha) } else { self.alpha.clone() };
         scale_in_place(out, &alpha);
     }

@@ -10,7 +10,7 @@ use faer::{MatMut, MatRef, Par};
 
 use crate::BiLinOp;
 use crate::ops::sum::add_to;
-use crate::ops::{Mode, ModeOp, apply_as, dims_as, impl_bilinop, scratch_as};
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 
 /// How the blocks of a [`Blocks`] operator are laid out.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -146,10 +146,10 @@ impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Blocks<L> {
     }
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
-        let inner = self.ops.iter().fold(StackReq::EMPTY, |req, op| req.or(scratch_as(op, mode, k, par)));
+        let inner = self.ops.iter().fold(StackReq::EMPTY, |req, op| req.or(mode.scratch(op, k, par)));
         match self.layout_as(mode) {
             Layout::Horizontal => {
-                let m = dims_as(&self.ops[0], mode).0;
+                let m = mode.dims_of(&self.ops[0]).0;
                 temp_mat_scratch::<T>(m, k).and(inner)
             }
             Layout::Vertical | Layout::Diagonal => inner,
@@ -165,13 +165,13 @@ impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Blocks<L> {
             let mut tmp = tmp.as_mat_mut();
             let mut row = 0;
             for (i, op) in self.ops.iter().enumerate() {
-                let n = dims_as(op, mode).1;
+                let n = mode.dims_of(op).1;
                 let x = rhs.subrows(row, n);
                 row += n;
                 if i == 0 {
-                    apply_as(op, mode, out.rb_mut(), x, par, stack);
+                    mode.apply(op, out.rb_mut(), x, par, stack);
                 } else {
-                    apply_as(op, mode, tmp.rb_mut(), x, par, stack);
+                    mode.apply(op, tmp.rb_mut(), x, par, stack);
                     add_to(out.rb_mut(), tmp.rb());
                 }
             }
@@ -180,9 +180,9 @@ impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Blocks<L> {
         // out[rows_i] = op_i · rhs (vertical) or op_i · rhs[cols_i] (diagonal).
         let (mut out_row, mut rhs_row) = (0, 0);
         for op in &self.ops {
-            let (m, n) = dims_as(op, mode);
+            let (m, n) = mode.dims_of(op);
             let x = if layout == Layout::Diagonal { rhs.subrows(rhs_row, n) } else { rhs };
-            apply_as(op, mode, out.rb_mut().subrows_mut(out_row, m), x, par, stack);
+            mode.apply(op, out.rb_mut().subrows_mut(out_row, m), x, par, stack);
             out_row += m;
             rhs_row += n;
         }

@@ -9,7 +9,7 @@ use faer::traits::math_utils::add;
 use faer::{MatMut, MatRef, Par, unzip, zip};
 
 use crate::BiLinOp;
-use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop, scratch_as};
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 
 /// The sum `A + B` of two operators of equal shape: `(A+B)·X = A·X + B·X`.
 ///
@@ -68,19 +68,19 @@ impl<T: ComplexField, A: BiLinOp<T>, B: BiLinOp<T>> ModeOp<T> for Sum<A, B> {
     }
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
-        let m = if mode.is_transposed() { self.a.ncols() } else { self.a.nrows() };
+        let m = mode.dims_of(&self.a).0;
         StackReq::any_of(&[
-            scratch_as(&self.a, mode, k, par),
-            temp_mat_scratch::<T>(m, k).and(scratch_as(&self.b, mode, k, par)),
+            mode.scratch(&self.a, k, par),
+            temp_mat_scratch::<T>(m, k).and(mode.scratch(&self.b, k, par)),
         ])
     }
 
     fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
-        apply_as(&self.a, mode, out.rb_mut(), rhs, par, stack);
+        mode.apply(&self.a, out.rb_mut(), rhs, par, stack);
         // SAFETY: `b` writes every entry of `tmp` before it is read.
         let (mut tmp, stack) = unsafe { temp_mat_uninit::<T, _, _>(out.nrows(), out.ncols(), stack) };
         let mut tmp = tmp.as_mat_mut();
-        apply_as(&self.b, mode, tmp.rb_mut(), rhs, par, stack);
+        mode.apply(&self.b, tmp.rb_mut(), rhs, par, stack);
         add_to(out, tmp.rb());
     }
 }

@@ -32,25 +32,8 @@ use faer::traits::ComplexField;
 use faer::{MatMut, MatRef, Par};
 
 use crate::BiLinOp;
-use crate::ops::{Mode, ModeOp, apply_as, impl_bilinop, scratch_as};
-
-/// The scalar types the parallel backends move between workers: faer's
-/// `f32`, `f64`, `c32`, `c64` (plain data that can live in shared memory
-/// and, with the feature `mpi`, in MPI messages).
-#[cfg(not(feature = "mpi"))]
-pub trait Scalar: ComplexField + bytemuck::Pod {}
-
-#[cfg(not(feature = "mpi"))]
-impl<T: ComplexField + bytemuck::Pod> Scalar for T {}
-
-/// The scalar types the parallel backends move between workers: faer's
-/// `f32`, `f64`, `c32`, `c64` (plain data that can live in shared memory
-/// and, with the feature `mpi`, in MPI messages).
-#[cfg(feature = "mpi")]
-pub trait Scalar: ComplexField + bytemuck::Pod + ::mpi::datatype::Equivalence {}
-
-#[cfg(feature = "mpi")]
-impl<T: ComplexField + bytemuck::Pod + ::mpi::datatype::Equivalence> Scalar for T {}
+pub use crate::Scalar;
+use crate::ops::{Mode, ModeOp, impl_bilinop};
 
 /// Where the blocks of a parallel product run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -477,7 +460,7 @@ impl<T: Scalar, L: BiLinOp<T>> Pmatmat<T, L> {
 
     #[track_caller]
     fn try_product(&self, mode: Mode, rhs: MatRef<'_, T>) -> Result<faer::Mat<T>, Error> {
-        let (m, n) = crate::ops::dims_as(&self.op, mode);
+        let (m, n) = mode.dims_of(&self.op);
         crate::ops::mode::check_shapes("Pmatmat", self.shape(), mode, (m, rhs.ncols()), (rhs.nrows(), rhs.ncols()));
         let _ = n;
         let mut out = faer::Mat::zeros(m, rhs.ncols());
@@ -536,7 +519,7 @@ impl<T: Scalar, L: BiLinOp<T>> ModeOp<T> for Pmatmat<T, L> {
             #[cfg(unix)]
             Backend::Process(_) => unit,
             #[cfg(feature = "mpi")]
-            Backend::Mpi(r) => r.scratch::<T>(crate::ops::dims_as(&self.op, mode).0, k, unit),
+            Backend::Mpi(r) => r.scratch::<T>(mode.dims_of(&self.op).0, k, unit),
         }
     }
 
@@ -583,10 +566,10 @@ impl<L> Work<'_, L> {
         L: BiLinOp<T>,
     {
         if !self.use_matvec {
-            return apply_as(self.op, self.mode, out, rhs, Par::Seq, stack);
+            return self.mode.apply(self.op, out, rhs, Par::Seq, stack);
         }
         for j in 0..rhs.ncols() {
-            apply_as(self.op, self.mode, out.rb_mut().subcols_mut(j, 1), rhs.subcols(j, 1), Par::Seq, stack);
+            self.mode.apply(self.op, out.rb_mut().subcols_mut(j, 1), rhs.subcols(j, 1), Par::Seq, stack);
         }
     }
 
@@ -596,6 +579,6 @@ impl<L> Work<'_, L> {
         L: BiLinOp<T>,
     {
         let width = if self.use_matvec { k.min(1) } else { split::widest(k, nblocks.max(1)) };
-        scratch_as(self.op, self.mode, width, Par::Seq)
+        self.mode.scratch(self.op, width, Par::Seq)
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use faer::{c32, c64};
-use lazylinop::npz::NpyScalar;
+use lazylinop::Scalar;
 
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/npz")
@@ -18,7 +18,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// The scalar types, with the fixtures' formula.
-pub trait Formula: NpyScalar + PartialEq + Debug {
+pub trait Formula: Scalar + PartialEq + Debug {
     fn value(seed: u64, i: usize, j: usize) -> Self;
 }
 

@@ -35,49 +35,28 @@ pub fn closure_of<T: ComplexField + Send + Sync + 'static>(a: &Mat<T>) -> impl B
     )
 }
 
-/// The four products, as in faer's traits.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Product {
-    Apply,
-    Conj,
-    Transpose,
-    Adjoint,
-}
-
-pub const PRODUCTS: [Product; 4] = [Product::Apply, Product::Conj, Product::Transpose, Product::Adjoint];
-
 /// `dense_p · x` computed by faer's matmul: the reference.
-pub fn reference<T: ComplexField>(dense: MatRef<'_, T>, p: Product, x: MatRef<'_, T>) -> Mat<T> {
-    let rows = if matches!(p, Product::Apply | Product::Conj) { dense.nrows() } else { dense.ncols() };
+pub fn reference<T: ComplexField>(dense: MatRef<'_, T>, p: Mode, x: MatRef<'_, T>) -> Mat<T> {
+    let rows = p.dims((dense.nrows(), dense.ncols())).0;
     let mut out = Mat::zeros(rows, x.ncols());
+    let o = out.as_mut();
     match p {
-        Product::Apply => matmul(out.as_mut(), Accum::Replace, dense, x, one(), Par::Seq),
-        Product::Conj => matmul(out.as_mut(), Accum::Replace, dense.conjugate(), x, one(), Par::Seq),
-        Product::Transpose => matmul(out.as_mut(), Accum::Replace, dense.transpose(), x, one(), Par::Seq),
-        Product::Adjoint => matmul(out.as_mut(), Accum::Replace, dense.adjoint(), x, one(), Par::Seq),
+        Mode::Apply => matmul(o, Accum::Replace, dense, x, one(), Par::Seq),
+        Mode::Conj => matmul(o, Accum::Replace, dense.conjugate(), x, one(), Par::Seq),
+        Mode::Transpose => matmul(o, Accum::Replace, dense.transpose(), x, one(), Par::Seq),
+        Mode::Adjoint => matmul(o, Accum::Replace, dense.adjoint(), x, one(), Par::Seq),
     }
     out
 }
 
 /// `op_p · x` through the faer trait method, with exactly the scratch the
 /// operator asks for, into an output filled with NaN (so unwritten entries show).
-pub fn product<T: ComplexField, L: BiLinOp<T> + ?Sized>(op: &L, p: Product, x: MatRef<'_, T>, par: Par) -> Mat<T> {
+pub fn product<T: ComplexField, L: BiLinOp<T> + ?Sized>(op: &L, p: Mode, x: MatRef<'_, T>, par: Par) -> Mat<T> {
     use faer::dyn_stack::{MemBuffer, MemStack};
-    let rows = if matches!(p, Product::Apply | Product::Conj) { op.nrows() } else { op.ncols() };
     let k = x.ncols();
-    let req = match p {
-        Product::Apply | Product::Conj => op.apply_scratch(k, par),
-        _ => op.transpose_apply_scratch(k, par),
-    };
-    let mut buf = MemBuffer::new(req);
-    let stack = MemStack::new(&mut buf);
-    let mut out = Mat::from_fn(rows, k, |_, _| faer::traits::math_utils::nan::<T>());
-    match p {
-        Product::Apply => op.apply(out.as_mut(), x, par, stack),
-        Product::Conj => op.conj_apply(out.as_mut(), x, par, stack),
-        Product::Transpose => op.transpose_apply(out.as_mut(), x, par, stack),
-        Product::Adjoint => op.adjoint_apply(out.as_mut(), x, par, stack),
-    }
+    let mut buf = MemBuffer::new(p.scratch(op, k, par));
+    let mut out = Mat::from_fn(p.dims_of(op).0, k, |_, _| faer::traits::math_utils::nan::<T>());
+    p.apply(op, out.as_mut(), x, par, MemStack::new(&mut buf));
     out
 }
 
@@ -109,8 +88,8 @@ pub fn assert_close<T: ComplexField>(got: MatRef<'_, T>, want: MatRef<'_, T>, wh
 pub fn check_op<T: ComplexField, L: BiLinOp<T>>(op: &L, dense: MatRef<'_, T>, what: &str) {
     assert_eq!((op.nrows(), op.ncols()), (dense.nrows(), dense.ncols()), "{what}: shape");
     for (seed, k) in KS.into_iter().enumerate() {
-        for p in PRODUCTS {
-            let n = if matches!(p, Product::Apply | Product::Conj) { op.ncols() } else { op.nrows() };
+        for p in Mode::ALL {
+            let n = p.dims_of(op).1;
             let x = lazylinop::random::mat::<T>(n, k, seed as u64);
             let got = product(op, p, x.as_ref(), Par::Seq);
             let want = reference(dense, p, x.as_ref());
@@ -136,8 +115,8 @@ pub fn check_parallel<T: lazylinop::parallel::Scalar, L: BiLinOp<T>>(
 ) {
     let l = l.with_min_parallel_work(0);
     for (seed, k) in WIDTHS.into_iter().enumerate() {
-        for p in PRODUCTS {
-            let n = if matches!(p, Product::Apply | Product::Conj) { dense.ncols() } else { dense.nrows() };
+        for p in Mode::ALL {
+            let n = p.dims((dense.nrows(), dense.ncols())).1;
             let x = lazylinop::random::mat::<T>(n, k, seed as u64);
             let got = product(&l, p, x.as_ref(), Par::Seq);
             let want = reference(dense, p, x.as_ref());

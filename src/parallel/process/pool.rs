@@ -42,24 +42,6 @@ type Request = [u64; 8];
 /// A reply: `[status (0 ok, 1 panicked), message length]`, then the message.
 const REPLY_MAX: usize = 1024;
 
-fn mode_code(mode: Mode) -> u64 {
-    match mode {
-        Mode::Apply => 0,
-        Mode::Conj => 1,
-        Mode::Transpose => 2,
-        Mode::Adjoint => 3,
-    }
-}
-
-fn code_mode(code: u64) -> Mode {
-    match code {
-        0 => Mode::Apply,
-        1 => Mode::Conj,
-        2 => Mode::Transpose,
-        _ => Mode::Adjoint,
-    }
-}
-
 #[derive(Debug)]
 struct Worker {
     pid: Pid,
@@ -154,7 +136,7 @@ impl Pool {
             let cols = split::block(k, nblocks, i);
             let req: Request = [
                 PRODUCT,
-                mode_code(mode),
+                u64::from(mode.code()),
                 use_matvec as u64,
                 m as u64,
                 n as u64,
@@ -385,8 +367,9 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, sock: OwnedFd, parent: Pid) -> 
             }
             PRODUCT => {
                 let [_, mode, use_matvec, m, n, k, start, width] = req.map(|w| w as usize);
-                let mode = code_mode(mode as u64);
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mode = u8::try_from(mode).ok().and_then(Mode::from_code);
+                    let mode = mode.expect("lazylinop: a worker received an unknown product mode");
                     let work = Work { op, mode, use_matvec: use_matvec != 0 };
                     let need = work.scratch(width, 1);
                     if need.size_bytes() > have.size_bytes() || need.align_bytes() > have.align_bytes() {
