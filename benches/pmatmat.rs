@@ -73,7 +73,7 @@ fn bench_processes<L: BiLinOp<f64>>(c: &mut Criterion, group: &str, op: &L, k: u
     {
         use lazylinop::parallel::process::SharedMat;
         let p = Some(nworkers());
-        let per_product = pmatmat(op, Method::Process { procs_created_once: false }, p, false).unwrap();
+        let per_product = pmatmat(op, Method::process(), p, false).unwrap();
         bench_op(c, group, "process_per_product", &per_product, k);
         // The same, with the output in shared memory: no copy back.
         let x = random::mat::<f64>(op.ncols(), k, 1);
@@ -85,7 +85,7 @@ fn bench_processes<L: BiLinOp<f64>>(c: &mut Criterion, group: &str, op: &L, k: u
             b.iter(|| per_product.apply(out.as_mut(), black_box(x.as_ref()), Par::Seq, MemStack::new(&mut buf)))
         });
         g.finish();
-        let pool = pmatmat(op, Method::Process { procs_created_once: true }, p, false).unwrap();
+        let pool = pmatmat(op, Method::process_pool(), p, false).unwrap();
         bench_op(c, group, "process_pool", &pool, k);
     }
 }
@@ -127,9 +127,9 @@ fn process_overhead(c: &mut Criterion) {
         let a = Mat::<f64>::identity(1, 1);
         let k = nworkers();
         let group = "process_overhead_1x1_x_nworkers";
-        let per = pmatmat(&a, Method::Process { procs_created_once: false }, Some(k), false).unwrap();
+        let per = pmatmat(&a, Method::process(), Some(k), false).unwrap();
         bench_op(c, group, "process_per_product", &per.with_min_parallel_work(0), k);
-        let pool = pmatmat(&a, Method::Process { procs_created_once: true }, Some(k), false).unwrap();
+        let pool = pmatmat(&a, Method::process_pool(), Some(k), false).unwrap();
         bench_op(c, group, "process_pool", &pool.with_min_parallel_work(0), k);
         bench_op(
             c,

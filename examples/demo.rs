@@ -37,10 +37,7 @@ fn main() {
     // then on forked processes: per product, and a pool created once.
     let mut methods = vec![("thread", Method::Thread)];
     #[cfg(unix)]
-    methods.extend([
-        ("process per product", Method::Process { procs_created_once: false }),
-        ("process pool", Method::Process { procs_created_once: true }),
-    ]);
+    methods.extend([("process per product", Method::process()), ("process pool", Method::process_pool())]);
     for (name, method) in methods {
         let pl = pmatmat(&l, method, None, false).expect("start the workers");
         let (y_par, t) = timed_product(&pl, &x);

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, Par};
-use lazylinop::parallel::mpi::Gather;
 use lazylinop::parallel::pmatmat_mpi;
+use lazylinop::parallel::{Gather, MpiOptions};
 use lazylinop::prelude::*;
 use lazylinop::random;
 use mpi::traits::{Communicator, CommunicatorCollectives};
@@ -32,7 +32,8 @@ fn main() {
     let l = (&a).plus(&d);
     let x = random::mat::<f64>(n, k, 1);
 
-    let pl = pmatmat_mpi(&l, world.duplicate(), false, Gather::Root).expect("MPI is initialized");
+    let pl = pmatmat_mpi(&l, world.duplicate(), false, MpiOptions::default().gather(Gather::Root))
+        .expect("MPI is initialized");
     let mut y = Mat::zeros(n, k);
     let mut buf = MemBuffer::new(pl.apply_scratch(k, Par::Seq));
     let mut best = f64::INFINITY;

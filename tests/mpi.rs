@@ -11,8 +11,8 @@ use faer::traits::math_utils::is_nan;
 use faer::{Mat, MatRef, Par};
 use lazylinop::mpilop::MpiLop;
 use lazylinop::ops::Mode;
-use lazylinop::parallel::mpi::Gather;
 use lazylinop::parallel::{Error, Method, Scalar, pmatmat, pmatmat_mpi};
+use lazylinop::parallel::{Gather, MpiOptions};
 use lazylinop::prelude::*;
 use lazylinop::random;
 use mpi::topology::SimpleCommunicator;
@@ -54,21 +54,18 @@ fn pmatmat_mpi_all<T: Scalar>(world: &SimpleCommunicator) {
             for use_matvec in [false, true] {
                 for max_message in [usize::MAX, 7] {
                     let what = format!("{m}×{n}, {gather:?}, max message {max_message}");
-                    let l = pmatmat_mpi(&a, world.duplicate(), use_matvec, gather)
-                        .unwrap()
-                        .with_min_parallel_work(0)
-                        .with_max_mpi_message(max_message);
+                    let bytes = max_message.saturating_mul(size_of::<T>());
+                    let options = MpiOptions::default().gather(gather).max_message_bytes(bytes);
+                    let l = pmatmat_mpi(&a, world.duplicate(), use_matvec, options).unwrap();
                     check_distributed(&l, a.as_ref(), receives, &format!("dense {what}"));
-                    let l = pmatmat_mpi(&closure, world.duplicate(), use_matvec, gather)
-                        .unwrap()
-                        .with_min_parallel_work(0)
-                        .with_max_mpi_message(max_message);
+                    let l = pmatmat_mpi(&closure, world.duplicate(), use_matvec, options).unwrap();
                     check_distributed(&l, a.as_ref(), receives, &format!("closure {what}"));
                 }
             }
         }
         // Small products: every rank computes the whole product, no message.
-        let l = pmatmat_mpi(&a, world.duplicate(), false, Gather::Root).unwrap();
+        let l = pmatmat_mpi(&a, world.duplicate(), false, MpiOptions::default()).unwrap();
+        let l = l.with_min_parallel_work(usize::MAX);
         check_distributed(&l, a.as_ref(), true, "small, computed whole");
     }
 }
@@ -82,16 +79,16 @@ fn pmatmat_mpi_products_match_dense_reference(world: &SimpleCommunicator) {
 
 fn method_mpi_uses_the_world(world: &SimpleCommunicator) {
     let a = random::mat::<f64>(20, 10, 1);
-    let l = pmatmat(&a, Method::Mpi, None, false).unwrap().with_min_parallel_work(0);
+    let l = pmatmat(&a, Method::mpi(), None, false).unwrap();
     assert_eq!(l.nworkers(), world.size() as usize);
-    assert_eq!(l.gather(), Some(Gather::Root));
-    let l = l.with_gather(Gather::All);
+    assert_eq!(l.mpi_options().map(|o| o.gather), Some(Gather::Root));
+    let l = pmatmat(&a, Method::Mpi(MpiOptions::default().gather(Gather::All)), None, false).unwrap();
     let x = random::mat::<f64>(10, 9, 2);
     assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "Method::Mpi, all");
     let size = world.size() as usize;
-    let err = pmatmat(&a, Method::Mpi, Some(size + 1), false).unwrap_err();
+    let err = pmatmat(&a, Method::mpi(), Some(size + 1), false).unwrap_err();
     assert!(matches!(&err, Error::Mpi(msg) if msg.contains(&format!("{size} ranks"))), "{err}");
-    assert!(pmatmat(&a, Method::Mpi, Some(size), false).is_ok());
+    assert!(pmatmat(&a, Method::mpi(), Some(size), false).is_ok());
 }
 
 fn ranks_that_disagree_on_shapes_all_get_the_error(world: &SimpleCommunicator) {
@@ -99,7 +96,9 @@ fn ranks_that_disagree_on_shapes_all_get_the_error(world: &SimpleCommunicator) {
         return;
     }
     let a = random::mat::<f64>(6, 4, 1);
-    let l = pmatmat_mpi(&a, world.duplicate(), false, Gather::All).unwrap().with_min_parallel_work(0);
+    let l = pmatmat_mpi(&a, world.duplicate(), false, MpiOptions::default().gather(Gather::All))
+        .unwrap()
+        .with_min_parallel_work(0);
     // Rank 1 has one column more than the others.
     let k = 3 + usize::from(world.rank() == 1);
     let err = l.try_matmat(random::mat::<f64>(4, k, 0).as_ref()).unwrap_err();
@@ -113,7 +112,7 @@ fn products_from_another_thread_are_refused_with_threading_single(world: &Simple
     // main() initializes MPI with Threading::Single (rsmpi's `initialize`).
     assert_eq!(mpi::environment::threading_support(), mpi::Threading::Single);
     let a = random::mat::<f64>(6, 4, 1);
-    let l = pmatmat_mpi(&a, world.duplicate(), false, Gather::All).unwrap();
+    let l = pmatmat_mpi(&a, world.duplicate(), false, MpiOptions::default().gather(Gather::All)).unwrap();
     let x = random::mat::<f64>(4, 3, 0);
     let err = std::thread::scope(|s| s.spawn(|| l.try_matmat(x.as_ref())).join().unwrap()).unwrap_err();
     assert!(matches!(&err, Error::Mpi(msg) if msg.contains("thread")), "{err}");

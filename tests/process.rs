@@ -11,7 +11,12 @@ use std::sync::RwLock;
 use common::{assert_close, check_parallel};
 use faer::{Mat, MatMut, MatRef, Par};
 use lazylinop::parallel::process::SharedMat;
-use lazylinop::parallel::{Error, Method, Scalar, pmatmat, pmatmat_multiprocess};
+use lazylinop::parallel::{Error, Method, Scalar, pmatmat};
+
+/// The process method, per product or a pool.
+fn procs(once: bool) -> Method {
+    if once { Method::process_pool() } else { Method::process() }
+}
 use lazylinop::prelude::*;
 use lazylinop::random;
 
@@ -38,14 +43,14 @@ fn all_kinds<T: Scalar>() {
                 for use_matvec in [false, true] {
                     let w = Some(nworkers);
                     let what = |kind: &str| format!("{kind} {m}×{n}, once {once}");
-                    check_parallel(pmatmat_multiprocess(&a, w, use_matvec, once).unwrap(), a.as_ref(), &what("dense"));
+                    check_parallel(pmatmat(&a, procs(once), w, use_matvec).unwrap(), a.as_ref(), &what("dense"));
                     check_parallel(
-                        pmatmat_multiprocess(&composite, w, use_matvec, once).unwrap(),
+                        pmatmat(&composite, procs(once), w, use_matvec).unwrap(),
                         composite_dense.as_ref(),
                         &what("composite"),
                     );
                     check_parallel(
-                        pmatmat_multiprocess(&closure, w, use_matvec, once).unwrap(),
+                        pmatmat(&closure, procs(once), w, use_matvec).unwrap(),
                         a.as_ref(),
                         &what("closure"),
                     );
@@ -92,7 +97,7 @@ fn self_kill() {
 fn a_worker_panic_is_an_error_with_its_message_and_the_operator_survives() {
     let _g = shared();
     for once in MODES {
-        let l = pmatmat_multiprocess(faulty(|| panic!("boom in a worker")), Some(2), false, once)
+        let l = pmatmat(faulty(|| panic!("boom in a worker")), procs(once), Some(2), false)
             .unwrap()
             .with_min_parallel_work(0);
         let err = l.try_matmat(poisoned().as_ref()).unwrap_err();
@@ -116,7 +121,7 @@ fn a_worker_that_aborts_or_is_killed_is_an_error_not_a_hang() {
     let faults: [(fn(), &str); 2] = [(|| std::process::abort(), "SIGABRT"), (self_kill, "SIGKILL")];
     for (fault, signal) in faults {
         for once in MODES {
-            let mut l = pmatmat_multiprocess(faulty(fault), Some(2), false, once).unwrap().with_min_parallel_work(0);
+            let mut l = pmatmat(faulty(fault), procs(once), Some(2), false).unwrap().with_min_parallel_work(0);
             let start = std::time::Instant::now();
             let err = l.try_matmat(poisoned().as_ref()).unwrap_err();
             assert!(start.elapsed() < std::time::Duration::from_secs(10));
@@ -138,8 +143,7 @@ fn a_worker_that_aborts_or_is_killed_is_an_error_not_a_hang() {
 fn an_idle_pool_worker_killed_from_outside_is_reported() {
     let _g = shared();
     let a = random::mat::<f64>(10, 10, 0);
-    let mut l =
-        pmatmat(&a, Method::Process { procs_created_once: true }, Some(3), false).unwrap().with_min_parallel_work(0);
+    let mut l = pmatmat(&a, Method::process_pool(), Some(3), false).unwrap().with_min_parallel_work(0);
     // Three workers: two forked, and this process.
     let pids = l.worker_pids();
     assert_eq!(pids.len(), 2);
@@ -157,7 +161,7 @@ fn a_panic_in_the_parents_block_propagates_and_reaps_the_children() {
     let _g = shared();
     for once in MODES {
         // The parent computes the last block: poison the last column.
-        let l = pmatmat_multiprocess(faulty(|| panic!("boom in the parent")), Some(3), false, once)
+        let l = pmatmat(faulty(|| panic!("boom in the parent")), procs(once), Some(3), false)
             .unwrap()
             .with_min_parallel_work(0);
         let mut x = random::mat::<f64>(4, 8, 1);
@@ -182,11 +186,11 @@ fn many_products<T: Scalar>(l: &lazylinop::parallel::Pmatmat<T, &Mat<T>>, a: &Ma
 fn one_pool_serves_a_hundred_products_of_varying_sizes() {
     let _g = shared();
     let a = random::mat::<f64>(60, 45, 0);
-    let l = pmatmat_multiprocess(&a, Some(2), false, true).unwrap().with_min_parallel_work(0);
+    let l = pmatmat(&a, Method::process_pool(), Some(2), false).unwrap().with_min_parallel_work(0);
     let pids = l.worker_pids();
     many_products(&l, &a);
     let c = random::mat::<faer::c64>(60, 45, 0);
-    let lc = pmatmat_multiprocess(&c, Some(3), false, true).unwrap().with_min_parallel_work(0);
+    let lc = pmatmat(&c, Method::process_pool(), Some(3), false).unwrap().with_min_parallel_work(0);
     many_products(&lc, &c);
     assert_eq!(l.worker_pids(), pids, "the same workers served every product");
 }
@@ -196,7 +200,7 @@ fn concurrent_products_on_one_pool_are_serialized() {
     let _g = shared();
     let a = random::mat::<faer::c32>(40, 30, 5);
     for once in MODES {
-        let l = pmatmat_multiprocess(&a, Some(2), false, once).unwrap().with_min_parallel_work(0);
+        let l = pmatmat(&a, procs(once), Some(2), false).unwrap().with_min_parallel_work(0);
         std::thread::scope(|s| {
             for t in 0..4 {
                 let (l, a) = (&l, &a);
@@ -220,7 +224,7 @@ fn the_output_in_a_shared_mat_is_written_in_place() {
     let a = random::mat::<f64>(50, 40, 0);
     let x = random::mat::<f64>(40, 9, 1);
     for once in MODES {
-        let l = pmatmat_multiprocess(&a, Some(3), false, once).unwrap().with_min_parallel_work(0);
+        let l = pmatmat(&a, procs(once), Some(3), false).unwrap().with_min_parallel_work(0);
         let mut out = SharedMat::<f64>::zeros(50, 9).unwrap();
         let mut buf = MemBuffer::new(l.apply_scratch(9, Par::Seq));
         l.apply(out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
@@ -240,7 +244,7 @@ fn a_thread_backend_inside_a_process_worker_runs_without_rayon() {
     let a = random::mat::<f64>(30, 20, 0);
     let inner = pmatmat(&a, Method::Thread, Some(2), false).unwrap().with_min_parallel_work(0);
     for once in MODES {
-        let l = pmatmat_multiprocess(&inner, Some(2), false, once).unwrap().with_min_parallel_work(0);
+        let l = pmatmat(&inner, procs(once), Some(2), false).unwrap().with_min_parallel_work(0);
         let x = random::mat::<f64>(20, 8, 1);
         assert_close(l.matmat(&x).as_ref(), (&a * &x).as_ref(), "nested");
     }
@@ -250,7 +254,7 @@ fn a_thread_backend_inside_a_process_worker_runs_without_rayon() {
 fn bad_worker_counts_are_errors() {
     let a = Mat::<f64>::identity(2, 2);
     for once in MODES {
-        assert!(matches!(pmatmat_multiprocess(&a, Some(0), false, once), Err(Error::ZeroWorkers)));
+        assert!(matches!(pmatmat(&a, procs(once), Some(0), false), Err(Error::ZeroWorkers)));
     }
 }
 
@@ -287,8 +291,8 @@ fn nothing_is_left_behind() {
     {
         let a = random::mat::<f64>(20, 20, 0);
         let x = random::mat::<f64>(20, 10, 1);
-        let pool = pmatmat_multiprocess(&a, Some(3), false, true).unwrap().with_min_parallel_work(0);
-        let per = pmatmat_multiprocess(&a, Some(3), false, false).unwrap().with_min_parallel_work(0);
+        let pool = pmatmat(&a, Method::process_pool(), Some(3), false).unwrap().with_min_parallel_work(0);
+        let per = pmatmat(&a, Method::process(), Some(3), false).unwrap().with_min_parallel_work(0);
         pool.matmat(&x);
         per.matmat(&x);
         let running = children();
@@ -309,11 +313,11 @@ fn nothing_is_left_behind() {
         }
         assert_eq!(now, expected, "a finished child is not reaped (zombie)");
         assert!(shared_maps() > maps);
-        let _ = pmatmat_multiprocess(faulty(self_kill), Some(2), false, false)
+        let _ = pmatmat(faulty(self_kill), Method::process(), Some(2), false)
             .unwrap()
             .with_min_parallel_work(0)
             .try_matmat(poisoned().as_ref());
-        let _ = pmatmat_multiprocess(faulty(|| panic!("x")), Some(2), false, true)
+        let _ = pmatmat(faulty(|| panic!("x")), Method::process_pool(), Some(2), false)
             .unwrap()
             .with_min_parallel_work(0)
             .try_matmat(poisoned().as_ref());
@@ -328,7 +332,7 @@ fn running_out_of_descriptors_is_an_error_not_a_panic() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
     let a = random::mat::<f64>(8, 8, 0);
     let x = random::mat::<f64>(8, 4, 1);
-    let per = pmatmat_multiprocess(&a, Some(2), false, false).unwrap().with_min_parallel_work(0);
+    let per = pmatmat(&a, Method::process(), Some(2), false).unwrap().with_min_parallel_work(0);
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
@@ -337,7 +341,7 @@ fn running_out_of_descriptors_is_an_error_not_a_panic() {
     let none_left = libc::rlimit { rlim_cur: open.saturating_sub(2), rlim_max: limit.rlim_max };
     // SAFETY: setrlimit reads the struct it is given.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &none_left) }, 0);
-    let pool = pmatmat_multiprocess(&a, Some(2), false, true);
+    let pool = pmatmat(&a, Method::process_pool(), Some(2), false);
     let product = per.try_matmat(x.as_ref());
     // SAFETY: as above; back to the limit read first.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
@@ -360,7 +364,7 @@ fn a_dead_worker_is_seen_even_when_other_processes_hold_its_socket() {
                 s.spawn(|| {
                     (0..5)
                         .map(|_| {
-                            pmatmat_multiprocess(faulty(self_kill), Some(2), false, true)
+                            pmatmat(faulty(self_kill), Method::process_pool(), Some(2), false)
                                 .unwrap()
                                 .with_min_parallel_work(0)
                         })
@@ -375,5 +379,13 @@ fn a_dead_worker_is_seen_even_when_other_processes_hold_its_socket() {
         let err = l.try_matmat(poisoned().as_ref()).unwrap_err();
         assert!(matches!(&err, Error::WorkerDied { how, .. } if how.contains("SIGKILL")), "{err}");
         assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
+    }
+}
+
+#[test]
+fn every_product_with_two_columns_is_split_by_default() {
+    for once in [false, true] {
+        let l = pmatmat(common::who_ran(|| f64::from(std::process::id())), procs(once), Some(2), false).unwrap();
+        assert_eq!(common::workers_seen(&l, 8), 2, "8 columns, 2 processes, pool {once}");
     }
 }

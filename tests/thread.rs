@@ -116,8 +116,8 @@ fn bad_arguments_are_errors() {
     let msg = err.to_string();
     assert!(msg.contains("\"thread\"") && msg.contains("\"process\"") && msg.contains("\"mpi\""), "{msg}");
     assert_eq!("THREAD".parse::<Method>().unwrap(), Method::Thread);
-    assert_eq!("Process".parse::<Method>().unwrap(), Method::Process { procs_created_once: false });
-    assert_eq!("mpi".parse::<Method>().unwrap(), Method::Mpi);
+    assert_eq!("Process".parse::<Method>().unwrap(), Method::process());
+    assert_eq!("mpi".parse::<Method>().unwrap(), Method::mpi());
     // nworkers = None: the CPUs this process may use.
     let l = pmatmat(&a, Method::Thread, None, false).unwrap();
     assert_eq!(l.nworkers(), std::thread::available_parallelism().unwrap().get());
@@ -165,36 +165,43 @@ fn one_operator_from_several_threads_at_once() {
     });
 }
 
+/// A number naming the calling thread.
+fn thread_number() -> f64 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    thread_local!(static ID: f64 = f64::from(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    ID.with(|id| *id)
+}
+
 #[test]
-fn small_products_run_on_the_calling_thread() {
+fn every_product_with_two_columns_is_split_by_default() {
+    // A 1×1 operator: its cost is not known from its shape.
+    let l = pmatmat(common::who_ran(thread_number), Method::Thread, Some(2), false).unwrap();
+    assert_eq!(common::workers_seen(&l, 8), 2, "8 columns, 2 workers");
+    assert_eq!(common::workers_seen(&l, 1), 1, "1 column");
+}
+
+#[test]
+fn small_products_run_on_the_calling_thread_when_asked() {
     // Below min_parallel_work the product must not need the pool: it runs
     // even when called from inside a worker of the same pool.
     let a = random::mat::<f64>(8, 8, 1);
-    let l = pmatmat(&a, Method::Thread, Some(2), false).unwrap();
+    let l = pmatmat(&a, Method::Thread, Some(2), false).unwrap().with_min_parallel_work(1 << 20);
     let x = random::mat::<f64>(8, 4, 2);
-    assert!(8 * 8 * 4 < l.min_parallel_work());
     assert_close(l.matmat(&x).as_ref(), (&a * &x).as_ref(), "small");
-    let seen = std::thread::current().id();
-    let here = from_matmat(
-        8,
-        8,
-        move |mut out: MatMut<'_, f64>, x: MatRef<'_, f64>| {
-            assert_eq!(std::thread::current().id(), seen, "ran on another thread");
-            out.copy_from(x)
-        },
-        |mut out: MatMut<'_, f64>, y: MatRef<'_, f64>| out.copy_from(y),
-    );
-    let l = pmatmat(here, Method::Thread, Some(2), false).unwrap();
-    assert_close(l.matmat(&x).as_ref(), x.as_ref(), "small, on the calling thread");
+    let l = pmatmat(common::who_ran(thread_number), Method::Thread, Some(2), false).unwrap();
+    let l = l.with_min_parallel_work(1 << 20);
+    assert_eq!(common::workers_seen(&l, 8), 1);
+    let here = thread_number();
+    assert_eq!(l.matmat(&Mat::<f64>::zeros(1, 8))[(0, 0)], here, "ran on the calling thread");
 }
 
 #[test]
 fn method_mpi_without_mpi_is_an_error() {
     let a = Mat::<f64>::identity(3, 3);
-    let err = pmatmat(&a, Method::Mpi, Some(2), false).unwrap_err();
+    let err = pmatmat(&a, Method::mpi(), Some(2), false).unwrap_err();
     // Without the feature, the backend is not built; with it, MPI is not initialized here.
     #[cfg(not(feature = "mpi"))]
-    assert!(matches!(err, Error::Unavailable(Method::Mpi, _)), "{err}");
+    assert!(matches!(err, Error::Unavailable(Method::Mpi(_), _)), "{err}");
     #[cfg(feature = "mpi")]
     assert!(matches!(&err, Error::Mpi(msg) if msg.contains("not initialized")), "{err}");
 }

@@ -30,25 +30,12 @@ use mpi::datatype::Equivalence;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Destination, Root, Source};
 
-use super::{Error, Scalar, Work, split};
+pub use super::Gather;
+use super::{Error, MpiOptions, Scalar, Work, split};
 use crate::BiLinOp;
 
 /// The largest message, in elements: MPI's counts are `i32`.
 pub const DEFAULT_MAX_MESSAGE: usize = i32::MAX as usize;
-
-/// Where the result of a distributed product goes.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
-pub enum Gather {
-    /// To rank 0 only, as Python lazylinop; the other ranks' output is not
-    /// written (except for products small enough to be computed whole on
-    /// every rank: fewer than two columns, or less work than
-    /// [`Pmatmat::min_parallel_work`](crate::parallel::Pmatmat::min_parallel_work)).
-    #[default]
-    Root,
-    /// To every rank (allgather, allreduce): what faer's solvers need when
-    /// they run on every rank.
-    All,
-}
 
 /// A communicator that can sit in a `Sync` operator: see the module docs.
 pub(crate) struct SharedComm {
@@ -285,7 +272,7 @@ pub(crate) fn as_contiguous<'a, T>(out: &'a mut MatMut<'_, T>) -> Option<&'a mut
 #[derive(Debug)]
 pub(crate) struct Ranks {
     pub(crate) comm: SharedComm,
-    pub(crate) gather: Gather,
+    pub(crate) options: MpiOptions,
 }
 
 impl Ranks {
@@ -311,7 +298,8 @@ impl Ranks {
         small: bool,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
-        let max = self.comm.max_message;
+        let max = (self.options.max_message_bytes / core::mem::size_of::<T>()).max(1);
+        let gather_to = self.options.gather;
         self.comm.with(|comm| {
             let (m, n, k) = (out.nrows(), rhs.nrows(), rhs.ncols());
             agree_on(comm, "the product's shapes (out rows, operand rows, columns)", [m, n, k])?;
@@ -323,20 +311,20 @@ impl Ranks {
             let (p, r) = (comm.size() as usize, comm.rank() as usize);
             let cols = split::block(k, p, r);
             let width = |i: usize| m * split::block(k, p, i).len();
-            let receives = self.gather == Gather::All || r == 0;
+            let receives = gather_to == Gather::All || r == 0;
             let (mine, stack) = temp_slice::<T>(m * split::widest(k, p), stack);
             let (staging, stack) = temp_slice::<T>(m * k, stack);
             if !receives {
                 let local = MatMut::from_column_major_slice_mut(&mut mine[..m * cols.len()], m, cols.len());
                 work.block(local, rhs.subcols(cols.start, cols.len()), stack);
-                gather(comm, self.gather, width, Pieces::Mine(&mine[..m * cols.len()]), max);
+                gather(comm, gather_to, width, Pieces::Mine(&mine[..m * cols.len()]), max);
                 return Ok(());
             }
             // Compute this rank's block in place in the gathered result, then gather.
             let mut compute_and_gather = |all: &mut [T]| {
                 let local = MatMut::from_column_major_slice_mut(&mut all[m * cols.start..m * cols.end], m, cols.len());
                 work.block(local, rhs.subcols(cols.start, cols.len()), stack);
-                gather(comm, self.gather, width, Pieces::All(all), max);
+                gather(comm, gather_to, width, Pieces::All(all), max);
             };
             match as_contiguous(&mut out) {
                 Some(all) => compute_and_gather(all),

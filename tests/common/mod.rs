@@ -130,3 +130,24 @@ pub fn check_parallel<T: lazylinop::parallel::Scalar, L: BiLinOp<T>>(
         }
     }
 }
+
+/// A 1×1 operator whose product writes, in every column of its output, the
+/// number `id()` gives where that column was computed (a thread, a process,
+/// a rank): what tells which workers ran a product. Each product takes
+/// 20 ms, as an operator around a simulation code would take its time.
+pub fn who_ran(id: fn() -> f64) -> impl BiLinOp<f64> + Send + Sync + 'static {
+    let record = move |mut out: faer::MatMut<'_, f64>, _: MatRef<'_, f64>| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        out.fill(id())
+    };
+    from_matmat(1, 1, record, record)
+}
+
+/// How many distinct workers `who_ran`'s product with `k` columns saw.
+pub fn workers_seen<L: BiLinOp<f64>>(op: &L, k: usize) -> usize {
+    let out = op.matmat(&Mat::<f64>::zeros(1, k));
+    let mut ids: Vec<u64> = (0..k).map(|j| out[(0, j)].to_bits()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len()
+}

@@ -68,7 +68,7 @@ use nix::sys::wait::WaitStatus;
 
 pub use shm::SharedMat;
 
-use super::{Error, Scalar, Work};
+use super::{Error, ProcessOptions, Scalar, Work};
 use crate::BiLinOp;
 
 /// Set in forked workers only.
@@ -131,10 +131,10 @@ impl Processes {
     pub(crate) fn new<T: Scalar, L: BiLinOp<T>>(
         op: &L,
         nworkers: usize,
-        procs_created_once: bool,
+        options: ProcessOptions,
     ) -> Result<Self, Error> {
         silence_panics_in_workers();
-        Ok(if procs_created_once {
+        Ok(if options.procs_created_once {
             Processes::Pool(pool::Pool::new(op, nworkers)?)
         } else {
             Processes::PerProduct(fork::PerProduct::new(nworkers))
