@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check of the crate: formatting, clippy, every test, and the MPI
-# tests under mpirun with 1, 2 and 3 ranks. Installs what they need when it
+# Runs every check of the crate: formatting, clippy and tests with the
+# default features (what users get) and with all features, the docs, and the
+# MPI tests under mpirun with 1, 2 and 3 ranks. Installs what they need when it
 # is missing (OpenMPI and libclang from Debian's packages; rustfmt, clippy).
 # Usage: scripts/test.sh
 set -euo pipefail
@@ -13,11 +14,17 @@ scripts/install-deps.sh
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "cargo clippy (all targets, default features)"
+cargo clippy --all-targets -- -D warnings
+
 step "cargo clippy (all targets, all features)"
 cargo clippy --all-targets --all-features -- -D warnings
 
 step "cargo doc (all features; broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+
+step "cargo test (default features)"
+cargo test
 
 step "cargo test (all features; the MPI tests run here as one rank)"
 cargo test --all-features

@@ -6,7 +6,12 @@
 //! the pool, and each block gets its own piece of the caller's scratch, so a
 //! product allocates nothing on the heap. A panic in a block reaches the
 //! caller (rayon waits for the other blocks, then resumes the panic) and the
-//! pool stays usable.
+//! pool stays usable. The only heap allocation is rayon's own job queue,
+//! which takes one block of 63 slots every 63 products (tests/alloc.rs
+//! checks it). One operator may be used from several threads at once.
+//!
+//! In a forked process worker (the process backend), where rayon's threads
+//! do not exist, the blocks run in turn on the calling thread.
 
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::traits::ComplexField;
