@@ -432,3 +432,402 @@ fn saved_matrices_are_viewed_in_place() {
     save_and_view::<c32>();
     save_and_view::<c64>();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile and damaged files (issue 12). Each is built here, byte by byte, and opened and read on
+// a worker thread under a deadline and an allocation limit, so that a regression fails (or, for
+// an allocation beyond the limit, aborts) instead of hanging or exhausting the machine's memory.
+// ---------------------------------------------------------------------------------------------
+
+mod budget {
+    //! A global allocator that counts the live heap bytes of each thread and their peak, and
+    //! refuses (returns null, so the process aborts) any allocation beyond a per-thread limit.
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Budget;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+        static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    fn grow(by: usize) -> bool {
+        if by > LIMIT.with(Cell::get) {
+            return false;
+        }
+        let live = LIVE.with(|l| {
+            l.set(l.get() + by as isize);
+            l.get()
+        });
+        PEAK.with(|p| p.set(p.get().max(live)));
+        true
+    }
+
+    fn shrink(by: usize) {
+        LIVE.with(|l| l.set(l.get() - by as isize));
+    }
+
+    // SAFETY: forwards every call to the system allocator, or returns null (allowed: an
+    // allocation failure); the counters are thread-local cells that never allocate.
+    unsafe impl GlobalAlloc for Budget {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if !grow(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if !grow(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            shrink(layout.size());
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if !grow(new_size) {
+                return std::ptr::null_mut();
+            }
+            shrink(layout.size());
+            // SAFETY: same contract as the caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Budget = Budget;
+
+    /// Starts counting this thread's peak from now, refusing single allocations above `limit`.
+    pub fn start(limit: usize) {
+        LIVE.with(|l| l.set(0));
+        PEAK.with(|p| p.set(0));
+        LIMIT.with(|l| l.set(limit));
+    }
+
+    /// This thread's peak of live heap bytes since [`start`].
+    pub fn peak() -> usize {
+        PEAK.with(Cell::get).max(0) as usize
+    }
+}
+
+/// Runs `f` on a new thread; panics if it takes longer than `deadline`. Returns its result, its
+/// peak heap use (allocations beyond 256 MiB abort the process) and its duration.
+fn bounded<R: Send + 'static>(
+    deadline: std::time::Duration,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> (R, usize, std::time::Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        budget::start(256 << 20);
+        let t = std::time::Instant::now();
+        let r = f();
+        let _ = tx.send((r, budget::peak(), t.elapsed()));
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("did not finish within {deadline:?}"),
+        Err(e) => panic!("the worker panicked ({e})"),
+    }
+}
+
+/// One member of a hand-made zip archive: its bytes as stored (deflated or not), the declared
+/// uncompressed size and CRC-32.
+struct RawMember {
+    name: String,
+    deflated: bool,
+    bytes: Vec<u8>,
+    size: u32,
+    crc: u32,
+}
+
+impl RawMember {
+    /// A stored member holding `npy`, with its true size and CRC.
+    fn stored(name: &str, npy: &[u8]) -> Self {
+        RawMember {
+            name: name.into(),
+            deflated: false,
+            bytes: npy.to_vec(),
+            size: npy.len() as u32,
+            crc: crc32fast::hash(npy),
+        }
+    }
+
+    /// A deflated member holding `npy`, with its true size and CRC.
+    fn deflated(name: &str, npy: &[u8]) -> Self {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(npy).unwrap();
+        RawMember {
+            name: name.into(),
+            deflated: true,
+            bytes: e.finish().unwrap(),
+            size: npy.len() as u32,
+            crc: crc32fast::hash(npy),
+        }
+    }
+}
+
+/// A zip archive of `members`, as written by any zip writer (no zip64, no data descriptors).
+fn zip_archive(members: &[RawMember]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for m in members {
+        let offset = out.len() as u32;
+        let method: u16 = if m.deflated { 8 } else { 0 };
+        let fixed = |sig: u32, out: &mut Vec<u8>| {
+            out.extend_from_slice(&sig.to_le_bytes());
+            if sig == 0x0201_4b50 {
+                out.extend_from_slice(&20u16.to_le_bytes()); // version made by
+            }
+            out.extend_from_slice(&20u16.to_le_bytes()); // version needed
+            out.extend_from_slice(&0u16.to_le_bytes()); // flags
+            out.extend_from_slice(&method.to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes()); // time
+            out.extend_from_slice(&0x21u16.to_le_bytes()); // date
+            out.extend_from_slice(&m.crc.to_le_bytes());
+            out.extend_from_slice(&(m.bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&m.size.to_le_bytes());
+            out.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes()); // extra field length
+        };
+        fixed(0x0403_4b50, &mut out);
+        out.extend_from_slice(m.name.as_bytes());
+        out.extend_from_slice(&m.bytes);
+        fixed(0x0201_4b50, &mut central);
+        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
+        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(m.name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // comment length
+    out
+}
+
+/// The `.npy` bytes of `dict` (padded as numpy pads it) in format `version` (1, 2 or 3),
+/// followed by `data`.
+fn npy(dict: &str, version: u8, data: &[u8]) -> Vec<u8> {
+    let len_bytes = if version == 1 { 2 } else { 4 };
+    let mut dict = dict.to_string();
+    while (8 + len_bytes + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY".to_vec();
+    out.extend_from_slice(&[version, 0]);
+    if version == 1 {
+        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// `n` float64 values 0.5, 1.5, ... as little-endian bytes.
+fn f64_bytes(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| (i as f64 + 0.5).to_le_bytes()).collect()
+}
+
+/// Writes `bytes` as a temporary `.npz` named after `name`, returning its path.
+fn temp_npz(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hostile_{name}_{}.npz", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Opens the first member of the archive `bytes` and reads all its rows as f64, under a
+/// 5-second deadline; checks that the peak heap use stays below 64 KiB plus 8 times the file's
+/// size. Returns the error met, if any.
+fn open_hostile(name: &str, bytes: &[u8]) -> Result<Mat<f64>, NpzError> {
+    let path = temp_npz(name, bytes);
+    let p = path.clone();
+    let (result, peak, took) = bounded(std::time::Duration::from_secs(5), move || {
+        let m = NpzMatrix::open(&p, None)?;
+        m.read_rows::<f64>(0..m.shape().0)
+    });
+    let bound = (64 << 10) + 8 * bytes.len();
+    assert!(peak <= bound, "{name}: peak heap {peak} bytes, more than {bound}, in {took:?}");
+    std::fs::remove_file(&path).unwrap();
+    result
+}
+
+/// Expects `result` to be an error whose kind `matches` and whose message contains `reason`.
+fn expect_err(result: Result<Mat<f64>, NpzError>, reason: &str, matches: impl Fn(&NpzErrorKind) -> bool) {
+    let err = result.expect_err("a hostile file must not load");
+    let msg = err.to_string();
+    assert!(matches(err.kind()), "unexpected kind: {msg}");
+    assert!(msg.contains(reason), "{msg:?} does not contain {reason:?}");
+}
+
+const F64_2X3: &str = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }";
+
+#[test]
+fn hand_made_archives_are_read() {
+    // The test's own archive writer, checked on valid members of every header version.
+    for version in [1, 2, 3] {
+        let member = npy(F64_2X3, version, &f64_bytes(6));
+        for raw in [RawMember::stored("a.npy", &member), RawMember::deflated("a.npy", &member)] {
+            let m = open_hostile("valid", &zip_archive(&[raw])).unwrap();
+            assert_eq!(m, Mat::from_fn(2, 3, |i, j| (3 * i + j) as f64 + 0.5), "version {version}");
+        }
+    }
+}
+
+#[test]
+fn deeply_nested_header_is_refused_quickly() {
+    // A value nested `depth` levels deep, in an extra key or in the shape, deflated, in format
+    // 2.0: about 200 bytes. The parser must not take time exponential in the depth.
+    for depth in [20, 1000, 5000] {
+        let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        for dict in [
+            format!("{{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'x': {nested}}}"),
+            format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({nested}, 3)}}"),
+        ] {
+            let member = npy(&dict, 2, &f64_bytes(6));
+            let bytes = zip_archive(&[RawMember::deflated("a.npy", &member)]);
+            expect_err(open_hostile("nested", &bytes), "bad .npy header", |k| matches!(k, NpzErrorKind::BadHeader(_)));
+        }
+    }
+}
+
+#[test]
+fn huge_header_length_is_refused_before_allocating() {
+    // A stored format 2.0 member whose header claims 0xFFFFFFFF bytes.
+    let mut member = b"\x93NUMPY\x02\x00\xff\xff\xff\xff".to_vec();
+    member.extend_from_slice(b"{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1), }\n");
+    member.extend_from_slice(&f64_bytes(1));
+    for raw in [RawMember::stored("a.npy", &member), RawMember::deflated("a.npy", &member)] {
+        expect_err(open_hostile("header_len", &zip_archive(&[raw])), "10000", |k| {
+            matches!(k, NpzErrorKind::BadHeader(_))
+        });
+    }
+}
+
+/// A deflated member whose header and zip entry both declare `shape` float64 but whose data is
+/// missing.
+fn empty_deflated_member(shape: (usize, usize)) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({}, {}), }}", shape.0, shape.1);
+    let header = npy(&dict, 1, &[]);
+    let mut raw = RawMember::deflated("a.npy", &header);
+    raw.size = (header.len() + shape.0 * shape.1 * 8) as u32;
+    zip_archive(&[raw])
+}
+
+#[test]
+fn deflated_member_declaring_a_huge_row_without_data() {
+    expect_err(open_hostile("huge_row", &empty_deflated_member((1, 500_000_000))), "truncated", |k| {
+        matches!(k, NpzErrorKind::Truncated)
+    });
+}
+
+#[test]
+fn deflated_member_declaring_a_huge_matrix_without_data() {
+    expect_err(open_hostile("huge_matrix", &empty_deflated_member((2000, 250_000))), "truncated", |k| {
+        matches!(k, NpzErrorKind::Truncated)
+    });
+}
+
+#[test]
+fn deflated_member_smaller_than_its_header() {
+    // The zip entry declares 10 bytes; the member inflates to a 128-byte header.
+    let header = npy(F64_2X3, 1, &[]);
+    let mut raw = RawMember::deflated("a.npy", &header);
+    raw.size = 10;
+    expect_err(open_hostile("small_entry", &zip_archive(&[raw])), "truncated", |k| {
+        matches!(k, NpzErrorKind::Truncated)
+    });
+}
+
+#[test]
+fn flipped_data_byte_fails_the_crc() {
+    let member = npy(F64_2X3, 1, &f64_bytes(6));
+    let mut raw = RawMember::stored("a.npy", &member);
+    let last = raw.bytes.len() - 3;
+    raw.bytes[last] ^= 0x10;
+    expect_err(open_hostile("crc", &zip_archive(&[raw])), "CRC-32", |k| matches!(k, NpzErrorKind::Crc { .. }));
+}
+
+#[test]
+fn list_shape_is_refused_as_numpy_does() {
+    let dict = "{'descr': '<f8', 'fortran_order': False, 'shape': [2, 3], }";
+    let bytes = zip_archive(&[RawMember::stored("a.npy", &npy(dict, 1, &f64_bytes(6)))]);
+    expect_err(open_hostile("list_shape", &bytes), "tuple", |k| matches!(k, NpzErrorKind::BadHeader(_)));
+}
+
+#[test]
+fn headers_numpy_refuses_are_refused() {
+    for (dict, reason) in [
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'extra': 1}", "extra"),
+        ("{'descr': '<f8', 'fortran_order': False}", "shape"),
+        ("{'descr': '<f8', 'fortran_order': 0, 'shape': (2, 3)}", "fortran_order"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, -3)}", "shape"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'shape': (2, 3)}", "shape"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3.0)}", "integer"),
+        ("['descr', '<f8']", "dict"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3)} trailing", "bad .npy header"),
+    ] {
+        let bytes = zip_archive(&[RawMember::stored("a.npy", &npy(dict, 1, &f64_bytes(6)))]);
+        expect_err(open_hostile("refused", &bytes), reason, |k| matches!(k, NpzErrorKind::BadHeader(_)));
+    }
+    // What numpy accepts is accepted: no trailing comma, another key order, double quotes.
+    for dict in [
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3)}",
+        "{\"shape\": (2, 3,), \"fortran_order\": False, \"descr\": \"<f8\"}",
+    ] {
+        let bytes = zip_archive(&[RawMember::stored("a.npy", &npy(dict, 1, &f64_bytes(6)))]);
+        assert_eq!(open_hostile("accepted", &bytes).unwrap().shape(), (2, 3), "{dict}");
+    }
+}
+
+#[test]
+fn directory_is_named_as_such() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let err = NpzMatrix::open(dir, None).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Io(e) if e.kind() == std::io::ErrorKind::IsADirectory), "{err}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[test]
+fn save_replaces_the_file_atomically() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("atomic_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("a.npz");
+    let a = lazylinop::random::mat::<f64>(40, 30, 1);
+    lazylinop::npz::save(&path, "a", a.as_ref()).unwrap();
+    let m = NpzMatrix::open(&path, None).unwrap();
+    let view = m.view_rows::<f64>(0..40).unwrap().unwrap();
+    // Saving to the same path, as a program updating its matrix does: the live view keeps the
+    // old values (same size), and stays readable (smaller file).
+    let b = lazylinop::random::mat::<f64>(40, 30, 2);
+    lazylinop::npz::save(&path, "a", b.as_ref()).unwrap();
+    assert_eq!(view, a.as_ref(), "the view changed under a save of the same shape");
+    let c = lazylinop::random::mat::<f64>(2, 3, 3);
+    lazylinop::npz::save(&path, "a", c.as_ref()).unwrap();
+    assert_eq!(view, a.as_ref(), "the view changed under a save of a smaller matrix");
+    assert_eq!(NpzMatrix::open(&path, None).unwrap().read_rows::<f64>(0..2).unwrap(), c);
+    // A failed save (the target is a directory) leaves the target and no temporary behind.
+    let sub = dir.join("sub.npz");
+    std::fs::create_dir(&sub).unwrap();
+    assert!(lazylinop::npz::save(&sub, "a", c.as_ref()).is_err());
+    assert!(sub.is_dir());
+    let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["a.npz", "sub.npz"]);
+    drop(m);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
