@@ -831,3 +831,73 @@ fn save_replaces_the_file_atomically() {
     drop(m);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Checks the stored member `m` with `crc32_of` over `parts` consecutive shares of its bytes and
+/// `verify_crc`, as ranks sharing the work do.
+fn verify_in_shares(m: &NpzMatrix, parts: u64) -> Result<(), NpzError> {
+    let span = m.crc_span().expect("a stored member");
+    let shares: Vec<(u32, u64)> = (0..parts)
+        .map(|k| {
+            let range = span * k / parts..span * (k + 1) / parts;
+            (m.crc32_of(range.clone()).unwrap(), range.end - range.start)
+        })
+        .collect();
+    m.verify_crc(shares)
+}
+
+#[test]
+fn crc_of_byte_ranges_combines_across_shares() {
+    let member = npy(F64_2X3, 1, &f64_bytes(6));
+    let good = temp_npz("crc_shares", &zip_archive(&[RawMember::stored("a.npy", &member)]));
+    let m = NpzMatrix::open(&good, None).unwrap();
+    assert_eq!(m.crc_span(), Some(member.len() as u64));
+    assert_eq!(m.crc32_of(0..member.len() as u64).unwrap(), crc32fast::hash(&member));
+    assert_eq!(m.crc32_of(5..5).unwrap(), 0);
+    for parts in [1, 2, 3, 7, member.len() as u64] {
+        verify_in_shares(&m, parts).unwrap();
+    }
+    // Shares that do not cover the member, or a range beyond it.
+    let span = member.len() as u64;
+    for parts in [vec![(crc32fast::hash(&member[..10]), 10)], vec![(0, span), (0, 1)], vec![(0, u64::MAX), (0, 2)]] {
+        let err = m.verify_crc(parts).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::CrcRange { span: Some(s), .. } if *s == span), "{err}");
+    }
+    #[allow(clippy::reversed_empty_ranges)]
+    for range in [0..span + 1, span + 1..span + 2, 3..2] {
+        let err = m.crc32_of(range).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::CrcRange { .. }), "{err}");
+    }
+    // A wrong share is a CRC error naming the file and the member.
+    let err = m.verify_crc([(1, span)]).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
+    assert!(err.to_string().contains("member a: CRC-32 mismatch"), "{err}");
+
+    // One flipped data byte: the view loads it (not verified), the shares find it.
+    let mut raw = RawMember::stored("a.npy", &member);
+    let at = raw.bytes.len() - 3;
+    raw.bytes[at] ^= 0x10;
+    let bad = temp_npz("crc_shares_bad", &zip_archive(&[raw]));
+    let m = NpzMatrix::open(&bad, None).unwrap();
+    assert!(m.read_rows::<f64>(0..1).is_ok(), "a partial read is not verified");
+    for parts in [1, 2, 3] {
+        let err = verify_in_shares(&m, parts).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
+        assert_eq!((err.path(), err.member()), (bad.as_path(), Some("a")));
+    }
+
+    // A deflated member has no byte range to checksum; reading all its rows verifies it.
+    let mut raw = RawMember::deflated("a.npy", &member);
+    raw.crc ^= 1;
+    let deflated = temp_npz("crc_deflated", &zip_archive(&[raw]));
+    let m = NpzMatrix::open(&deflated, None).unwrap();
+    assert_eq!(m.crc_span(), None);
+    let err = m.crc32_of(0..1).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::CrcRange { span: None, .. }), "{err}");
+    assert!(matches!(m.verify_crc([]).unwrap_err().kind(), NpzErrorKind::CrcRange { span: None, .. }));
+    assert!(m.read_rows::<f64>(1..2).is_ok(), "a partial read is not verified");
+    let err = m.read_rows::<f64>(0..2).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
+    for path in [good, bad, deflated] {
+        std::fs::remove_file(path).unwrap();
+    }
+}

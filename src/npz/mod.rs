@@ -576,14 +576,17 @@ impl NpzMatrix {
     /// damaged; [`NpzErrorKind::CrcRange`] if the member is deflated or the lengths do not add
     /// up to [`crc_span`](Self::crc_span).
     pub fn verify_crc(&self, parts: impl IntoIterator<Item = (u32, u64)>) -> Result<(), NpzError> {
-        let mut total = Some(0u64);
+        let span = self.crc_span();
+        let mut total = 0u64;
         let mut combined = crc32fast::Hasher::new();
         for (crc, len) in parts {
-            total = total.and_then(|t| t.checked_add(len));
+            // Past the member (or overflowing): the shares cannot be its bytes.
+            let Some(end) = total.checked_add(len).filter(|&end| span.is_some_and(|s| end <= s)) else {
+                return Err(self.error(NpzErrorKind::CrcRange { range: total..total.saturating_add(len), span }));
+            };
+            total = end;
             combined.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
         }
-        let total = total.unwrap_or(u64::MAX);
-        let span = self.crc_span();
         if span != Some(total) {
             return Err(self.error(NpzErrorKind::CrcRange { range: 0..total, span }));
         }
