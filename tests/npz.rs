@@ -901,3 +901,459 @@ fn crc_of_byte_ranges_combines_across_shares() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The mutation test: thousands of deterministic mutants of committed fixtures, each opened and
+// read under a deadline and an allocation budget.
+// ---------------------------------------------------------------------------------------------
+
+/// The values of a read (shape, then the entries column by column), to compare reads.
+fn mat_bytes<T: lazylinop::Scalar>(m: &Mat<T>) -> Vec<u8> {
+    let mut out = format!("{}x{}:", m.nrows(), m.ncols()).into_bytes();
+    for j in 0..m.ncols() {
+        out.extend_from_slice(bytemuck::cast_slice(m.col_as_slice(j)));
+    }
+    out
+}
+
+/// Reads rows `rows` of `m` as its own dtype.
+fn read_as_is(m: &NpzMatrix, rows: Range<usize>) -> Result<Vec<u8>, NpzError> {
+    match m.dtype() {
+        Dtype::Float32 => m.read_rows::<f32>(rows).map(|x| mat_bytes(&x)),
+        Dtype::Float64 => m.read_rows::<f64>(rows).map(|x| mat_bytes(&x)),
+        Dtype::Complex64 => m.read_rows::<c32>(rows).map(|x| mat_bytes(&x)),
+        Dtype::Complex128 => m.read_rows::<c64>(rows).map(|x| mat_bytes(&x)),
+    }
+}
+
+/// Views rows `rows` of `m` as its own dtype, copied out of the map (so that every byte is read).
+fn view_as_is(m: &NpzMatrix, rows: Range<usize>) -> Result<Option<Vec<u8>>, NpzError> {
+    Ok(match m.dtype() {
+        Dtype::Float32 => m.view_rows::<f32>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+        Dtype::Float64 => m.view_rows::<f64>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+        Dtype::Complex64 => m.view_rows::<c32>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+        Dtype::Complex128 => m.view_rows::<c64>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+    })
+}
+
+/// What a mutant must do, beyond never panicking, hanging or over-allocating.
+#[derive(Clone)]
+enum Expect {
+    /// Anything but a silent wrong result: a read of all rows either fails or gives the
+    /// original member's values (bit flips and truncations: the CRC-32 catches the rest).
+    SameOrError,
+    /// A data byte of stored member `0` was flipped: reading all its rows, and checking it in
+    /// shares, are CRC errors.
+    CrcError(String),
+    /// A deliberate edit: only the bounds.
+    Any,
+}
+
+struct Mutant {
+    what: String,
+    bytes: Vec<u8>,
+    expect: Expect,
+}
+
+/// Opens every member of the mutant at `path` (and the default one) and reads it in every way;
+/// returns the invariants it breaks. `originals`: each member's name and full read.
+fn exercise(path: &Path, originals: &[(String, Vec<u8>)], expect: &Expect) -> Vec<String> {
+    let mut broken = Vec::new();
+    let names = originals.iter().map(|(n, _)| Some(n.as_str())).chain([None]);
+    for name in names {
+        let Ok(m) = NpzMatrix::open(path, name) else { continue };
+        let n = m.shape().0;
+        let whole = read_as_is(&m, 0..n);
+        let _ = read_as_is(&m, n / 3..n / 2 + 1.min(n));
+        let _ = view_as_is(&m, 0..n);
+        let _ = view_as_is(&m, n / 2..n);
+        let shares = m.crc_span().map(|_| verify_in_shares(&m, 3));
+        let original = originals.iter().find(|(o, _)| o == m.member()).map(|(_, v)| v);
+        match expect {
+            Expect::SameOrError => {
+                if let (Ok(got), Some(want)) = (&whole, original)
+                    && got != want
+                {
+                    broken.push(format!("member {}: a whole read succeeded with other values", m.member()));
+                }
+                if let Some(shares) = &shares
+                    && whole.is_ok() != shares.is_ok()
+                {
+                    broken.push(format!("member {}: the whole read and the shares disagree", m.member()));
+                }
+            }
+            Expect::CrcError(member) if m.member() == member => {
+                if !matches!(whole.as_ref().map_err(|e| e.kind()), Err(NpzErrorKind::Crc { .. })) {
+                    broken.push(format!("member {member}: flipped data byte, whole read gives {:?}", whole.err()));
+                }
+                if !matches!(
+                    shares.as_ref().map(|s| s.as_ref().map_err(|e| e.kind())),
+                    Some(Err(NpzErrorKind::Crc { .. }))
+                ) {
+                    broken.push(format!("member {member}: flipped data byte, shares give {shares:?}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    broken
+}
+
+/// The regions of a zip archive written by numpy (no data descriptors), found by walking its
+/// headers independently of the reader: boundaries, zip structure bytes, and for each member
+/// (local header offset, stored?, `.npy` header range, data range).
+struct Layout {
+    boundaries: Vec<usize>,
+    structure: Vec<usize>,
+    members: Vec<(usize, bool, Range<usize>, Range<usize>)>,
+}
+
+fn layout(b: &[u8]) -> Layout {
+    let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let (mut boundaries, mut structure, mut members) = (vec![0, b.len()], Vec::new(), Vec::new());
+    let mut pos = 0;
+    while b[pos..].starts_with(b"PK\x03\x04") {
+        let extra = pos + 30 + u16_at(pos + 26);
+        let start = extra + u16_at(pos + 28);
+        let mut size = u32_at(pos + 18);
+        if size == u32::MAX as usize {
+            // numpy writes zip64 local headers: the sizes are in the zip64 extra field.
+            let mut at = extra;
+            while u16_at(at) != 1 {
+                at += 4 + u16_at(at + 2);
+            }
+            size = u64::from_le_bytes(b[at + 12..at + 20].try_into().unwrap()) as usize;
+        }
+        let end = start + size;
+        structure.extend(pos..start);
+        let stored = u16_at(pos + 8) == 0;
+        let (header, data) = if stored {
+            let (pre, len) = if b[start + 6] == 1 { (10, u16_at(start + 8)) } else { (12, u32_at(start + 8)) };
+            (start..start + pre + len, start + pre + len..end)
+        } else {
+            (start..start, start..end)
+        };
+        boundaries.extend([pos, start, header.end, end]);
+        members.push((pos, stored, header, data));
+        pos = end;
+    }
+    while b[pos..].starts_with(b"PK\x01\x02") {
+        let next = pos + 46 + u16_at(pos + 28) + u16_at(pos + 30) + u16_at(pos + 32);
+        structure.extend(pos..next);
+        boundaries.push(pos);
+        pos = next;
+    }
+    assert!(b[pos..].starts_with(b"PK\x05\x06") || b[pos..].starts_with(b"PK\x06\x06"), "layout at {pos}");
+    structure.extend(pos..b.len());
+    boundaries.push(pos);
+    boundaries.sort_unstable();
+    boundaries.dedup();
+    Layout { boundaries, structure, members }
+}
+
+/// Rewrites the CRC-32 of the member whose local header is at `local` after its bytes changed.
+fn fix_crc(b: &mut [u8], local: usize, data: Range<usize>) {
+    let crc = crc32fast::hash(&b[data]).to_le_bytes();
+    b[local + 14..local + 18].copy_from_slice(&crc);
+    let mut pos = b.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    while b[pos..].starts_with(b"PK\x01\x02") {
+        if u32::from_le_bytes(b[pos + 42..pos + 46].try_into().unwrap()) as usize == local {
+            b[pos + 16..pos + 20].copy_from_slice(&crc);
+        }
+        pos +=
+            46 + [28, 30, 32].iter().map(|&o| u16::from_le_bytes([b[pos + o], b[pos + o + 1]]) as usize).sum::<usize>();
+    }
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+/// Header dicts that edit a member's shape, dtype and order.
+fn header_edits(shape: (usize, usize)) -> Vec<String> {
+    let (r, c) = shape;
+    let dict = |descr: &str, order: &str, shape: &str| {
+        format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}")
+    };
+    let mut out = Vec::new();
+    for s in [
+        format!("({c}, {r})"),
+        format!("({r}, {})", c + 1),
+        format!("({}, {c})", r + 1),
+        format!("(0, {c})"),
+        format!("({r}, 0)"),
+        "(0, 0)".into(),
+        "(0, 18446744073709551615)".into(),
+        "(4611686018427387904, 4611686018427387904)".into(),
+        "(1, 1099511627776)".into(),
+        format!("({r}, {c}, 1)"),
+        format!("({},)", r * c),
+        "()".into(),
+        format!("[{r}, {c}]"),
+        format!("({r}, -{c})"),
+        format!("({r}, {c}.0)"),
+        format!("({r}, {c}"),
+    ] {
+        out.push(dict("<f8", "False", &s));
+    }
+    for descr in ["<f4", "<f8", "<c8", "<c16", ">f8", "|O", "<i8", "<f2"] {
+        for order in ["False", "True"] {
+            out.push(dict(descr, order, &format!("({r}, {c})")));
+        }
+    }
+    out.push(format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({r}, {c}), 'x': 0}}"));
+    out.push(format!("{{'descr': '<f8', 'shape': ({r}, {c})}}"));
+    out.push(format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({r}, {c}), 'x': {}1{}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    ));
+    out
+}
+
+/// The mutants of fixture `bytes`.
+fn mutants(file: &str, bytes: &[u8], rng: &mut Rng) -> Vec<Mutant> {
+    let lay = layout(bytes);
+    let mut out = Vec::new();
+    let flip = |at: usize, bit: usize| {
+        let mut b = bytes.to_vec();
+        b[at] ^= 1 << bit;
+        b
+    };
+    // Bit flips in every byte of the zip structures and of the stored .npy headers, and in a
+    // sample of the data.
+    for &at in &lay.structure {
+        let bit = rng.below(8);
+        out.push(Mutant {
+            what: format!("{file}: flip bit {bit} of zip byte {at}"),
+            bytes: flip(at, bit),
+            expect: Expect::SameOrError,
+        });
+    }
+    for (k, (_, stored, header, data)) in lay.members.iter().enumerate() {
+        let name = member_name(bytes, lay.members[k].0);
+        for at in header.clone() {
+            let bit = rng.below(8);
+            out.push(Mutant {
+                what: format!("{file}: flip bit {bit} of header byte {at}"),
+                bytes: flip(at, bit),
+                expect: Expect::SameOrError,
+            });
+        }
+        for _ in 0..data.len().min(24) {
+            let at = data.start + rng.below(data.len());
+            let bit = rng.below(8);
+            let expect = if *stored { Expect::CrcError(name.clone()) } else { Expect::SameOrError };
+            out.push(Mutant {
+                what: format!("{file}: flip bit {bit} of data byte {at}"),
+                bytes: flip(at, bit),
+                expect,
+            });
+        }
+    }
+    // Truncations at every region boundary, and one byte either side.
+    for &at in &lay.boundaries {
+        for cut in [at.saturating_sub(1), at, at + 1] {
+            if cut < bytes.len() {
+                out.push(Mutant {
+                    what: format!("{file}: cut at {cut}"),
+                    bytes: bytes[..cut].to_vec(),
+                    expect: Expect::SameOrError,
+                });
+            }
+        }
+    }
+    // Header edits of the stored members: shape, dtype, order, length; with the CRC-32
+    // rewritten (the reader must judge by structure) or not (a whole read must then fail).
+    for &(local, stored, ref header, ref data) in &lay.members {
+        if !stored {
+            continue;
+        }
+        let start = header.start;
+        let pre = if bytes[start + 6] == 1 { 10 } else { 12 };
+        let dict_len = header.len() - pre;
+        let text = String::from_utf8_lossy(&bytes[start + pre..header.end]).into_owned();
+        let shape = parse_shape(&text);
+        let member = start..data.end;
+        let mut edits: Vec<(String, Vec<u8>)> = Vec::new();
+        for dict in header_edits(shape) {
+            if dict.len() + 1 > dict_len {
+                continue;
+            }
+            let mut b = bytes.to_vec();
+            let padded = format!("{dict:<width$}\n", width = dict_len - 1);
+            b[start + pre..header.end].copy_from_slice(padded.as_bytes());
+            edits.push((format!("header {dict}"), b));
+        }
+        if pre == 10 {
+            for len in [0u16, 1, dict_len as u16 - 1, dict_len as u16 + 1, 10_000, 10_001, u16::MAX] {
+                let mut b = bytes.to_vec();
+                b[start + 8..start + 10].copy_from_slice(&len.to_le_bytes());
+                edits.push((format!("header length {len}"), b));
+            }
+        }
+        for (at, value, what) in [
+            (6, 2, "version 2.0"),
+            (6, 3, "version 3.0"),
+            (6, 4, "version 4.0"),
+            (7, 1, "version 1.1"),
+            (0, 0x92, "magic"),
+        ] {
+            let mut b = bytes.to_vec();
+            b[start + at] = value;
+            edits.push((what.to_string(), b));
+        }
+        for (what, b) in edits {
+            let mut fixed = b.clone();
+            fix_crc(&mut fixed, local, member.clone());
+            out.push(Mutant { what: format!("{file}: {what}, CRC rewritten"), bytes: fixed, expect: Expect::Any });
+            out.push(Mutant { what: format!("{file}: {what}"), bytes: b, expect: Expect::SameOrError });
+        }
+    }
+    out
+}
+
+/// The name (without `.npy`) of the member whose local header is at `local`.
+fn member_name(b: &[u8], local: usize) -> String {
+    let len = u16::from_le_bytes([b[local + 26], b[local + 27]]) as usize;
+    let name = String::from_utf8_lossy(&b[local + 30..local + 30 + len]).into_owned();
+    name.strip_suffix(".npy").unwrap_or(&name).to_string()
+}
+
+/// The 2-D shape written in a numpy header dict.
+fn parse_shape(text: &str) -> (usize, usize) {
+    let s = &text[text.find("'shape': (").unwrap() + 10..];
+    let dims: Vec<usize> = s[..s.find(')').unwrap()].split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    (dims[0], dims.get(1).copied().unwrap_or(1))
+}
+
+/// Hand-made archives: every header edit over a 4×3 float64 member, stored and deflated, with
+/// the zip entry declaring the true size, one byte more or less, or a thousand times more.
+fn crafted_mutants() -> Vec<Mutant> {
+    let mut out = Vec::new();
+    for dict in header_edits((4, 3)) {
+        let member = npy(&dict, 1, &f64_bytes(12));
+        for deflated in [false, true] {
+            for declared in [0i64, 1, -1, 1000] {
+                let mut raw =
+                    if deflated { RawMember::deflated("a.npy", &member) } else { RawMember::stored("a.npy", &member) };
+                raw.size = match declared {
+                    1000 => raw.size.saturating_mul(1000),
+                    d => (raw.size as i64 + d) as u32,
+                };
+                if !deflated && declared != 0 {
+                    raw.bytes.resize(raw.size as usize, 0);
+                }
+                out.push(Mutant {
+                    what: format!("crafted {dict}, deflated {deflated}, declared size {declared:+}"),
+                    bytes: zip_archive(&[raw]),
+                    expect: Expect::Any,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn mutants_of_the_fixtures_fail_cleanly() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let files = [
+        "float64_c_stored.npz",
+        "float64_f_compressed.npz",
+        "complex64_f_stored.npz",
+        "complex128_c_compressed.npz",
+        "bigendian.npz",
+        "multi.npz",
+        "aligned.npz",
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut all = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(fixture(file)).unwrap();
+        // The members' full reads, from the pristine file.
+        let lay = layout(&bytes);
+        let originals: Vec<(String, Vec<u8>)> = lay
+            .members
+            .iter()
+            .map(|m| {
+                let name = member_name(&bytes, m.0);
+                let npz = NpzMatrix::open(fixture(file), Some(&name)).unwrap();
+                let values = read_as_is(&npz, 0..npz.shape().0).unwrap();
+                (name, values)
+            })
+            .collect();
+        let originals = std::sync::Arc::new(originals);
+        for m in mutants(file, &bytes, &mut rng) {
+            all.push((m, originals.clone()));
+        }
+    }
+    let none = std::sync::Arc::new(Vec::new());
+    all.extend(crafted_mutants().into_iter().map(|m| (m, none.clone())));
+    let count = all.len();
+
+    // One worker runs the mutants one after the other; this thread waits for each under a
+    // deadline, so that a hang fails the test instead of blocking it.
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mutant_{}.npz", std::process::id()));
+    let (to_worker, inbox) = mpsc::channel::<(Mutant, std::sync::Arc<Vec<(String, Vec<u8>)>>)>();
+    let (to_main, results) = mpsc::channel();
+    let worker_path = path.clone();
+    std::thread::spawn(move || {
+        for (m, originals) in inbox {
+            std::fs::write(&worker_path, &m.bytes).unwrap();
+            budget::start(256 << 20);
+            let t = Instant::now();
+            let broken = exercise(&worker_path, &originals, &m.expect);
+            let (took, peak) = (t.elapsed(), budget::peak());
+            if to_main.send((broken, took, peak)).is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let (mut worst_time, mut worst_mem) = ((Duration::ZERO, String::new()), (0.0f64, 0, String::new()));
+    let mut failures = Vec::new();
+    for (m, originals) in all {
+        let (what, len) = (m.what.clone(), m.bytes.len());
+        to_worker.send((m, originals)).unwrap();
+        let (broken, took, peak) = match results.recv_timeout(Duration::from_secs(10)) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: not done within 10 s"),
+            Err(e) => panic!("{what}: the worker panicked ({e})"),
+        };
+        failures.extend(broken.into_iter().map(|b| format!("{what}: {b}")));
+        if took > worst_time.0 {
+            worst_time = (took, what.clone());
+        }
+        // Bound: 4 times the file plus 192 KiB (the inflater's state and window, buffers).
+        let ratio = peak as f64 / len.max(1) as f64;
+        assert!(peak <= 4 * len + (192 << 10), "{what}: peak heap {peak} bytes for a {len}-byte file");
+        assert!(took < Duration::from_secs(2), "{what}: took {took:?}");
+        if peak > worst_mem.1 {
+            worst_mem = (ratio, peak, what.clone());
+        }
+    }
+    drop(to_worker);
+    let _ = std::fs::remove_file(&path);
+    println!(
+        "{count} mutants in {:?}; slowest {:?} ({}); largest peak heap {} bytes, {:.1}x its file ({})",
+        started.elapsed(),
+        worst_time.0,
+        worst_time.1,
+        worst_mem.1,
+        worst_mem.0,
+        worst_mem.2
+    );
+    assert!(failures.is_empty(), "{} broken invariants:\n{}", failures.len(), failures.join("\n"));
+    assert!(count > 3000, "only {count} mutants");
+}
