@@ -1357,3 +1357,16 @@ fn mutants_of_the_fixtures_fail_cleanly() {
     assert!(failures.is_empty(), "{} broken invariants:\n{}", failures.len(), failures.join("\n"));
     assert!(count > 3000, "only {count} mutants");
 }
+
+#[test]
+fn named_pipe_is_refused_without_waiting_for_a_writer() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fifo_{}.npz", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let p = path.clone();
+    let (result, _, _) = bounded(std::time::Duration::from_secs(5), move || NpzMatrix::open(&p, None).map(|_| ()));
+    let err = result.unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}

@@ -46,7 +46,8 @@ pub enum NpzErrorKind {
     /// parts given to [`NpzMatrix::verify_crc`](super::NpzMatrix::verify_crc) is not within the
     /// stored member's bytes `0..span`, or (`span` is `None`) the member is deflated.
     CrcRange {
-        /// The range asked for, or covered by the parts.
+        /// The range asked for; for parts, the first part that ends past the member, or all
+        /// the parts (`0..total`) when they end before it.
         range: Range<u64>,
         /// The stored member's length ([`NpzMatrix::crc_span`](super::NpzMatrix::crc_span)).
         span: Option<u64>,
