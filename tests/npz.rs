@@ -736,6 +736,28 @@ fn deflated_member_declaring_a_huge_row_without_data() {
 }
 
 #[test]
+fn deflated_member_padded_past_the_ratio_check_allocates_as_data_arrives() {
+    // 4 MiB of junk after the deflate stream: the compressed size could inflate to the declared
+    // 4 GB, so only reading finds the data missing; nothing may be sized from the shape.
+    let (rows, cols) = (1usize, 500_000_000usize);
+    let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let header = npy(&dict, 1, &f64_bytes(1000));
+    let mut raw = RawMember::deflated("a.npy", &header);
+    raw.bytes.resize(raw.bytes.len() + (4 << 20), 0);
+    raw.size = (header.len() - 8000 + rows * cols * 8) as u32;
+    let path = temp_npz("padded", &zip_archive(&[raw]));
+    let p = path.clone();
+    let (result, peak, _) = bounded(std::time::Duration::from_secs(5), move || {
+        let m = NpzMatrix::open(&p, None)?;
+        m.read_rows::<f64>(0..1)
+    });
+    let err = result.unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Truncated), "{err}");
+    assert!(peak < 1 << 20, "peak heap {peak} bytes");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn deflated_member_declaring_a_huge_matrix_without_data() {
     expect_err(open_hostile("huge_matrix", &empty_deflated_member((2000, 250_000))), "truncated", |k| {
         matches!(k, NpzErrorKind::Truncated)

@@ -187,6 +187,31 @@ fn map_file(path: &Path) -> io::Result<Mmap> {
     unsafe { Mmap::map(&file) }
 }
 
+/// Reads `n` elements from `src` through `buf`, a chunk at a time, swapping the bytes of each
+/// `swap`-byte component when needed, and hands each chunk to `emit` with the index `at` of its
+/// first element (then advanced).
+fn read_chunks<T: Scalar>(
+    src: &mut impl Source,
+    buf: &mut [T],
+    mut n: usize,
+    swap: Option<usize>,
+    at: &mut usize,
+    emit: &mut impl FnMut(usize, &[T]),
+) -> io::Result<()> {
+    while n > 0 {
+        let m = n.min(buf.len());
+        let bytes = bytemuck::cast_slice_mut::<T, u8>(&mut buf[..m]);
+        src.fill(bytes)?;
+        if let Some(component) = swap {
+            swap_bytes(bytes, component);
+        }
+        emit(*at, &buf[..m]);
+        *at += m;
+        n -= m;
+    }
+    Ok(())
+}
+
 /// The `.npy` header at the start of `src`, and its length (preamble included).
 fn read_header(src: &mut impl Read) -> Result<(header::Header, usize), NpzErrorKind> {
     let mut preamble = [0u8; 12];
@@ -509,24 +534,10 @@ impl NpzMatrix {
         let swap = self.needs_swap().then(|| self.dtype.component_size());
         let mut buf = vec![T::zeroed(); CHUNK.min(k * self.ncols)];
         let mut at = 0;
-        let mut take = |src: &mut dyn FnMut(&mut [u8]) -> io::Result<()>, mut n: usize| -> io::Result<()> {
-            while n > 0 {
-                let m = n.min(buf.len());
-                let bytes = bytemuck::cast_slice_mut::<T, u8>(&mut buf[..m]);
-                src(bytes)?;
-                if let Some(component) = swap {
-                    swap_bytes(bytes, component);
-                }
-                emit(at, &buf[..m]);
-                at += m;
-                n -= m;
-            }
-            Ok(())
-        };
         match self.order {
             Order::C => {
                 src.skip(rows.start * self.ncols * size)?;
-                take(&mut |b| src.fill(b), k * self.ncols)
+                read_chunks(src, &mut buf, k * self.ncols, swap, &mut at, &mut emit)
             }
             Order::Fortran => {
                 src.skip(rows.start * size)?;
@@ -534,7 +545,7 @@ impl NpzMatrix {
                     if j > 0 {
                         src.skip((self.nrows - k) * size)?;
                     }
-                    take(&mut |b| src.fill(b), k)?;
+                    read_chunks(src, &mut buf, k, swap, &mut at, &mut emit)?;
                 }
                 Ok(())
             }
