@@ -1392,3 +1392,12 @@ fn named_pipe_is_refused_without_waiting_for_a_writer() {
     assert!(err.to_string().contains("not a regular file"), "{err}");
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn duplicate_member_names_are_refused() {
+    // numpy reads the last member of a name, a reader taking the first would load other data.
+    let a = npy(F64_2X3, 1, &f64_bytes(6));
+    let b = npy(F64_2X3, 1, &[0u8; 48]);
+    let bytes = zip_archive(&[RawMember::stored("a.npy", &a), RawMember::stored("a.npy", &b)]);
+    expect_err(open_hostile("duplicate", &bytes), "two members named a.npy", |k| matches!(k, NpzErrorKind::NotZip(_)));
+}

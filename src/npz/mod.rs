@@ -262,8 +262,10 @@ impl NpzMatrix {
         let strip = |name: &str| name.strip_suffix(".npy").unwrap_or(name).to_string();
         let index = match member {
             Some(name) => {
+                // As numpy's `NpzFile`: the exact name first, then with the suffix.
                 let with_suffix = format!("{name}.npy");
-                entries.iter().position(|e| e.name == name || e.name == with_suffix).ok_or_else(|| {
+                let found = entries.iter().position(|e| e.name == name);
+                found.or_else(|| entries.iter().position(|e| e.name == with_suffix)).ok_or_else(|| {
                     let available = entries.iter().map(|e| strip(&e.name)).collect();
                     fail(member, NpzErrorKind::MemberMissing { available })
                 })?
@@ -272,6 +274,11 @@ impl NpzMatrix {
                 entries.iter().position(|e| e.name.ends_with(".npy")).ok_or_else(|| fail(None, NpzErrorKind::Empty))?
             }
         };
+        if entries.iter().filter(|e| e.name == entries[index].name).count() > 1 {
+            // numpy would read the last of them, other readers the first: refuse to choose.
+            let why = format!("the archive holds two members named {}", entries[index].name);
+            return Err(fail(member, NpzErrorKind::NotZip(why)));
+        }
         let entry = entries[index].clone();
         drop(entries);
         let name = strip(&entry.name);
