@@ -492,8 +492,13 @@ impl NpzMatrix {
             let order = self.order;
             self.copy_rows(&mut &member[self.header_len..], &rows, |at, chunk: &[T]| match order {
                 Order::C => {
-                    for (n, &x) in chunk.iter().enumerate() {
-                        out[((at + n) / ncols, (at + n) % ncols)] = x;
+                    let (mut i, mut j) = (at / ncols, at % ncols);
+                    for &x in chunk {
+                        out[(i, j)] = x;
+                        j += 1;
+                        if j == ncols {
+                            (i, j) = (i + 1, 0);
+                        }
                     }
                 }
                 Order::Fortran => {
