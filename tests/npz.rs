@@ -432,3 +432,972 @@ fn saved_matrices_are_viewed_in_place() {
     save_and_view::<c32>();
     save_and_view::<c64>();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile and damaged files (issue 12). Each is built here, byte by byte, and opened and read on
+// a worker thread under a deadline and an allocation limit, so that a regression fails (or, for
+// an allocation beyond the limit, aborts) instead of hanging or exhausting the machine's memory.
+// ---------------------------------------------------------------------------------------------
+
+mod budget {
+    //! A global allocator that counts the live heap bytes of each thread and their peak, and
+    //! refuses (returns null, so the process aborts) any allocation beyond a per-thread limit.
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Budget;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+        static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    fn grow(by: usize) -> bool {
+        if by > LIMIT.with(Cell::get) {
+            return false;
+        }
+        let live = LIVE.with(|l| {
+            l.set(l.get() + by as isize);
+            l.get()
+        });
+        PEAK.with(|p| p.set(p.get().max(live)));
+        true
+    }
+
+    fn shrink(by: usize) {
+        LIVE.with(|l| l.set(l.get() - by as isize));
+    }
+
+    // SAFETY: forwards every call to the system allocator, or returns null (allowed: an
+    // allocation failure); the counters are thread-local cells that never allocate.
+    unsafe impl GlobalAlloc for Budget {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if !grow(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if !grow(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            shrink(layout.size());
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if !grow(new_size) {
+                return std::ptr::null_mut();
+            }
+            shrink(layout.size());
+            // SAFETY: same contract as the caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Budget = Budget;
+
+    /// Starts counting this thread's peak from now, refusing single allocations above `limit`.
+    pub fn start(limit: usize) {
+        LIVE.with(|l| l.set(0));
+        PEAK.with(|p| p.set(0));
+        LIMIT.with(|l| l.set(limit));
+    }
+
+    /// This thread's peak of live heap bytes since [`start`].
+    pub fn peak() -> usize {
+        PEAK.with(Cell::get).max(0) as usize
+    }
+}
+
+/// Runs `f` on a new thread; panics if it takes longer than `deadline`. Returns its result, its
+/// peak heap use (allocations beyond 256 MiB abort the process) and its duration.
+fn bounded<R: Send + 'static>(
+    deadline: std::time::Duration,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> (R, usize, std::time::Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        budget::start(256 << 20);
+        let t = std::time::Instant::now();
+        let r = f();
+        let _ = tx.send((r, budget::peak(), t.elapsed()));
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("did not finish within {deadline:?}"),
+        Err(e) => panic!("the worker panicked ({e})"),
+    }
+}
+
+/// One member of a hand-made zip archive: its bytes as stored (deflated or not), the declared
+/// uncompressed size and CRC-32.
+struct RawMember {
+    name: String,
+    deflated: bool,
+    bytes: Vec<u8>,
+    size: u32,
+    crc: u32,
+}
+
+impl RawMember {
+    /// A stored member holding `npy`, with its true size and CRC.
+    fn stored(name: &str, npy: &[u8]) -> Self {
+        RawMember {
+            name: name.into(),
+            deflated: false,
+            bytes: npy.to_vec(),
+            size: npy.len() as u32,
+            crc: crc32fast::hash(npy),
+        }
+    }
+
+    /// A deflated member holding `npy`, with its true size and CRC.
+    fn deflated(name: &str, npy: &[u8]) -> Self {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(npy).unwrap();
+        RawMember {
+            name: name.into(),
+            deflated: true,
+            bytes: e.finish().unwrap(),
+            size: npy.len() as u32,
+            crc: crc32fast::hash(npy),
+        }
+    }
+}
+
+/// A zip archive of `members`, as written by any zip writer (no zip64, no data descriptors).
+fn zip_archive(members: &[RawMember]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for m in members {
+        let offset = out.len() as u32;
+        let method: u16 = if m.deflated { 8 } else { 0 };
+        let fixed = |sig: u32, out: &mut Vec<u8>| {
+            out.extend_from_slice(&sig.to_le_bytes());
+            if sig == 0x0201_4b50 {
+                out.extend_from_slice(&20u16.to_le_bytes()); // version made by
+            }
+            out.extend_from_slice(&20u16.to_le_bytes()); // version needed
+            out.extend_from_slice(&0u16.to_le_bytes()); // flags
+            out.extend_from_slice(&method.to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes()); // time
+            out.extend_from_slice(&0x21u16.to_le_bytes()); // date
+            out.extend_from_slice(&m.crc.to_le_bytes());
+            out.extend_from_slice(&(m.bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&m.size.to_le_bytes());
+            out.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes()); // extra field length
+        };
+        fixed(0x0403_4b50, &mut out);
+        out.extend_from_slice(m.name.as_bytes());
+        out.extend_from_slice(&m.bytes);
+        fixed(0x0201_4b50, &mut central);
+        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attributes
+        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(m.name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // comment length
+    out
+}
+
+/// The `.npy` bytes of `dict` (padded as numpy pads it) in format `version` (1, 2 or 3),
+/// followed by `data`.
+fn npy(dict: &str, version: u8, data: &[u8]) -> Vec<u8> {
+    let len_bytes = if version == 1 { 2 } else { 4 };
+    let mut dict = dict.to_string();
+    while (8 + len_bytes + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY".to_vec();
+    out.extend_from_slice(&[version, 0]);
+    if version == 1 {
+        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// `n` float64 values 0.5, 1.5, ... as little-endian bytes.
+fn f64_bytes(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| (i as f64 + 0.5).to_le_bytes()).collect()
+}
+
+/// Writes `bytes` as a temporary `.npz` named after `name`, returning its path.
+fn temp_npz(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hostile_{name}_{}.npz", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Opens the first member of the archive `bytes` and reads all its rows as f64, under a
+/// 5-second deadline; checks that the peak heap use stays below 64 KiB plus 8 times the file's
+/// size. Returns the error met, if any.
+fn open_hostile(name: &str, bytes: &[u8]) -> Result<Mat<f64>, NpzError> {
+    let path = temp_npz(name, bytes);
+    let p = path.clone();
+    let (result, peak, took) = bounded(std::time::Duration::from_secs(5), move || {
+        let m = NpzMatrix::open(&p, None)?;
+        m.read_rows::<f64>(0..m.shape().0)
+    });
+    let bound = (64 << 10) + 8 * bytes.len();
+    assert!(peak <= bound, "{name}: peak heap {peak} bytes, more than {bound}, in {took:?}");
+    std::fs::remove_file(&path).unwrap();
+    result
+}
+
+/// Expects `result` to be an error whose kind `matches` and whose message contains `reason`.
+fn expect_err(result: Result<Mat<f64>, NpzError>, reason: &str, matches: impl Fn(&NpzErrorKind) -> bool) {
+    let err = result.expect_err("a hostile file must not load");
+    let msg = err.to_string();
+    assert!(matches(err.kind()), "unexpected kind: {msg}");
+    assert!(msg.contains(reason), "{msg:?} does not contain {reason:?}");
+}
+
+const F64_2X3: &str = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }";
+
+#[test]
+fn hand_made_archives_are_read() {
+    // The test's own archive writer, checked on valid members of every header version.
+    for version in [1, 2, 3] {
+        let member = npy(F64_2X3, version, &f64_bytes(6));
+        for raw in [RawMember::stored("a.npy", &member), RawMember::deflated("a.npy", &member)] {
+            let m = open_hostile("valid", &zip_archive(&[raw])).unwrap();
+            assert_eq!(m, Mat::from_fn(2, 3, |i, j| (3 * i + j) as f64 + 0.5), "version {version}");
+        }
+    }
+}
+
+#[test]
+fn deeply_nested_header_is_refused_quickly() {
+    // A value nested `depth` levels deep, in an extra key or in the shape, deflated, in format
+    // 2.0: about 200 bytes. The parser must not take time exponential in the depth.
+    for depth in [20, 1000, 5000] {
+        let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        for dict in [
+            format!("{{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'x': {nested}}}"),
+            format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({nested}, 3)}}"),
+        ] {
+            let member = npy(&dict, 2, &f64_bytes(6));
+            let bytes = zip_archive(&[RawMember::deflated("a.npy", &member)]);
+            expect_err(open_hostile("nested", &bytes), "bad .npy header", |k| matches!(k, NpzErrorKind::BadHeader(_)));
+        }
+    }
+}
+
+#[test]
+fn huge_header_length_is_refused_before_allocating() {
+    // A stored format 2.0 member whose header claims 0xFFFFFFFF bytes.
+    let mut member = b"\x93NUMPY\x02\x00\xff\xff\xff\xff".to_vec();
+    member.extend_from_slice(b"{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1), }\n");
+    member.extend_from_slice(&f64_bytes(1));
+    for raw in [RawMember::stored("a.npy", &member), RawMember::deflated("a.npy", &member)] {
+        expect_err(open_hostile("header_len", &zip_archive(&[raw])), "10000", |k| {
+            matches!(k, NpzErrorKind::BadHeader(_))
+        });
+    }
+}
+
+/// A deflated member whose header and zip entry both declare `shape` float64 but whose data is
+/// missing.
+fn empty_deflated_member(shape: (usize, usize)) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({}, {}), }}", shape.0, shape.1);
+    let header = npy(&dict, 1, &[]);
+    let mut raw = RawMember::deflated("a.npy", &header);
+    raw.size = (header.len() + shape.0 * shape.1 * 8) as u32;
+    zip_archive(&[raw])
+}
+
+#[test]
+fn deflated_member_declaring_a_huge_row_without_data() {
+    expect_err(open_hostile("huge_row", &empty_deflated_member((1, 500_000_000))), "truncated", |k| {
+        matches!(k, NpzErrorKind::Truncated)
+    });
+}
+
+#[test]
+fn deflated_member_padded_past_the_ratio_check_allocates_as_data_arrives() {
+    // 4 MiB of junk after the deflate stream: the compressed size could inflate to the declared
+    // 4 GB, so only reading finds the data missing; nothing may be sized from the shape.
+    let (rows, cols) = (1usize, 500_000_000usize);
+    let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let header = npy(&dict, 1, &f64_bytes(1000));
+    let mut raw = RawMember::deflated("a.npy", &header);
+    raw.bytes.resize(raw.bytes.len() + (4 << 20), 0);
+    raw.size = (header.len() - 8000 + rows * cols * 8) as u32;
+    let path = temp_npz("padded", &zip_archive(&[raw]));
+    let p = path.clone();
+    let (result, peak, _) = bounded(std::time::Duration::from_secs(5), move || {
+        let m = NpzMatrix::open(&p, None)?;
+        m.read_rows::<f64>(0..1)
+    });
+    let err = result.unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Truncated), "{err}");
+    assert!(peak < 1 << 20, "peak heap {peak} bytes");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn deflated_member_declaring_a_huge_matrix_without_data() {
+    expect_err(open_hostile("huge_matrix", &empty_deflated_member((2000, 250_000))), "truncated", |k| {
+        matches!(k, NpzErrorKind::Truncated)
+    });
+}
+
+#[test]
+fn deflated_member_smaller_than_its_header() {
+    // The zip entry declares 10 bytes; the member inflates to a 128-byte header.
+    let header = npy(F64_2X3, 1, &[]);
+    let mut raw = RawMember::deflated("a.npy", &header);
+    raw.size = 10;
+    expect_err(open_hostile("small_entry", &zip_archive(&[raw])), "truncated", |k| {
+        matches!(k, NpzErrorKind::Truncated)
+    });
+}
+
+#[test]
+fn flipped_data_byte_fails_the_crc() {
+    let member = npy(F64_2X3, 1, &f64_bytes(6));
+    let mut raw = RawMember::stored("a.npy", &member);
+    let last = raw.bytes.len() - 3;
+    raw.bytes[last] ^= 0x10;
+    expect_err(open_hostile("crc", &zip_archive(&[raw])), "CRC-32", |k| matches!(k, NpzErrorKind::Crc { .. }));
+}
+
+#[test]
+fn list_shape_is_refused_as_numpy_does() {
+    let dict = "{'descr': '<f8', 'fortran_order': False, 'shape': [2, 3], }";
+    let bytes = zip_archive(&[RawMember::stored("a.npy", &npy(dict, 1, &f64_bytes(6)))]);
+    expect_err(open_hostile("list_shape", &bytes), "tuple", |k| matches!(k, NpzErrorKind::BadHeader(_)));
+}
+
+#[test]
+fn headers_numpy_refuses_are_refused() {
+    for (dict, reason) in [
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'extra': 1}", "extra"),
+        ("{'descr': '<f8', 'fortran_order': False}", "shape"),
+        ("{'descr': '<f8', 'fortran_order': 0, 'shape': (2, 3)}", "fortran_order"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, -3)}", "shape"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'shape': (2, 3)}", "shape"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3.0)}", "integer"),
+        ("['descr', '<f8']", "dict"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3)} trailing", "bad .npy header"),
+    ] {
+        let bytes = zip_archive(&[RawMember::stored("a.npy", &npy(dict, 1, &f64_bytes(6)))]);
+        expect_err(open_hostile("refused", &bytes), reason, |k| matches!(k, NpzErrorKind::BadHeader(_)));
+    }
+    // What numpy accepts is accepted: no trailing comma, another key order, double quotes.
+    for dict in [
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3)}",
+        "{\"shape\": (2, 3,), \"fortran_order\": False, \"descr\": \"<f8\"}",
+    ] {
+        let bytes = zip_archive(&[RawMember::stored("a.npy", &npy(dict, 1, &f64_bytes(6)))]);
+        assert_eq!(open_hostile("accepted", &bytes).unwrap().shape(), (2, 3), "{dict}");
+    }
+}
+
+#[test]
+fn directory_is_named_as_such() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let err = NpzMatrix::open(dir, None).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Io(e) if e.kind() == std::io::ErrorKind::IsADirectory), "{err}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[test]
+fn save_replaces_the_file_atomically() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("atomic_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("a.npz");
+    let a = lazylinop::random::mat::<f64>(40, 30, 1);
+    lazylinop::npz::save(&path, "a", a.as_ref()).unwrap();
+    let m = NpzMatrix::open(&path, None).unwrap();
+    let view = m.view_rows::<f64>(0..40).unwrap().unwrap();
+    // Saving to the same path, as a program updating its matrix does: the live view keeps the
+    // old values (same size), and stays readable (smaller file).
+    let b = lazylinop::random::mat::<f64>(40, 30, 2);
+    lazylinop::npz::save(&path, "a", b.as_ref()).unwrap();
+    assert_eq!(view, a.as_ref(), "the view changed under a save of the same shape");
+    let c = lazylinop::random::mat::<f64>(2, 3, 3);
+    lazylinop::npz::save(&path, "a", c.as_ref()).unwrap();
+    assert_eq!(view, a.as_ref(), "the view changed under a save of a smaller matrix");
+    assert_eq!(NpzMatrix::open(&path, None).unwrap().read_rows::<f64>(0..2).unwrap(), c);
+    // A failed save (the target is a directory) leaves the target and no temporary behind.
+    let sub = dir.join("sub.npz");
+    std::fs::create_dir(&sub).unwrap();
+    assert!(lazylinop::npz::save(&sub, "a", c.as_ref()).is_err());
+    assert!(sub.is_dir());
+    let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["a.npz", "sub.npz"]);
+    drop(m);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Checks the stored member `m` with `crc32_of` over `parts` consecutive shares of its bytes and
+/// `verify_crc`, as ranks sharing the work do.
+fn verify_in_shares(m: &NpzMatrix, parts: u64) -> Result<(), NpzError> {
+    let span = m.crc_span().expect("a stored member");
+    let shares: Vec<(u32, u64)> = (0..parts)
+        .map(|k| {
+            let range = span * k / parts..span * (k + 1) / parts;
+            (m.crc32_of(range.clone()).unwrap(), range.end - range.start)
+        })
+        .collect();
+    m.verify_crc(shares)
+}
+
+#[test]
+fn crc_of_byte_ranges_combines_across_shares() {
+    let member = npy(F64_2X3, 1, &f64_bytes(6));
+    let good = temp_npz("crc_shares", &zip_archive(&[RawMember::stored("a.npy", &member)]));
+    let m = NpzMatrix::open(&good, None).unwrap();
+    assert_eq!(m.crc_span(), Some(member.len() as u64));
+    assert_eq!(m.crc32_of(0..member.len() as u64).unwrap(), crc32fast::hash(&member));
+    assert_eq!(m.crc32_of(5..5).unwrap(), 0);
+    for parts in [1, 2, 3, 7, member.len() as u64] {
+        verify_in_shares(&m, parts).unwrap();
+    }
+    // Shares that do not cover the member, or a range beyond it.
+    let span = member.len() as u64;
+    for parts in [vec![(crc32fast::hash(&member[..10]), 10)], vec![(0, span), (0, 1)], vec![(0, u64::MAX), (0, 2)]] {
+        let err = m.verify_crc(parts).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::CrcRange { span: Some(s), .. } if *s == span), "{err}");
+    }
+    #[allow(clippy::reversed_empty_ranges)]
+    for range in [0..span + 1, span + 1..span + 2, 3..2] {
+        let err = m.crc32_of(range).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::CrcRange { .. }), "{err}");
+    }
+    // A wrong share is a CRC error naming the file and the member.
+    let err = m.verify_crc([(1, span)]).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
+    assert!(err.to_string().contains("member a: CRC-32 mismatch"), "{err}");
+
+    // One flipped data byte: the view loads it (not verified), the shares find it.
+    let mut raw = RawMember::stored("a.npy", &member);
+    let at = raw.bytes.len() - 3;
+    raw.bytes[at] ^= 0x10;
+    let bad = temp_npz("crc_shares_bad", &zip_archive(&[raw]));
+    let m = NpzMatrix::open(&bad, None).unwrap();
+    assert!(m.read_rows::<f64>(0..1).is_ok(), "a partial read is not verified");
+    for parts in [1, 2, 3] {
+        let err = verify_in_shares(&m, parts).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
+        assert_eq!((err.path(), err.member()), (bad.as_path(), Some("a")));
+    }
+
+    // A deflated member has no byte range to checksum; reading all its rows verifies it.
+    let mut raw = RawMember::deflated("a.npy", &member);
+    raw.crc ^= 1;
+    let deflated = temp_npz("crc_deflated", &zip_archive(&[raw]));
+    let m = NpzMatrix::open(&deflated, None).unwrap();
+    assert_eq!(m.crc_span(), None);
+    let err = m.crc32_of(0..1).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::CrcRange { span: None, .. }), "{err}");
+    assert!(matches!(m.verify_crc([]).unwrap_err().kind(), NpzErrorKind::CrcRange { span: None, .. }));
+    assert!(m.read_rows::<f64>(1..2).is_ok(), "a partial read is not verified");
+    let err = m.read_rows::<f64>(0..2).unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
+    for path in [good, bad, deflated] {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mutation test: thousands of deterministic mutants of committed fixtures, each opened and
+// read under a deadline and an allocation budget.
+// ---------------------------------------------------------------------------------------------
+
+/// The values of a read (shape, then the entries column by column), to compare reads.
+fn mat_bytes<T: lazylinop::Scalar>(m: &Mat<T>) -> Vec<u8> {
+    let mut out = format!("{}x{}:", m.nrows(), m.ncols()).into_bytes();
+    for j in 0..m.ncols() {
+        out.extend_from_slice(bytemuck::cast_slice(m.col_as_slice(j)));
+    }
+    out
+}
+
+/// Reads rows `rows` of `m` as its own dtype.
+fn read_as_is(m: &NpzMatrix, rows: Range<usize>) -> Result<Vec<u8>, NpzError> {
+    match m.dtype() {
+        Dtype::Float32 => m.read_rows::<f32>(rows).map(|x| mat_bytes(&x)),
+        Dtype::Float64 => m.read_rows::<f64>(rows).map(|x| mat_bytes(&x)),
+        Dtype::Complex64 => m.read_rows::<c32>(rows).map(|x| mat_bytes(&x)),
+        Dtype::Complex128 => m.read_rows::<c64>(rows).map(|x| mat_bytes(&x)),
+    }
+}
+
+/// Views rows `rows` of `m` as its own dtype, copied out of the map (so that every byte is read).
+fn view_as_is(m: &NpzMatrix, rows: Range<usize>) -> Result<Option<Vec<u8>>, NpzError> {
+    Ok(match m.dtype() {
+        Dtype::Float32 => m.view_rows::<f32>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+        Dtype::Float64 => m.view_rows::<f64>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+        Dtype::Complex64 => m.view_rows::<c32>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+        Dtype::Complex128 => m.view_rows::<c64>(rows)?.map(|v| mat_bytes(&v.to_owned())),
+    })
+}
+
+/// What a mutant must do, beyond never panicking, hanging or over-allocating.
+#[derive(Clone)]
+enum Expect {
+    /// Anything but a silent wrong result: a read of all rows either fails or gives the
+    /// original member's values (bit flips and truncations: the CRC-32 catches the rest).
+    SameOrError,
+    /// A data byte of stored member `0` was flipped: reading all its rows, and checking it in
+    /// shares, are CRC errors.
+    CrcError(String),
+    /// A deliberate edit: only the bounds.
+    Any,
+}
+
+struct Mutant {
+    what: String,
+    bytes: Vec<u8>,
+    expect: Expect,
+}
+
+/// Opens every member of the mutant at `path` (and the default one) and reads it in every way;
+/// returns the invariants it breaks. `originals`: each member's name and full read.
+fn exercise(path: &Path, originals: &[(String, Vec<u8>)], expect: &Expect) -> Vec<String> {
+    let mut broken = Vec::new();
+    let names = originals.iter().map(|(n, _)| Some(n.as_str())).chain([None]);
+    for name in names {
+        let Ok(m) = NpzMatrix::open(path, name) else { continue };
+        let n = m.shape().0;
+        let whole = read_as_is(&m, 0..n);
+        let _ = read_as_is(&m, n / 3..n / 2 + 1.min(n));
+        let _ = view_as_is(&m, 0..n);
+        let _ = view_as_is(&m, n / 2..n);
+        let shares = m.crc_span().map(|_| verify_in_shares(&m, 3));
+        let original = originals.iter().find(|(o, _)| o == m.member()).map(|(_, v)| v);
+        match expect {
+            Expect::SameOrError => {
+                if let (Ok(got), Some(want)) = (&whole, original)
+                    && got != want
+                {
+                    broken.push(format!("member {}: a whole read succeeded with other values", m.member()));
+                }
+                if let Some(shares) = &shares
+                    && whole.is_ok() != shares.is_ok()
+                {
+                    broken.push(format!("member {}: the whole read and the shares disagree", m.member()));
+                }
+            }
+            Expect::CrcError(member) if m.member() == member => {
+                if !matches!(whole.as_ref().map_err(|e| e.kind()), Err(NpzErrorKind::Crc { .. })) {
+                    broken.push(format!("member {member}: flipped data byte, whole read gives {:?}", whole.err()));
+                }
+                if !matches!(
+                    shares.as_ref().map(|s| s.as_ref().map_err(|e| e.kind())),
+                    Some(Err(NpzErrorKind::Crc { .. }))
+                ) {
+                    broken.push(format!("member {member}: flipped data byte, shares give {shares:?}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    broken
+}
+
+/// The regions of a zip archive written by numpy (no data descriptors), found by walking its
+/// headers independently of the reader: boundaries, zip structure bytes, and for each member
+/// (local header offset, stored?, `.npy` header range, data range).
+struct Layout {
+    boundaries: Vec<usize>,
+    structure: Vec<usize>,
+    members: Vec<(usize, bool, Range<usize>, Range<usize>)>,
+}
+
+fn layout(b: &[u8]) -> Layout {
+    let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let (mut boundaries, mut structure, mut members) = (vec![0, b.len()], Vec::new(), Vec::new());
+    let mut pos = 0;
+    while b[pos..].starts_with(b"PK\x03\x04") {
+        let extra = pos + 30 + u16_at(pos + 26);
+        let start = extra + u16_at(pos + 28);
+        let mut size = u32_at(pos + 18);
+        if size == u32::MAX as usize {
+            // numpy writes zip64 local headers: the sizes are in the zip64 extra field.
+            let mut at = extra;
+            while u16_at(at) != 1 {
+                at += 4 + u16_at(at + 2);
+            }
+            size = u64::from_le_bytes(b[at + 12..at + 20].try_into().unwrap()) as usize;
+        }
+        let end = start + size;
+        structure.extend(pos..start);
+        let stored = u16_at(pos + 8) == 0;
+        let (header, data) = if stored {
+            let (pre, len) = if b[start + 6] == 1 { (10, u16_at(start + 8)) } else { (12, u32_at(start + 8)) };
+            (start..start + pre + len, start + pre + len..end)
+        } else {
+            (start..start, start..end)
+        };
+        boundaries.extend([pos, start, header.end, end]);
+        members.push((pos, stored, header, data));
+        pos = end;
+    }
+    while b[pos..].starts_with(b"PK\x01\x02") {
+        let next = pos + 46 + u16_at(pos + 28) + u16_at(pos + 30) + u16_at(pos + 32);
+        structure.extend(pos..next);
+        boundaries.push(pos);
+        pos = next;
+    }
+    assert!(b[pos..].starts_with(b"PK\x05\x06") || b[pos..].starts_with(b"PK\x06\x06"), "layout at {pos}");
+    structure.extend(pos..b.len());
+    boundaries.push(pos);
+    boundaries.sort_unstable();
+    boundaries.dedup();
+    Layout { boundaries, structure, members }
+}
+
+/// Rewrites the CRC-32 of the member whose local header is at `local` after its bytes changed.
+fn fix_crc(b: &mut [u8], local: usize, data: Range<usize>) {
+    let crc = crc32fast::hash(&b[data]).to_le_bytes();
+    b[local + 14..local + 18].copy_from_slice(&crc);
+    let mut pos = b.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    while b[pos..].starts_with(b"PK\x01\x02") {
+        if u32::from_le_bytes(b[pos + 42..pos + 46].try_into().unwrap()) as usize == local {
+            b[pos + 16..pos + 20].copy_from_slice(&crc);
+        }
+        pos +=
+            46 + [28, 30, 32].iter().map(|&o| u16::from_le_bytes([b[pos + o], b[pos + o + 1]]) as usize).sum::<usize>();
+    }
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+/// Header dicts that edit a member's shape, dtype and order.
+fn header_edits(shape: (usize, usize)) -> Vec<String> {
+    let (r, c) = shape;
+    let dict = |descr: &str, order: &str, shape: &str| {
+        format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}")
+    };
+    let mut out = Vec::new();
+    for s in [
+        format!("({c}, {r})"),
+        format!("({r}, {})", c + 1),
+        format!("({}, {c})", r + 1),
+        format!("(0, {c})"),
+        format!("({r}, 0)"),
+        "(0, 0)".into(),
+        "(0, 18446744073709551615)".into(),
+        "(4611686018427387904, 4611686018427387904)".into(),
+        "(1, 1099511627776)".into(),
+        format!("({r}, {c}, 1)"),
+        format!("({},)", r * c),
+        "()".into(),
+        format!("[{r}, {c}]"),
+        format!("({r}, -{c})"),
+        format!("({r}, {c}.0)"),
+        format!("({r}, {c}"),
+    ] {
+        out.push(dict("<f8", "False", &s));
+    }
+    for descr in ["<f4", "<f8", "<c8", "<c16", ">f8", "|O", "<i8", "<f2"] {
+        for order in ["False", "True"] {
+            out.push(dict(descr, order, &format!("({r}, {c})")));
+        }
+    }
+    out.push(format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({r}, {c}), 'x': 0}}"));
+    out.push(format!("{{'descr': '<f8', 'shape': ({r}, {c})}}"));
+    out.push(format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({r}, {c}), 'x': {}1{}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    ));
+    out
+}
+
+/// The mutants of fixture `bytes`.
+fn mutants(file: &str, bytes: &[u8], rng: &mut Rng) -> Vec<Mutant> {
+    let lay = layout(bytes);
+    let mut out = Vec::new();
+    let flip = |at: usize, bit: usize| {
+        let mut b = bytes.to_vec();
+        b[at] ^= 1 << bit;
+        b
+    };
+    // Bit flips in every byte of the zip structures and of the stored .npy headers, and in a
+    // sample of the data.
+    for &at in &lay.structure {
+        let bit = rng.below(8);
+        out.push(Mutant {
+            what: format!("{file}: flip bit {bit} of zip byte {at}"),
+            bytes: flip(at, bit),
+            expect: Expect::SameOrError,
+        });
+    }
+    for (k, (_, stored, header, data)) in lay.members.iter().enumerate() {
+        let name = member_name(bytes, lay.members[k].0);
+        for at in header.clone() {
+            let bit = rng.below(8);
+            out.push(Mutant {
+                what: format!("{file}: flip bit {bit} of header byte {at}"),
+                bytes: flip(at, bit),
+                expect: Expect::SameOrError,
+            });
+        }
+        for _ in 0..data.len().min(24) {
+            let at = data.start + rng.below(data.len());
+            let bit = rng.below(8);
+            let expect = if *stored { Expect::CrcError(name.clone()) } else { Expect::SameOrError };
+            out.push(Mutant {
+                what: format!("{file}: flip bit {bit} of data byte {at}"),
+                bytes: flip(at, bit),
+                expect,
+            });
+        }
+    }
+    // Truncations at every region boundary, and one byte either side.
+    for &at in &lay.boundaries {
+        for cut in [at.saturating_sub(1), at, at + 1] {
+            if cut < bytes.len() {
+                out.push(Mutant {
+                    what: format!("{file}: cut at {cut}"),
+                    bytes: bytes[..cut].to_vec(),
+                    expect: Expect::SameOrError,
+                });
+            }
+        }
+    }
+    // Header edits of the stored members: shape, dtype, order, length; with the CRC-32
+    // rewritten (the reader must judge by structure) or not (a whole read must then fail).
+    for &(local, stored, ref header, ref data) in &lay.members {
+        if !stored {
+            continue;
+        }
+        let start = header.start;
+        let pre = if bytes[start + 6] == 1 { 10 } else { 12 };
+        let dict_len = header.len() - pre;
+        let text = String::from_utf8_lossy(&bytes[start + pre..header.end]).into_owned();
+        let shape = parse_shape(&text);
+        let member = start..data.end;
+        let mut edits: Vec<(String, Vec<u8>)> = Vec::new();
+        for dict in header_edits(shape) {
+            if dict.len() + 1 > dict_len {
+                continue;
+            }
+            let mut b = bytes.to_vec();
+            let padded = format!("{dict:<width$}\n", width = dict_len - 1);
+            b[start + pre..header.end].copy_from_slice(padded.as_bytes());
+            edits.push((format!("header {dict}"), b));
+        }
+        if pre == 10 {
+            for len in [0u16, 1, dict_len as u16 - 1, dict_len as u16 + 1, 10_000, 10_001, u16::MAX] {
+                let mut b = bytes.to_vec();
+                b[start + 8..start + 10].copy_from_slice(&len.to_le_bytes());
+                edits.push((format!("header length {len}"), b));
+            }
+        }
+        for (at, value, what) in [
+            (6, 2, "version 2.0"),
+            (6, 3, "version 3.0"),
+            (6, 4, "version 4.0"),
+            (7, 1, "version 1.1"),
+            (0, 0x92, "magic"),
+        ] {
+            let mut b = bytes.to_vec();
+            b[start + at] = value;
+            edits.push((what.to_string(), b));
+        }
+        for (what, b) in edits {
+            let mut fixed = b.clone();
+            fix_crc(&mut fixed, local, member.clone());
+            out.push(Mutant { what: format!("{file}: {what}, CRC rewritten"), bytes: fixed, expect: Expect::Any });
+            out.push(Mutant { what: format!("{file}: {what}"), bytes: b, expect: Expect::SameOrError });
+        }
+    }
+    out
+}
+
+/// The name (without `.npy`) of the member whose local header is at `local`.
+fn member_name(b: &[u8], local: usize) -> String {
+    let len = u16::from_le_bytes([b[local + 26], b[local + 27]]) as usize;
+    let name = String::from_utf8_lossy(&b[local + 30..local + 30 + len]).into_owned();
+    name.strip_suffix(".npy").unwrap_or(&name).to_string()
+}
+
+/// The 2-D shape written in a numpy header dict.
+fn parse_shape(text: &str) -> (usize, usize) {
+    let s = &text[text.find("'shape': (").unwrap() + 10..];
+    let dims: Vec<usize> = s[..s.find(')').unwrap()].split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    (dims[0], dims.get(1).copied().unwrap_or(1))
+}
+
+/// Hand-made archives: every header edit over a 4×3 float64 member, stored and deflated, with
+/// the zip entry declaring the true size, one byte more or less, or a thousand times more.
+fn crafted_mutants() -> Vec<Mutant> {
+    let mut out = Vec::new();
+    for dict in header_edits((4, 3)) {
+        let member = npy(&dict, 1, &f64_bytes(12));
+        for deflated in [false, true] {
+            for declared in [0i64, 1, -1, 1000] {
+                let mut raw =
+                    if deflated { RawMember::deflated("a.npy", &member) } else { RawMember::stored("a.npy", &member) };
+                raw.size = match declared {
+                    1000 => raw.size.saturating_mul(1000),
+                    d => (raw.size as i64 + d) as u32,
+                };
+                if !deflated && declared != 0 {
+                    raw.bytes.resize(raw.size as usize, 0);
+                }
+                out.push(Mutant {
+                    what: format!("crafted {dict}, deflated {deflated}, declared size {declared:+}"),
+                    bytes: zip_archive(&[raw]),
+                    expect: Expect::Any,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn mutants_of_the_fixtures_fail_cleanly() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let files = [
+        "float64_c_stored.npz",
+        "float64_f_compressed.npz",
+        "complex64_f_stored.npz",
+        "complex128_c_compressed.npz",
+        "bigendian.npz",
+        "multi.npz",
+        "aligned.npz",
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut all = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(fixture(file)).unwrap();
+        // The members' full reads, from the pristine file.
+        let lay = layout(&bytes);
+        let originals: Vec<(String, Vec<u8>)> = lay
+            .members
+            .iter()
+            .map(|m| {
+                let name = member_name(&bytes, m.0);
+                let npz = NpzMatrix::open(fixture(file), Some(&name)).unwrap();
+                let values = read_as_is(&npz, 0..npz.shape().0).unwrap();
+                (name, values)
+            })
+            .collect();
+        let originals = std::sync::Arc::new(originals);
+        for m in mutants(file, &bytes, &mut rng) {
+            all.push((m, originals.clone()));
+        }
+    }
+    let none = std::sync::Arc::new(Vec::new());
+    all.extend(crafted_mutants().into_iter().map(|m| (m, none.clone())));
+    let count = all.len();
+
+    // One worker runs the mutants one after the other; this thread waits for each under a
+    // deadline, so that a hang fails the test instead of blocking it.
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mutant_{}.npz", std::process::id()));
+    let (to_worker, inbox) = mpsc::channel::<(Mutant, std::sync::Arc<Vec<(String, Vec<u8>)>>)>();
+    let (to_main, results) = mpsc::channel();
+    let worker_path = path.clone();
+    std::thread::spawn(move || {
+        for (m, originals) in inbox {
+            std::fs::write(&worker_path, &m.bytes).unwrap();
+            budget::start(256 << 20);
+            let t = Instant::now();
+            let broken = exercise(&worker_path, &originals, &m.expect);
+            let (took, peak) = (t.elapsed(), budget::peak());
+            if to_main.send((broken, took, peak)).is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let (mut worst_time, mut worst_mem) = ((Duration::ZERO, String::new()), (0.0f64, 0, String::new()));
+    let mut failures = Vec::new();
+    for (m, originals) in all {
+        let (what, len) = (m.what.clone(), m.bytes.len());
+        to_worker.send((m, originals)).unwrap();
+        let (broken, took, peak) = match results.recv_timeout(Duration::from_secs(10)) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: not done within 10 s"),
+            Err(e) => panic!("{what}: the worker panicked ({e})"),
+        };
+        failures.extend(broken.into_iter().map(|b| format!("{what}: {b}")));
+        if took > worst_time.0 {
+            worst_time = (took, what.clone());
+        }
+        // Bound: 4 times the file plus 192 KiB (the inflater's state and window, buffers).
+        let ratio = peak as f64 / len.max(1) as f64;
+        assert!(peak <= 4 * len + (192 << 10), "{what}: peak heap {peak} bytes for a {len}-byte file");
+        assert!(took < Duration::from_secs(2), "{what}: took {took:?}");
+        if peak > worst_mem.1 {
+            worst_mem = (ratio, peak, what.clone());
+        }
+    }
+    drop(to_worker);
+    let _ = std::fs::remove_file(&path);
+    println!(
+        "{count} mutants in {:?}; slowest {:?} ({}); largest peak heap {} bytes, {:.1}x its file ({})",
+        started.elapsed(),
+        worst_time.0,
+        worst_time.1,
+        worst_mem.1,
+        worst_mem.0,
+        worst_mem.2
+    );
+    assert!(failures.is_empty(), "{} broken invariants:\n{}", failures.len(), failures.join("\n"));
+    assert!(count > 3000, "only {count} mutants");
+}
+
+#[test]
+fn named_pipe_is_refused_without_waiting_for_a_writer() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fifo_{}.npz", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let p = path.clone();
+    let (result, _, _) = bounded(std::time::Duration::from_secs(5), move || NpzMatrix::open(&p, None).map(|_| ()));
+    let err = result.unwrap_err();
+    assert!(matches!(err.kind(), NpzErrorKind::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn duplicate_member_names_are_refused() {
+    // numpy reads the last member of a name, a reader taking the first would load other data.
+    let a = npy(F64_2X3, 1, &f64_bytes(6));
+    let b = npy(F64_2X3, 1, &[0u8; 48]);
+    let bytes = zip_archive(&[RawMember::stored("a.npy", &a), RawMember::stored("a.npy", &b)]);
+    expect_err(open_hostile("duplicate", &bytes), "two members named a.npy", |k| matches!(k, NpzErrorKind::NotZip(_)));
+}
