@@ -424,10 +424,12 @@ fn sandwich<T: ComplexField + Send + Sync + 'static>(op: DynOp<T>) -> DynOp<T> {
     DynOp::new(eye(m, m, 0).compose(op.compose(eye(n, n, 0))))
 }
 
-/// Every combinator around `leaf` (an operator made from a dense matrix),
-/// with its dense equivalent.
+/// How a test operator is made from a dense matrix.
+type Leaf<T> = dyn Fn(&Mat<T>) -> DynOp<T>;
+
+/// Every combinator around `leaf`, with its dense equivalent.
 fn combinators_around<T: ComplexField + Send + Sync + 'static>(
-    leaf: &dyn Fn(&Mat<T>) -> DynOp<T>,
+    leaf: &Leaf<T>,
 ) -> Vec<(&'static str, DynOp<T>, Mat<T>)> {
     let a = random::mat::<T>(4, 3, 200);
     let a2 = random::mat::<T>(4, 3, 201);
@@ -496,7 +498,7 @@ fn check_reused_scratch<T: ComplexField, L: BiLinOp<T>>(op: &L, dense: MatRef<'_
 }
 
 fn accumulating_closures_in_reused_scratch<T: ComplexField + Send + Sync + 'static>() {
-    let leaves: [(&str, &dyn Fn(&Mat<T>) -> DynOp<T>); 2] =
+    let leaves: [(&str, &Leaf<T>); 2] =
         [("from_matmat +=", &accumulating_matmat::<T>), ("from_matvec +=", &accumulating_matvec::<T>)];
     for (name, leaf) in leaves {
         for (case, op, dense) in combinators_around(leaf) {

@@ -108,12 +108,11 @@ impl<L> Blocks<L> {
         assert!(!ops.is_empty(), "lazylinop: cannot {name} an empty list of operators");
         let shapes = || ops.iter().map(|op| format!("{}×{}", op.nrows(), op.ncols())).collect::<Vec<_>>().join(", ");
         // The total of the row (or column) counts, which must fit in a usize.
-        let total = |dims: fn(&L) -> usize, what: &str| {
-            ops.iter().try_fold(0usize, |sum, op| sum.checked_add(dims(op))).unwrap_or_else(|| {
+        let total = |what: &str, dim: fn(&L) -> usize| {
+            ops.iter().try_fold(0usize, |sum, op| sum.checked_add(dim(op))).unwrap_or_else(|| {
                 panic!("lazylinop: {name} of shapes [{}] would have more than usize::MAX {what}", shapes())
             })
         };
-        let (rows, cols): (fn(&L) -> usize, fn(&L) -> usize) = (|op| op.nrows(), |op| op.ncols());
         let (nrows, ncols) = match layout {
             Layout::Horizontal => {
                 let m = ops[0].nrows();
@@ -122,7 +121,7 @@ impl<L> Blocks<L> {
                     "lazylinop: hstack needs equal row counts, got shapes [{}]",
                     shapes()
                 );
-                (m, total(cols, "columns"))
+                (m, total("columns", |op| op.ncols()))
             }
             Layout::Vertical => {
                 let n = ops[0].ncols();
@@ -131,9 +130,9 @@ impl<L> Blocks<L> {
                     "lazylinop: vstack needs equal column counts, got shapes [{}]",
                     shapes()
                 );
-                (total(rows, "rows"), n)
+                (total("rows", |op| op.nrows()), n)
             }
-            Layout::Diagonal => (total(rows, "rows"), total(cols, "columns")),
+            Layout::Diagonal => (total("rows", |op| op.nrows()), total("columns", |op| op.ncols())),
         };
         Self { ops, layout, nrows, ncols }
     }
