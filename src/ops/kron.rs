@@ -106,9 +106,10 @@ impl<T: ComplexField, A: BiLinOp<T>, B: BiLinOp<T>> ModeOp<T> for Kron<A, B> {
             out.fill(zero());
             return;
         }
-        // From here m1, m2, n1, n2 ≥ 1. A view of memory whose column has
-        // n1·n2 entries `rs` apart spans |rs|·(n1·n2 − 1) entries, so the
-        // strides below fit an isize (stride_times panics otherwise).
+        // From here m1, m2, n1, n2 ≥ 1. The strides that step from one column
+        // of X (one row of Yᵀ) to the next are exact, or the product panics
+        // (never wraps); for any view of memory they fit, as a column of it
+        // spans |rs|·(n1·n2 − 1) entries.
         let (rs, os) = (rhs.row_stride(), out.row_stride());
         let (x_cs, yt_rs) = (stride_times(rs, n2), stride_times(os, m2));
         for c in 0..rhs.ncols() {
