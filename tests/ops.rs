@@ -1,14 +1,18 @@
 //! The operator core: every operator and combinator against its dense
 //! equivalent (faer's matmul), for f32, f64, c32 and c64, on odd and empty
-//! shapes; shape errors; faer's solvers on lazy operators.
+//! shapes; shape errors and shape overflow; faer's solvers on lazy operators;
+//! products that must not depend on what the scratch or the output held.
 
 mod common;
 
 use common::{assert_close, check_op};
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::traits::ComplexField;
-use faer::traits::math_utils::{from_f64, mul, one, sqrt, zero};
-use faer::{Col, Mat, MatMut, MatRef, Par};
+use faer::traits::math_utils::{from_f64, mul, nan, one, sqrt, zero};
+use faer::{Accum, Col, ColMut, ColRef, Mat, MatMut, MatRef, Par};
+use lazylinop::parallel::{Method, pmatmat};
 use lazylinop::prelude::*;
 use lazylinop::random;
 
@@ -130,7 +134,7 @@ fn kron<T: ComplexField>() {
 
 fn basic<T: ComplexField>() {
     for (m, n) in SHAPES {
-        for offset in [-3, -1, 0, 2, 10] {
+        for offset in [-3, -1, 0, 2, 10, isize::MIN, isize::MAX] {
             let dense = Mat::from_fn(m, n, |i, j| if j as isize - i as isize == offset { one::<T>() } else { zero() });
             check_op(&eye(m, n, offset), dense.as_ref(), &format!("eye({m}, {n}, {offset})"));
         }
@@ -306,7 +310,6 @@ fn shape_mismatches_name_both_shapes() {
 
 #[test]
 fn conjugate_gradient_on_a_lazy_spd_operator() {
-    use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::matrix_free::IdentityPrecond;
     use faer::matrix_free::conjugate_gradient::{CgParams, conjugate_gradient, conjugate_gradient_scratch};
     let (m, n, k) = (60, 40, 2);
@@ -328,7 +331,6 @@ fn conjugate_gradient_on_a_lazy_spd_operator() {
 
 #[test]
 fn lsmr_on_a_lazy_stacked_operator() {
-    use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::matrix_free::IdentityPrecond;
     use faer::matrix_free::lsmr::{LsmrParams, lsmr, lsmr_scratch};
     let (n, k) = (30, 1);
@@ -348,4 +350,255 @@ fn lsmr_on_a_lazy_stacked_operator() {
     let normal = a.transpose() * &a + faer::Scale(0.25) * Mat::<f64>::identity(n, n);
     let want = normal.partial_piv_lu().solve(a.transpose() * rhs.subrows(0, 50));
     assert!((&x - &want).norm_max() < 1e-8 * want.norm_max(), "max diff {}", (&x - &want).norm_max());
+}
+
+// No result may depend on what scratch (or the output) held before.
+
+/// A user's operator that adds its product to `out` (`out += A·X`) instead of
+/// overwriting it, as a sparse scatter or faer's `Accum::Add` is often
+/// written. faer's traits do not promise that `out` is zeroed, so alone this
+/// is the user's bug; but wherever the crate hands it a temporary of its own,
+/// the temporary must be zeroed first, whatever the scratch held.
+#[derive(Debug)]
+struct Accumulating<T>(Mat<T>);
+
+impl<T: ComplexField> LinOp<T> for Accumulating<T> {
+    fn apply_scratch(&self, _: usize, _: Par) -> StackReq {
+        StackReq::EMPTY
+    }
+    fn nrows(&self) -> usize {
+        self.0.nrows()
+    }
+    fn ncols(&self) -> usize {
+        self.0.ncols()
+    }
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, _: &mut MemStack) {
+        matmul(out, Accum::Add, &self.0, rhs, one(), par)
+    }
+    fn conj_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, _: &mut MemStack) {
+        matmul(out, Accum::Add, self.0.conjugate(), rhs, one(), par)
+    }
+}
+
+impl<T: ComplexField> BiLinOp<T> for Accumulating<T> {
+    fn transpose_apply_scratch(&self, _: usize, _: Par) -> StackReq {
+        StackReq::EMPTY
+    }
+    fn transpose_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, _: &mut MemStack) {
+        matmul(out, Accum::Add, self.0.transpose(), rhs, one(), par)
+    }
+    fn adjoint_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, _: &mut MemStack) {
+        matmul(out, Accum::Add, self.0.adjoint(), rhs, one(), par)
+    }
+}
+
+/// `a` as `from_matmat` closures that accumulate: `out += A·X`, `out += Aᴴ·Y`.
+fn accumulating_matmat<T: ComplexField + Send + Sync + 'static>(a: &Mat<T>) -> DynOp<T> {
+    let (a1, a2) = (a.clone(), a.clone());
+    DynOp::new(from_matmat(
+        a.nrows(),
+        a.ncols(),
+        move |out: MatMut<'_, T>, x: MatRef<'_, T>| matmul(out, Accum::Add, &a1, x, one(), Par::Seq),
+        move |out: MatMut<'_, T>, y: MatRef<'_, T>| matmul(out, Accum::Add, a2.adjoint(), y, one(), Par::Seq),
+    ))
+}
+
+/// `a` as `from_matvec` closures that accumulate: `out += A·x`, `out += Aᴴ·y`.
+fn accumulating_matvec<T: ComplexField + Send + Sync + 'static>(a: &Mat<T>) -> DynOp<T> {
+    let (a1, a2) = (a.clone(), a.clone());
+    DynOp::new(from_matvec(
+        a.nrows(),
+        a.ncols(),
+        move |out: ColMut<'_, T>, x: ColRef<'_, T>| {
+            matmul(out.as_mat_mut(), Accum::Add, &a1, x.as_mat(), one(), Par::Seq)
+        },
+        move |out: ColMut<'_, T>, y: ColRef<'_, T>| {
+            matmul(out.as_mat_mut(), Accum::Add, a2.adjoint(), y.as_mat(), one(), Par::Seq)
+        },
+    ))
+}
+
+/// `I · op · I`: every output `op` writes is then a temporary of the crate.
+fn sandwich<T: ComplexField + Send + Sync + 'static>(op: DynOp<T>) -> DynOp<T> {
+    let (m, n) = (op.nrows(), op.ncols());
+    DynOp::new(eye(m, m, 0).compose(op.compose(eye(n, n, 0))))
+}
+
+/// How a test operator is made from a dense matrix.
+type Leaf<T> = dyn Fn(&Mat<T>) -> DynOp<T>;
+
+/// Every combinator around `leaf`, with its dense equivalent.
+fn combinators_around<T: ComplexField + Send + Sync + 'static>(
+    leaf: &Leaf<T>,
+) -> Vec<(&'static str, DynOp<T>, Mat<T>)> {
+    let a = random::mat::<T>(4, 3, 200);
+    let a2 = random::mat::<T>(4, 3, 201);
+    let b = random::mat::<T>(3, 5, 202);
+    let c = random::mat::<T>(2, 4, 203);
+    let h = random::mat::<T>(4, 2, 204);
+    let v = random::mat::<T>(2, 3, 205);
+    let k = random::mat::<T>(2, 2, 206);
+    let alpha = complex_scalar::<T>();
+    let dyn_mat = |m: &Mat<T>| DynOp::new(m.clone());
+    let kron = |x: &Mat<T>, y: &Mat<T>| {
+        let (m2, n2) = (y.nrows(), y.ncols());
+        Mat::from_fn(x.nrows() * m2, x.ncols() * n2, |r, c| mul(&x[(r / m2, c / n2)], &y[(r % m2, c % n2)]))
+    };
+    let stacked = |blocks: &[(usize, usize, &Mat<T>)], m, n| {
+        let mut d = Mat::zeros(m, n);
+        for &(r, c, x) in blocks {
+            put(&mut d, r, c, x.as_ref());
+        }
+        d
+    };
+    vec![
+        ("alone", leaf(&a), a.clone()),
+        ("compose, on the left", DynOp::new(leaf(&a).compose(dyn_mat(&b))), &a * &b),
+        ("compose, on the right", DynOp::new(dyn_mat(&c).compose(leaf(&a))), &c * &a),
+        ("compose, both sides", DynOp::new(leaf(&a).compose(leaf(&b))), &a * &b),
+        ("plus", DynOp::new(leaf(&a).plus(leaf(&a2))), &a + &a2),
+        ("minus", DynOp::new(leaf(&a).minus(leaf(&a2))), &a - &a2),
+        ("scale", DynOp::new(leaf(&a).scale(alpha.clone())), faer::Scale(alpha.clone()) * &a),
+        ("hstack", DynOp::new(hstack(vec![leaf(&a), leaf(&h), leaf(&a2)])), {
+            stacked(&[(0, 0, &a), (0, 3, &h), (0, 5, &a2)], 4, 8)
+        }),
+        ("vstack", DynOp::new(vstack(vec![leaf(&a), leaf(&v)])), stacked(&[(0, 0, &a), (4, 0, &v)], 6, 3)),
+        ("block_diag", DynOp::new(block_diag(vec![leaf(&a), leaf(&v)])), { stacked(&[(0, 0, &a), (4, 3, &v)], 6, 6) }),
+        ("Kron, left factor", DynOp::new(Kron::new(leaf(&a), dyn_mat(&k))), kron(&a, &k)),
+        ("Kron, right factor", DynOp::new(Kron::new(dyn_mat(&k), leaf(&a))), kron(&k, &a)),
+        ("Kron, both factors", DynOp::new(Kron::new(leaf(&v), leaf(&k))), kron(&v, &k)),
+        ("Adjoint", DynOp::new(Adjoint(leaf(&a))), a.adjoint().to_owned()),
+        ("Transpose", DynOp::new(Transpose(leaf(&a))), a.transpose().to_owned()),
+        ("Conjugate", DynOp::new(Conjugate(leaf(&a))), a.conjugate().to_owned()),
+        ("DynOp algebra", (leaf(&a) - leaf(&a2)) * alpha.clone(), faer::Scale(alpha) * (&a - &a2)),
+    ]
+}
+
+/// Three products in each mode with one scratch buffer, reused, whose bytes
+/// start as 0xFF (NaN in every scalar type), into one output that starts as
+/// NaN: each must equal the dense product.
+#[track_caller]
+fn check_reused_scratch<T: ComplexField, L: BiLinOp<T>>(op: &L, dense: MatRef<'_, T>, what: &str) {
+    assert_eq!((op.nrows(), op.ncols()), (dense.nrows(), dense.ncols()), "{what}: shape");
+    let k = 3;
+    for mode in Mode::ALL {
+        let mut buf = MemBuffer::new(mode.scratch(op, k, Par::Seq));
+        buf.iter_mut().for_each(|byte| {
+            byte.write(0xFF);
+        });
+        let (m, n) = mode.dims_of(op);
+        let mut out = Mat::from_fn(m, k, |_, _| nan::<T>());
+        for product in 1..=3 {
+            let x = random::mat::<T>(n, k, 300 + product);
+            mode.apply(op, out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
+            let want = common::reference(dense, mode, x.as_ref());
+            assert_close(out.as_ref(), want.as_ref(), &format!("{what}, {mode:?}, product {product}"));
+        }
+    }
+}
+
+fn accumulating_closures_in_reused_scratch<T: ComplexField + Send + Sync + 'static>() {
+    let leaves: [(&str, &Leaf<T>); 2] =
+        [("from_matmat +=", &accumulating_matmat::<T>), ("from_matvec +=", &accumulating_matvec::<T>)];
+    for (name, leaf) in leaves {
+        for (case, op, dense) in combinators_around(leaf) {
+            check_reused_scratch(&op, dense.as_ref(), &format!("{name}, {case}"));
+        }
+    }
+}
+
+fn accumulating_operators_in_crate_temporaries<T: ComplexField + Send + Sync + 'static>() {
+    let leaf = |a: &Mat<T>| DynOp::new(Accumulating(a.clone()));
+    for (case, op, dense) in combinators_around(&leaf) {
+        check_reused_scratch(&sandwich(op), dense.as_ref(), &format!("I·({case})·I, BiLinOp +="));
+    }
+}
+
+fn accumulating_operators_under_threads<T: lazylinop::Scalar + Send + Sync + 'static>() {
+    let a = random::mat::<T>(5, 4, 210);
+    let ops = [
+        ("from_matmat +=", accumulating_matmat(&a)),
+        ("from_matvec +=", accumulating_matvec(&a)),
+        ("I·(BiLinOp +=)·I", sandwich(DynOp::new(Accumulating(a.clone())))),
+    ];
+    for (name, op) in ops {
+        for use_matvec in [false, true] {
+            let p = pmatmat(op.clone(), Method::Thread, Some(2), use_matvec).unwrap().with_min_parallel_work(0);
+            check_reused_scratch(&p, a.as_ref(), &format!("pmatmat thread, use_matvec {use_matvec}, {name}"));
+        }
+    }
+}
+
+#[test]
+fn accumulating_closures_get_a_zeroed_output_in_every_combinator() {
+    for_all_types!(accumulating_closures_in_reused_scratch);
+}
+#[test]
+fn combinator_temporaries_are_zeroed_before_each_inner_product() {
+    for_all_types!(accumulating_operators_in_crate_temporaries);
+}
+#[test]
+fn accumulating_operators_under_the_thread_backend() {
+    for_all_types!(accumulating_operators_under_threads);
+}
+
+// Shapes whose arithmetic overflows usize are refused at construction.
+
+const BIG: usize = (1 << 63) + 1;
+
+#[test]
+fn kron_shape_overflow_panics_naming_the_factors() {
+    // The row count BIG·2 wraps to 2: a 2×1 operator over a view it does not fit.
+    let msg = panic_message(|| {
+        Kron::new::<f64>(zeros(BIG, 1), eye(2, 1, 0));
+    });
+    assert!(msg.contains(&format!("{BIG}×1")) && msg.contains("2×1") && msg.contains("Kron"), "{msg}");
+    let msg = panic_message(|| {
+        Kron::new::<f64>(eye(1, 2, 0), zeros(1, BIG));
+    });
+    assert!(msg.contains(&format!("1×{BIG}")) && msg.contains("1×2") && msg.contains("Kron"), "{msg}");
+}
+
+#[test]
+fn stack_shape_overflow_panics_naming_the_blocks() {
+    let max = usize::MAX;
+    let msg = panic_message(|| {
+        hstack::<f64, _>(vec![zeros(1, max), zeros(1, 1)]);
+    });
+    assert!(msg.contains(&format!("1×{max}, 1×1")) && msg.contains("hstack"), "{msg}");
+    let msg = panic_message(|| {
+        vstack::<f64, _>(vec![zeros(2, 1), zeros(max, 1)]);
+    });
+    assert!(msg.contains(&format!("2×1, {max}×1")) && msg.contains("vstack"), "{msg}");
+    let msg = panic_message(|| {
+        block_diag::<f64, _>(vec![zeros(max, 1), zeros(1, 1)]);
+    });
+    assert!(msg.contains(&format!("{max}×1, 1×1")) && msg.contains("block_diag"), "{msg}");
+    let msg = panic_message(|| {
+        block_diag::<f64, _>(vec![zeros(1, 1), zeros(1, max)]);
+    });
+    assert!(msg.contains(&format!("1×1, 1×{max}")) && msg.contains("block_diag"), "{msg}");
+}
+
+#[test]
+fn products_with_huge_operand_views() {
+    // A safe view may have more rows than isize::MAX (every row the same element).
+    let v = 2.5_f64;
+    let huge = MatRef::from_repeated_ref(&v, usize::MAX, 1);
+    for offset in [0, 7, isize::MAX] {
+        let e = eye(1, usize::MAX, offset);
+        let mut out = Mat::from_fn(1, 1, |_, _| f64::NAN);
+        e.apply(out.as_mut(), huge, Par::Seq, MemStack::new(&mut []));
+        assert_eq!(out[(0, 0)], v, "eye(1, usize::MAX, {offset}) · x");
+        Transpose(&e).transpose_apply(out.as_mut(), huge, Par::Seq, MemStack::new(&mut []));
+        assert_eq!(out[(0, 0)], v, "eye(1, usize::MAX, {offset}) through Transpose");
+    }
+    // Kron's views of one column of the operand step over n2 rows at a time.
+    let (n1, n2) = (2, 1 << 62);
+    let k = Kron::new::<f64>(eye(2, 2, 0), eye(1, n2, 0));
+    let x = MatRef::from_repeated_ref(&v, n1 * n2, 3);
+    let mut out = Mat::from_fn(2, 3, |_, _| f64::NAN);
+    let mut buf = MemBuffer::new(LinOp::<f64>::apply_scratch(&k, 3, Par::Seq));
+    k.apply(out.as_mut(), x, Par::Seq, MemStack::new(&mut buf));
+    assert_eq!(out, Mat::from_fn(2, 3, |_, _| v));
 }

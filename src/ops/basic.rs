@@ -48,12 +48,16 @@ impl<T: ComplexField> ModeOp<T> for Eye {
     }
 
     fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, _: &mut MemStack) {
-        // Row i of the output is row i + offset of the operand, where that exists.
-        let offset = if mode.is_transposed() { -self.offset } else { self.offset };
-        let (m, n) = (out.nrows() as isize, rhs.nrows() as isize);
+        // Row i of the output is row i + offset of the operand, where that
+        // exists. In i128, where no usize or isize, nor their negation and
+        // differences, overflow.
+        let offset = self.offset as i128;
+        let offset = if mode.is_transposed() { -offset } else { offset };
+        let (m, n) = (out.nrows() as i128, rhs.nrows() as i128);
         let first = (-offset).clamp(0, m);
         let end = (n - offset).clamp(first, m);
         out.fill(zero());
+        // 0 ≤ first ≤ end ≤ m and, when len > 0, 0 ≤ first + offset < n: all fit a usize.
         let len = (end - first) as usize;
         if len > 0 {
             out.subrows_mut(first as usize, len).copy_from(rhs.subrows((first + offset) as usize, len));

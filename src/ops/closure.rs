@@ -9,7 +9,7 @@ use faer::linalg::{temp_mat_scratch, temp_mat_uninit};
 use faer::mat::AsMatMut;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::traits::ComplexField;
-use faer::traits::math_utils::conj;
+use faer::traits::math_utils::{conj, zero};
 use faer::{ColMut, ColRef, MatMut, MatRef, Par, unzip, zip};
 
 use crate::ops::{Mode, ModeOp, impl_bilinop};
@@ -28,7 +28,9 @@ impl<T, F: Fn(MatMut<'_, T>, MatRef<'_, T>) + Sync> MatMatFn<T> for F {}
 /// `conj(X)` in scratch (real types skip the conjugations).
 ///
 /// The closures get views whose shapes are already checked against
-/// `nrows × ncols`; they must overwrite every entry of `out`. They run from
+/// `nrows × ncols`, and an `out` filled with zeros: they may write it or add
+/// into it (`out[(i, j)] += …`, faer's `Accum::Add`, a sparse scatter), and
+/// entries they leave alone stay zero. They run from
 /// whatever thread calls the product, several at once if the operator is
 /// shared (`Sync`), and under the parallel backends, from several workers at
 /// once.
@@ -61,7 +63,8 @@ impl<T: Clone, F: Clone, G: Clone> Clone for ClosureOp<T, F, G> {
 }
 
 /// An `nrows × ncols` operator from a matmat closure (`out = L·X`) and an
-/// rmatmat closure (`out = Lᴴ·Y`): see [`ClosureOp`].
+/// rmatmat closure (`out = Lᴴ·Y`): see [`ClosureOp`]. `out` arrives filled
+/// with zeros, so a closure may also add into it (`out += L·X`).
 ///
 /// # Examples
 /// A cumulative sum, whose adjoint is the reversed cumulative sum:
@@ -106,7 +109,9 @@ where
 }
 
 /// An `nrows × ncols` operator from a matvec closure (`out = L·x`) and an
-/// rmatvec closure (`out = Lᴴ·y`), applied one column at a time.
+/// rmatvec closure (`out = Lᴴ·y`), applied one column at a time: see
+/// [`ClosureOp`]. `out` arrives filled with zeros, so a closure may also add
+/// into it (`out += L·x`).
 ///
 /// # Examples
 /// ```
@@ -164,12 +169,15 @@ impl<T: ComplexField, F: MatMatFn<T>, G: MatMatFn<T>> ModeOp<T> for ClosureOp<T,
 
     fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, stack: &mut MemStack) {
         let f = if mode.is_transposed() { &self.rmatmat as &dyn Fn(_, _) } else { &self.matmat };
+        // The closure may add into `out` (see the type's docs).
+        out.fill(zero());
         // The closures give L·X and Lᴴ·Y; conj(L) and Lᵀ conjugate around them.
         let conjugated = mode == Mode::Conj || mode == Mode::Transpose;
         if !conjugated || T::IS_REAL {
             return f(out, rhs);
         }
-        // SAFETY: `copy_from` writes every entry of `tmp` before it is read.
+        // SAFETY: faer's `copy_from` writes every entry of `tmp` before
+        // anything reads it; the closure gets it only afterwards, as a `MatRef`.
         let (mut tmp, _) = unsafe { temp_mat_uninit::<T, _, _>(rhs.nrows(), rhs.ncols(), stack) };
         let mut tmp = tmp.as_mat_mut();
         tmp.copy_from(rhs.conjugate());

@@ -1,9 +1,8 @@
 //! Composition `A · B`.
 
 use faer::dyn_stack::{MemStack, StackReq};
-use faer::linalg::{temp_mat_scratch, temp_mat_uninit};
-use faer::mat::AsMatMut;
-use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::linalg::temp_mat_scratch;
+use faer::mat::AsMatRef;
 use faer::traits::ComplexField;
 use faer::{MatMut, MatRef, Par};
 
@@ -86,12 +85,8 @@ impl<T: ComplexField, A: BiLinOp<T>, B: BiLinOp<T>> ModeOp<T> for Compose<A, B> 
 
     fn run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
         let (first, second) = self.order::<T>(mode);
-        let mid = mode.dims_of(first).0;
-        // SAFETY: `first` writes every entry of `tmp` before `second` reads it.
-        let (mut tmp, stack) = unsafe { temp_mat_uninit::<T, _, _>(mid, rhs.ncols(), stack) };
-        let mut tmp = tmp.as_mat_mut();
-        mode.apply(first, tmp.rb_mut(), rhs, par, stack);
-        mode.apply(second, out, tmp.rb(), par, stack);
+        let (tmp, stack) = mode.apply_to_temp(first, rhs, par, stack);
+        mode.apply(second, out, tmp.as_mat_ref(), par, stack);
     }
 }
 

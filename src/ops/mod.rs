@@ -16,6 +16,15 @@
 //! | [`closure`] | operators from user closures (matmat or matvec) |
 //! | [`dynop`] | [`DynOp`], a type-erased, cheaply cloneable handle |
 //!
+//! Scratch: a product takes its temporaries from the caller's [`MemStack`]
+//! and allocates nothing. A temporary that an inner operator writes and a
+//! combinator then reads is zeroed before each inner product, so no result
+//! depends on what the scratch held before, and an inner operator that adds
+//! into its output or leaves entries alone is never read as undefined memory.
+//! Closure operators ([`closure`]) get a zeroed `out` too, so closures may
+//! accumulate. Shapes that would exceed `usize::MAX` ([`kron`], [`stack`])
+//! are refused at construction.
+//!
 //! Combinators take their operands by value. To combine without moving, pass
 //! references: faer implements its traits for `&L`.
 

@@ -5,6 +5,8 @@
 //! shape check in one place.
 
 use faer::dyn_stack::{MemStack, StackReq};
+use faer::linalg::temp_mat_zeroed;
+use faer::mat::AsMatMut;
 use faer::traits::ComplexField;
 use faer::{MatMut, MatRef, Par};
 
@@ -78,6 +80,27 @@ impl Mode {
             Mode::Transpose => op.transpose_apply(out, rhs, par, stack),
             Mode::Adjoint => op.adjoint_apply(out, rhs, par, stack),
         }
+    }
+
+    /// `op_mode · rhs` in a new temporary from `stack`, which the caller then
+    /// reads; returns it with the rest of the stack.
+    ///
+    /// The temporary is zeroed before `op` writes it, so nothing the scratch
+    /// held (uninitialized bytes, an earlier product) can reach a result,
+    /// whether or not `op` overwrites every entry: an operator may accumulate
+    /// into `out` (`out += …`), and a user's operator may skip entries, without
+    /// making the crate read undefined memory. Needs
+    /// `temp_mat_scratch::<T>(nrows, rhs.ncols())` followed by `op`'s scratch.
+    pub(crate) fn apply_to_temp<'a, T: ComplexField + 'a, L: BiLinOp<T> + ?Sized>(
+        self,
+        op: &L,
+        rhs: MatRef<'_, T>,
+        par: Par,
+        stack: &'a mut MemStack,
+    ) -> (impl AsMatMut<T = T, Rows = usize, Cols = usize> + 'a, &'a mut MemStack) {
+        let (mut tmp, stack) = temp_mat_zeroed::<T, _, _>(self.dims_of(op).0, rhs.ncols(), stack);
+        self.apply(op, tmp.as_mat_mut(), rhs, par, stack);
+        (tmp, stack)
     }
 
     fn from_flags(transpose: bool, conj: bool) -> Self {

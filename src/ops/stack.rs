@@ -2,9 +2,9 @@
 //! `diag(A, B, C)` of any number of operators.
 
 use faer::dyn_stack::{MemStack, StackReq};
-use faer::linalg::{temp_mat_scratch, temp_mat_uninit};
-use faer::mat::AsMatMut;
-use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::linalg::temp_mat_scratch;
+use faer::mat::AsMatRef;
+use faer::reborrow::ReborrowMut;
 use faer::traits::ComplexField;
 use faer::{MatMut, MatRef, Par};
 
@@ -55,7 +55,8 @@ pub struct Blocks<L> {
 /// `[A B C …]`: see [`Blocks`].
 ///
 /// # Panics
-/// If `ops` is empty or the row counts differ; the message names the shapes.
+/// If `ops` is empty, the row counts differ, or the column counts add up to
+/// more than `usize::MAX`; the message names the shapes.
 #[track_caller]
 pub fn hstack<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
     Blocks::new(ops, Layout::Horizontal)
@@ -64,7 +65,8 @@ pub fn hstack<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
 /// `[A; B; C; …]`: see [`Blocks`].
 ///
 /// # Panics
-/// If `ops` is empty or the column counts differ; the message names the shapes.
+/// If `ops` is empty, the column counts differ, or the row counts add up to
+/// more than `usize::MAX`; the message names the shapes.
 #[track_caller]
 pub fn vstack<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
     Blocks::new(ops, Layout::Vertical)
@@ -73,47 +75,64 @@ pub fn vstack<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
 /// `diag(A, B, C, …)`: see [`Blocks`].
 ///
 /// # Panics
-/// If `ops` is empty.
+/// If `ops` is empty, or the row or column counts add up to more than
+/// `usize::MAX`; the message names the shapes.
 #[track_caller]
 pub fn block_diag<T: ComplexField, L: BiLinOp<T>>(ops: Vec<L>) -> Blocks<L> {
     Blocks::new(ops, Layout::Diagonal)
+}
+
+impl Layout {
+    /// The function that builds this layout, for messages.
+    fn function(self) -> &'static str {
+        match self {
+            Layout::Horizontal => "hstack",
+            Layout::Vertical => "vstack",
+            Layout::Diagonal => "block_diag",
+        }
+    }
 }
 
 impl<L> Blocks<L> {
     /// Stacks `ops` in `layout`.
     ///
     /// # Panics
-    /// If `ops` is empty, or if the shapes do not fit the layout; the message
-    /// names every shape.
+    /// If `ops` is empty, if the shapes do not fit the layout, or if the total
+    /// row or column count exceeds `usize::MAX`; the message names every shape.
     #[track_caller]
     pub fn new<T: ComplexField>(ops: Vec<L>, layout: Layout) -> Self
     where
         L: BiLinOp<T>,
     {
-        assert!(!ops.is_empty(), "lazylinop: cannot stack an empty list of operators ({layout:?})");
+        let name = layout.function();
+        assert!(!ops.is_empty(), "lazylinop: cannot {name} an empty list of operators");
         let shapes = || ops.iter().map(|op| format!("{}×{}", op.nrows(), op.ncols())).collect::<Vec<_>>().join(", ");
-        let rows = ops.iter().map(|op| op.nrows());
-        let cols = ops.iter().map(|op| op.ncols());
+        // The total of the row (or column) counts, which must fit in a usize.
+        let total = |what: &str, dim: fn(&L) -> usize| {
+            ops.iter().try_fold(0usize, |sum, op| sum.checked_add(dim(op))).unwrap_or_else(|| {
+                panic!("lazylinop: {name} of shapes [{}] would have more than usize::MAX {what}", shapes())
+            })
+        };
         let (nrows, ncols) = match layout {
             Layout::Horizontal => {
                 let m = ops[0].nrows();
                 assert!(
-                    rows.clone().all(|r| r == m),
+                    ops.iter().all(|op| op.nrows() == m),
                     "lazylinop: hstack needs equal row counts, got shapes [{}]",
                     shapes()
                 );
-                (m, cols.sum())
+                (m, total("columns", |op| op.ncols()))
             }
             Layout::Vertical => {
                 let n = ops[0].ncols();
                 assert!(
-                    cols.clone().all(|c| c == n),
+                    ops.iter().all(|op| op.ncols() == n),
                     "lazylinop: vstack needs equal column counts, got shapes [{}]",
                     shapes()
                 );
-                (rows.sum(), n)
+                (total("rows", |op| op.nrows()), n)
             }
-            Layout::Diagonal => (rows.sum(), cols.sum()),
+            Layout::Diagonal => (total("rows", |op| op.nrows()), total("columns", |op| op.ncols())),
         };
         Self { ops, layout, nrows, ncols }
     }
@@ -160,9 +179,6 @@ impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Blocks<L> {
         let layout = self.layout_as(mode);
         if layout == Layout::Horizontal {
             // out = Σ op_i · rhs[rows_i]: the first block writes `out`, the others add.
-            // SAFETY: every block writes all of `tmp` before it is read.
-            let (mut tmp, stack) = unsafe { temp_mat_uninit::<T, _, _>(out.nrows(), out.ncols(), stack) };
-            let mut tmp = tmp.as_mat_mut();
             let mut row = 0;
             for (i, op) in self.ops.iter().enumerate() {
                 let n = mode.dims_of(op).1;
@@ -171,8 +187,8 @@ impl<T: ComplexField, L: BiLinOp<T>> ModeOp<T> for Blocks<L> {
                 if i == 0 {
                     mode.apply(op, out.rb_mut(), x, par, stack);
                 } else {
-                    mode.apply(op, tmp.rb_mut(), x, par, stack);
-                    add_to(out.rb_mut(), tmp.rb());
+                    let (tmp, _) = mode.apply_to_temp(op, x, par, stack);
+                    add_to(out.rb_mut(), tmp.as_mat_ref());
                 }
             }
             return;

@@ -1,9 +1,9 @@
 //! Sum `A + B` of two operators of equal shape.
 
 use faer::dyn_stack::{MemStack, StackReq};
-use faer::linalg::{temp_mat_scratch, temp_mat_uninit};
-use faer::mat::AsMatMut;
-use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::linalg::temp_mat_scratch;
+use faer::mat::AsMatRef;
+use faer::reborrow::ReborrowMut;
 use faer::traits::ComplexField;
 use faer::traits::math_utils::add;
 use faer::{MatMut, MatRef, Par, unzip, zip};
@@ -77,11 +77,8 @@ impl<T: ComplexField, A: BiLinOp<T>, B: BiLinOp<T>> ModeOp<T> for Sum<A, B> {
 
     fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
         mode.apply(&self.a, out.rb_mut(), rhs, par, stack);
-        // SAFETY: `b` writes every entry of `tmp` before it is read.
-        let (mut tmp, stack) = unsafe { temp_mat_uninit::<T, _, _>(out.nrows(), out.ncols(), stack) };
-        let mut tmp = tmp.as_mat_mut();
-        mode.apply(&self.b, tmp.rb_mut(), rhs, par, stack);
-        add_to(out, tmp.rb());
+        let (tmp, _) = mode.apply_to_temp(&self.b, rhs, par, stack);
+        add_to(out, tmp.as_mat_ref());
     }
 }
 
