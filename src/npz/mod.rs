@@ -292,8 +292,10 @@ impl Member {
                     Some(e) => format!("{e} bytes"),
                     None => "an overflowing size".into(),
                 };
+                let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+                let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
                 return Err(NpzErrorKind::BadHeader(format!(
-                    "the header says shape {shape:?} of {}, {says} of data, but the member holds {data_len} bytes",
+                    "the header says shape {tuple} of {}, {says} of data, but the member holds {data_len} bytes",
                     header.descr
                 )));
             }

@@ -556,6 +556,9 @@ impl SparseNpz {
         let wrong = |k: usize, why| {
             self.error(Some("indptr"), NpzErrorKind::Indptr { at: first + k, value: ptr[k].signed(), why })
         };
+        if first == 0 && ptr.first().is_some_and(|v| v.zx() != 0) {
+            return Err(wrong(0, "the first entry must be 0"));
+        }
         for (k, &v) in ptr.iter().enumerate() {
             if v.signed() < 0 {
                 return Err(wrong(k, "negative"));
@@ -566,9 +569,6 @@ impl SparseNpz {
             if k > 0 && v < ptr[k - 1] {
                 return Err(wrong(k, "decreases"));
             }
-        }
-        if first == 0 && ptr.first().is_some_and(|v| v.zx() != 0) {
-            return Err(wrong(0, "the first entry must be 0"));
         }
         if first + ptr.len() == self.indptr.len && ptr.last().is_some_and(|v| v.zx() != nnz) {
             return Err(wrong(
