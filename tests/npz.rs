@@ -374,7 +374,7 @@ fn larger_members_read_by_blocks() {
     let mut views = 0;
     let partitions = [1, 2, 3, 7, 16, 301];
     for (k, &(name, order, method, aligned)) in members.iter().enumerate() {
-        let expect_view = method == zip::CompressionMethod::Stored && (starts[k] + 128) % 8 == 0;
+        let expect_view = method == zip::CompressionMethod::Stored && (starts[k] + 128).is_multiple_of(8);
         assert_eq!(expect_view, aligned, "{name}: data at {}", starts[k] + 128);
         let m = NpzMatrix::open(&path, Some(name)).unwrap();
         assert_eq!((m.shape(), m.order()), ((rows, cols), order), "{name}");
@@ -622,7 +622,7 @@ fn zip_archive(members: &[RawMember]) -> Vec<u8> {
 fn npy(dict: &str, version: u8, data: &[u8]) -> Vec<u8> {
     let len_bytes = if version == 1 { 2 } else { 4 };
     let mut dict = dict.to_string();
-    while (8 + len_bytes + dict.len() + 1) % 64 != 0 {
+    while !(8 + len_bytes + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
@@ -1483,7 +1483,7 @@ mod sparse {
                     SparseFormat::Csr => (k, idx[e].zx()),
                     SparseFormat::Csc => (idx[e].zx(), k),
                 };
-                block[(i, j)] = block[(i, j)] + val[e];
+                block[(i, j)] += val[e];
             }
         }
         let faer_dense = match part.format() {
@@ -1504,7 +1504,7 @@ mod sparse {
                     SparseFormat::Csr => (r.start + i, j),
                     SparseFormat::Csc => (i, r.start + j),
                 };
-                out[(oi, oj)] = out[(oi, oj)] + block[(i, j)];
+                out[(oi, oj)] += block[(i, j)];
             }
         }
     }
@@ -1571,7 +1571,7 @@ mod sparse {
             e["members"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["data_offset"].as_u64()
         };
         let viewable = |name: &str, align: usize| {
-            !e["big_endian"].as_bool().unwrap() && offset(name).is_some_and(|o| o as usize % align == 0)
+            !e["big_endian"].as_bool().unwrap() && offset(name).is_some_and(|o| (o as usize).is_multiple_of(align))
         };
         let mapped = viewable("indices", align_of::<I>()) && viewable("data", align_of::<T>());
         if e["aligned"].as_bool().unwrap() {
@@ -1675,7 +1675,9 @@ mod sparse {
                 matches!(kind, NpzErrorKind::Indptr { why, .. } if why.contains("exceeds"))
             }
             "indptr_last_below_nnz" => matches!(kind, NpzErrorKind::Indptr { why, .. } if why.contains("last entry")),
-            "index_out_of_range" => matches!(kind, NpzErrorKind::IndexOutOfRange { index, bound, .. } if index >= &(*bound as i64)),
+            "index_out_of_range" => {
+                matches!(kind, NpzErrorKind::IndexOutOfRange { index, bound, .. } if index >= &(*bound as i64))
+            }
             "negative_index" => matches!(kind, NpzErrorKind::IndexOutOfRange { index: -1, bound: 11, .. }),
             "data_indices_length_mismatch" => matches!(kind, NpzErrorKind::LengthMismatch { .. }),
             "shape_indptr_mismatch" => matches!(kind, NpzErrorKind::IndptrLength { found: 14, expected: 13 }),
@@ -1749,7 +1751,8 @@ mod sparse {
             let err = whole.expect_err(&file);
             assert!(matches_reason(&reason, &err), "{file} ({reason}): {err} ({:?})", err.kind());
             assert!(err.to_string().contains(&file), "{err}");
-            let structural = reason.starts_with("indptr_") || reason.starts_with("index_out") || reason == "negative_index";
+            let structural =
+                reason.starts_with("indptr_") || reason.starts_with("index_out") || reason == "negative_index";
             for (p, errs) in parts.iter().enumerate() {
                 if structural {
                     assert!(!errs.is_empty(), "{file}: no part of split {p} found the fault");
@@ -1794,6 +1797,13 @@ mod sparse {
         check_split(&few, &blocks, 5);
         assert_eq!(blocks.iter().filter(|b| !b.is_empty()).count(), 2);
         assert_eq!(split_nnz(&[0u32], 3), vec![0..0, 0..0, 0..0]);
+        // An unchecked, decreasing indptr: still every index once, no panic.
+        let wild = [5u32, 30, 3, 12, 2, 20];
+        for parts in 1..8 {
+            let blocks = split_nnz(&wild, parts);
+            assert_eq!((blocks[0].start, blocks[parts - 1].end), (0, 5));
+            assert!(blocks.windows(2).all(|w| w[0].end == w[1].start && w[0].start <= w[0].end), "{blocks:?}");
+        }
 
         // Random indptrs with heavy rows.
         let mut state = 12345u64;
@@ -1821,7 +1831,8 @@ mod sparse {
         for member in [SparseMember::Indptr, SparseMember::Indices, SparseMember::Data] {
             let span = npz.crc_span(member).unwrap();
             let cut = span / 3;
-            let parts = [(npz.crc32_of(member, 0..cut).unwrap(), cut), (npz.crc32_of(member, cut..span).unwrap(), span - cut)];
+            let parts =
+                [(npz.crc32_of(member, 0..cut).unwrap(), cut), (npz.crc32_of(member, cut..span).unwrap(), span - cut)];
             npz.verify_crc(member, parts).unwrap();
             let err = npz.verify_crc(member, [(parts[0].0 ^ 1, cut), parts[1]]).unwrap_err();
             assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
@@ -1855,7 +1866,7 @@ mod sparse {
                 let v = T::from_pair(x, -x / 2.0);
                 idx.push(I::truncate(j));
                 val.push(v);
-                dense[(i, j)] = dense[(i, j)] + v;
+                dense[(i, j)] += v;
             }
             ptr.push(I::truncate(idx.len()));
         }
@@ -1926,6 +1937,77 @@ mod sparse {
         });
         assert_eq!(&got, want, "scipy reads what save_sparse wrote");
         println!("scipy loads save_sparse's {format:?} file");
+    }
+
+    #[test]
+    fn sparse_file_and_part_are_send_and_sync() {
+        fn check<X: Send + Sync>() {}
+        check::<SparseNpz>();
+        check::<SparsePart<c64, u64>>();
+    }
+
+    /// Reads `path` whole (one part: every member's CRC-32 verified) as the types `e` names,
+    /// and on success compares with the manifest's matrix: a damaged file is an error or the
+    /// right matrix, never another one.
+    fn read_mutant<T: Exact, I: SparseIndex>(path: &Path, e: &Value) -> Result<(), String> {
+        match SparseNpz::open(path).and_then(|npz| read_by_parts::<T, I>(&npz, 1)) {
+            Ok((got, _)) if got == expected::<T>(e) => Ok(()),
+            Ok(_) => Err("read another matrix without an error".into()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    #[test]
+    fn mutants_of_sparse_fixtures_fail_cleanly() {
+        let m = manifest();
+        let files = [
+            "csr_float64_int32_stored.npz",
+            "csc_complex64_int64_deflated.npz",
+            "csr_float64_int32_aligned.npz",
+            "csr_bigendian.npz",
+            "csc_noncanonical_complex128_deflated.npz",
+        ];
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut count = 0;
+        for file in files {
+            let e = m["valid"].as_array().unwrap().iter().find(|e| e["file"] == file).unwrap().clone();
+            let (dtype, index) = (dtype_of(e["dtype"].as_str().unwrap()), index_of(e["index_dtype"].as_str().unwrap()));
+            let bytes = std::fs::read(data(file)).unwrap();
+            let mut mutants = Vec::new();
+            for cut in (0..bytes.len()).step_by(7) {
+                mutants.push(bytes[..cut].to_vec());
+            }
+            for _ in 0..1000 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let mut b = bytes.clone();
+                let at = (state as usize >> 8) % b.len();
+                match state % 3 {
+                    0 => b[at] ^= 1 << (state >> 3 & 7),
+                    1 => b[at] = 0xff,
+                    _ => b[at] = b[at].wrapping_add(1),
+                }
+                mutants.push(b);
+            }
+            count += mutants.len();
+            let path = dir.join(format!("sparse_mutant_{}.npz", std::process::id()));
+            let (broken, _, took) = bounded(Duration::from_secs(60), move || {
+                let mut broken = Vec::new();
+                for (k, b) in mutants.iter().enumerate() {
+                    std::fs::write(&path, b).unwrap();
+                    if let Err(why) = with_types!(dtype, index, read_mutant(&path, &e)) {
+                        broken.push(format!("mutant {k}: {why}"));
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+                broken
+            });
+            assert!(broken.is_empty(), "{file}: {broken:?}");
+            println!("{file}: mutants read in {took:?}");
+        }
+        assert!(count > 5000, "only {count} mutants");
     }
 
     #[test]

@@ -223,10 +223,9 @@ impl fmt::Display for NpzErrorKind {
                 "index dtype mismatch: the file's indices are {found}, not {expected} as requested \
                  (read int32 as u32, int64 as u64)"
             ),
-            NpzErrorKind::IndptrLength { found, expected } => write!(
-                f,
-                "indptr has {found} entries but the shape member implies {expected} (major dimension + 1)"
-            ),
+            NpzErrorKind::IndptrLength { found, expected } => {
+                write!(f, "indptr has {found} entries but the shape member implies {expected} (major dimension + 1)")
+            }
             NpzErrorKind::Indptr { at, value, why } => write!(f, "indptr[{at}] = {value}: {why}"),
             NpzErrorKind::LengthMismatch { indices, data } => {
                 write!(f, "indices holds {indices} entries but data {data}")

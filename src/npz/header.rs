@@ -11,8 +11,8 @@
 
 use std::fmt;
 
-use super::NpzErrorKind;
 use super::IndexDtype;
+use super::NpzErrorKind;
 use crate::Dtype;
 
 /// numpy's limit on the header's length for untrusted input (`np.load`'s `max_header_size`).

@@ -118,8 +118,8 @@ pub struct NpzMatrix {
     path: PathBuf,
     member: String,
     map: Mmap,
-    /// Where the member is and its header.
-    loc: Member,
+    /// Where the member is and its header (boxed: keeps the matrix small to move).
+    loc: Box<Member>,
     nrows: usize,
     ncols: usize,
     dtype: Dtype,
@@ -403,7 +403,7 @@ impl NpzMatrix {
         }
         let name = strip(&entries[index].name);
         let fail = |kind| fail(Some(&name), kind);
-        let loc = Member::open(&map, &entries[index]).map_err(fail)?;
+        let loc = Box::new(Member::open(&map, &entries[index]).map_err(fail)?);
         drop(entries);
         let Some(header::Elem::Scalar(dtype)) = loc.header.elem else {
             return Err(fail(NpzErrorKind::UnsupportedDtype(loc.header.descr)));
@@ -414,17 +414,7 @@ impl NpzMatrix {
         let order = if loc.header.fortran_order { Order::Fortran } else { Order::C };
         let big_endian = loc.header.big_endian;
 
-        Ok(NpzMatrix {
-            path,
-            member: name,
-            map,
-            loc,
-            nrows,
-            ncols,
-            dtype,
-            order,
-            big_endian,
-        })
+        Ok(NpzMatrix { path, member: name, map, loc, nrows, ncols, dtype, order, big_endian })
     }
 
     /// The path of the `.npz` file.

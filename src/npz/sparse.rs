@@ -257,7 +257,11 @@ pub enum SparseMember {
 /// A range of a 1-D member's elements: a view into the map or a copy.
 enum Slice<X> {
     /// Bytes `range` of the map, aligned for `X` (checked when made).
-    Mapped { map: Arc<Mmap>, bytes: Range<usize>, kind: PhantomData<X> },
+    Mapped {
+        map: Arc<Mmap>,
+        bytes: Range<usize>,
+        kind: PhantomData<X>,
+    },
     Owned(Vec<X>),
 }
 
@@ -359,10 +363,7 @@ impl SparseNpz {
                 dims
             }
             _ => {
-                let why = format!(
-                    "shape has dtype {} and shape {:?}, not 2 integers",
-                    shape.header.descr, shape.shape
-                );
+                let why = format!("shape has dtype {} and shape {:?}, not 2 integers", shape.header.descr, shape.shape);
                 return Err(member_error("shape", why));
             }
         };
@@ -410,10 +411,8 @@ impl SparseNpz {
         }
         let max = t_indices.max();
         if nrows as u64 > max || ncols as u64 > max || data.len as u64 > max {
-            let why = format!(
-                "shape ({nrows}, {ncols}) with {} entries exceeds what {t_indices} indices address",
-                data.len
-            );
+            let why =
+                format!("shape ({nrows}, {ncols}) with {} entries exceeds what {t_indices} indices address", data.len);
             return Err(member_error("shape", why));
         }
         drop(entries);
@@ -683,7 +682,11 @@ impl SparseNpz {
     /// [`NpzErrorKind::Crc`] if they differ (the member is damaged);
     /// [`NpzErrorKind::CrcRange`] if the member is deflated or the lengths do not add up to
     /// [`crc_span`](Self::crc_span).
-    pub fn verify_crc(&self, member: SparseMember, parts: impl IntoIterator<Item = (u32, u64)>) -> Result<(), NpzError> {
+    pub fn verify_crc(
+        &self,
+        member: SparseMember,
+        parts: impl IntoIterator<Item = (u32, u64)>,
+    ) -> Result<(), NpzError> {
         let a = self.array(member);
         a.loc.verify_crc(parts).map_err(|kind| self.error(Some(a.name), kind))
     }
@@ -842,11 +845,8 @@ pub fn split_nnz<I: Index>(indptr: &[I], parts: usize) -> Vec<Range<usize>> {
             let target = first + (total * k as u128 + parts as u128 / 2) / parts as u128;
             let j = indptr.partition_point(|&v| (v.zx() as u128) < target).min(major);
             // `indptr[j - 1] < target <= indptr[j]` (or `j` is the end): the closer of the two.
-            if j > 0 && target - (indptr[j - 1].zx() as u128) < (indptr[j].zx() as u128).saturating_sub(target) {
-                j - 1
-            } else {
-                j
-            }
+            let (below, above) = (indptr[j.saturating_sub(1)].zx() as u128, indptr[j].zx() as u128);
+            if j > 0 && target.saturating_sub(below) < above.saturating_sub(target) { j - 1 } else { j }
         };
         let prev = *bounds.last().unwrap_or(&0);
         bounds.push(end.clamp(prev, major));
