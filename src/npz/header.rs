@@ -65,8 +65,6 @@ pub(crate) enum Elem {
     Int(IndexDtype),
     /// Bytes of this length (`'|S3'`: a sparse file's `format`).
     Bytes(usize),
-    /// numpy's bool (`'|b1'`: a sparse array's `_is_array`).
-    Bool,
 }
 
 impl Elem {
@@ -76,7 +74,6 @@ impl Elem {
             Elem::Scalar(d) => d.size(),
             Elem::Int(i) => i.size(),
             Elem::Bytes(n) => n,
-            Elem::Bool => 1,
         }
     }
 
@@ -85,7 +82,7 @@ impl Elem {
         match self {
             Elem::Scalar(d) => d.component_size(),
             Elem::Int(i) => i.size(),
-            Elem::Bytes(_) | Elem::Bool => 1,
+            Elem::Bytes(_) => 1,
         }
     }
 }
@@ -340,7 +337,6 @@ fn elem_of(descr: &str) -> Option<(Elem, bool)> {
         "c16" => Elem::Scalar(Dtype::Complex128),
         "i4" => Elem::Int(IndexDtype::Int32),
         "i8" => Elem::Int(IndexDtype::Int64),
-        "b1" | "?" => Elem::Bool,
         _ => {
             // `S<n>`: n bytes (numpy writes `|S3`), at most a header's worth.
             let n = rest.strip_prefix('S')?;

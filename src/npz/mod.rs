@@ -33,6 +33,13 @@
 //! # Ok::<(), lazylinop::npz::NpzError>(())
 //! ```
 //!
+//! # Sparse matrices
+//! A scipy sparse matrix saved with `scipy.sparse.save_npz` (CSR or CSC) is read by shares of
+//! its nonzeros with [`SparseNpz`] (see its documentation for the steps:
+//! [`detect`], [`SparseNpz::open`], [`SparseNpz::indptr`], [`split_nnz`], [`SparseNpz::part`]),
+//! and written for zero-copy reading with [`save_sparse`]. The same machinery reads its
+//! members (zip reader, strict header parser, bounded inflater, CRC-32), under the same rules.
+//!
 //! # Untrusted files
 //! A file from a shared filesystem, another person or another program may be damaged or
 //! crafted. Every inconsistency is a typed [`NpzError`], found quickly and with memory bounded

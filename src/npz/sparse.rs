@@ -1,67 +1,5 @@
-//! scipy sparse matrices (`scipy.sparse.save_npz`), read by shares of their nonzeros.
-//!
-//! A sparse `.npz` holds the members `indices`, `indptr` (int32 or int64, the same for both),
-//! `format` (a 0-d bytes array, `b'csr'` or `b'csc'`), `shape` (two int64) and `data` (1-D),
-//! and for a `csr_array`/`csc_array` a sixth, `_is_array`. CSR stores the entries of row `i` at
-//! positions `indptr[i]..indptr[i + 1]` of `indices` (their columns) and `data`; CSC the same
-//! by columns. Here the *major* dimension is the one `indptr` runs over (rows for CSR, columns
-//! for CSC) and the *minor* one the other.
-//!
-//! The steps of a distributed reader, each rank doing the same:
-//! 1. [`detect`] tells a sparse file from a dense one by its members; [`SparseNpz::open`] maps
-//!    the file, reads `format` and `shape`, and checks the members' dtypes, dimensions and
-//!    lengths, reading none of the arrays' data;
-//! 2. [`SparseNpz::indptr`] reads the whole `indptr` (checked: starts at 0, never decreases,
-//!    ends at the number of stored entries), and [`split_nnz`] cuts the major indices into
-//!    contiguous blocks of about equal numbers of nonzeros, the same on every rank;
-//! 3. [`SparseNpz::part`] reads one block: its `indptr` entries and only its share of
-//!    `indices` and `data`, checked (every index below the minor dimension), as a
-//!    [`SparsePart`] that faer's sparse views ([`SparsePart::as_csr`],
-//!    [`SparsePart::as_csc`]) and the crate's kernels read.
-//!
-//! # Zero-copy
-//! A part's `indices` and `data` are views into the file's map when their member is stored
-//! (not compressed), in the machine's byte order and aligned for the element type
-//! ([`SparsePart::is_mapped`]); otherwise they are a copy of the part's share only, read from
-//! the map or by streaming the deflated member (stopping after the share, allocating as the
-//! data arrives). scipy's own stored files (`np.savez`) do not align members, so expect the
-//! copy there; [`save_sparse`](super::save_sparse) writes aligned members. The part's `indptr`
-//! is always a copy, rebased to start at 0 ([`SparsePart::offset`] gives the file position of
-//! its first entry): faer's sparse views index `indices` from the `indptr` values, so viewing a
-//! share in place needs `indptr` relative to the share; it holds one entry per major index of
-//! the part, a fraction of the share's `indices`.
-//!
-//! # Index types
-//! The file's index dtype is read as an unsigned faer [`Index`]: int32 as `u32`, int64 as `u64`
-//! ([`SparseIndex`]), the same bytes reinterpreted, so that a stored member can be viewed in
-//! place. A negative entry becomes a value of at least 2³¹ (2⁶³), which the checks refuse:
-//! every `indptr` entry must be at most the number of stored entries, every index below the
-//! minor dimension, and both dimensions at most the signed maximum of the index type (faer's
-//! own bound). Another index type than the file's is an error
-//! ([`NpzErrorKind::IndexMismatch`]): dispatch on [`SparseNpz::index_dtype`].
-//!
-//! # What is refused
-//! Everything scipy refuses, and more, where scipy would read something else than the file
-//! says or cast silently: a `format` other than csr and csc (coo, bsr, dia: convert them with
-//! `.tocsr()`), indices of another dtype than int32 and int64 (scipy casts int8 and float64
-//! indices), `indices` and `indptr` of different dtypes (scipy casts), `data` of a dtype other
-//! than the four [`Scalar`] ones (scipy makes an integer or string matrix), an `indptr` whose
-//! last entry is below the number of stored entries (scipy drops the rest). Unsorted and
-//! repeated indices within a row are accepted, as scipy and faer's unsorted views accept them:
-//! repeated entries add up in products.
-//!
-//! # What the CRC-32 covers
-//! [`SparseNpz::open`] verifies the CRC-32 of `format` and `shape`, which it reads whole.
-//! [`SparseNpz::part`] of all the major indices verifies those of `indptr`, `indices` and
-//! `data`; a part of some verifies nothing. Ranks holding parts can check a stored member
-//! together with [`SparseNpz::crc_span`], [`SparseNpz::crc32_of`] and
-//! [`SparseNpz::verify_crc`], as for [`NpzMatrix`](super::NpzMatrix).
-//!
-//! As for [`NpzMatrix`](super::NpzMatrix), the file must not be modified in place or truncated
-//! while a [`SparseNpz`] or a mapped [`SparsePart`] of it lives (see the module's "Files changed
-//! while mapped"): a part's views are checked when the part is made, and
-//! [`SparsePart::as_csr`] checks them again (faer's checked constructor) so that a file
-//! changed in place panics rather than letting a kernel read out of bounds.
+//! scipy sparse matrices (`scipy.sparse.save_npz`), read by shares of their nonzeros: see
+//! [`SparseNpz`].
 
 use std::fmt;
 use std::io;
@@ -217,6 +155,83 @@ struct Array {
 /// Owns a read-only memory map of the whole file (shared with the mapped [`SparsePart`]s made
 /// from it), the `format` and `shape`, and the locations and dtypes of `indptr`, `indices`
 /// and `data`; reads none of them until asked. `Send + Sync`.
+///
+/// A sparse `.npz` holds the members `indices`, `indptr` (int32 or int64, the same for both),
+/// `format` (a 0-d bytes array, `b'csr'` or `b'csc'`), `shape` (two int64) and `data` (1-D),
+/// and for a `csr_array`/`csc_array` a sixth, `_is_array`. CSR stores the entries of row `i` at
+/// positions `indptr[i]..indptr[i + 1]` of `indices` (their columns) and `data`; CSC the same
+/// by columns. Here the *major* dimension is the one `indptr` runs over (rows for CSR, columns
+/// for CSC) and the *minor* one the other.
+///
+/// The steps of a distributed reader, each rank doing the same:
+/// 1. [`detect`] tells a sparse file from a dense one by its members; [`SparseNpz::open`] maps
+///    the file, reads `format` and `shape`, and checks the members' dtypes, dimensions and
+///    lengths, reading none of the arrays' data;
+/// 2. [`SparseNpz::indptr`] reads the whole `indptr` (checked: starts at 0, never decreases,
+///    ends at the number of stored entries), and [`split_nnz`] cuts the major indices into
+///    contiguous blocks of about equal numbers of nonzeros, the same on every rank;
+/// 3. [`SparseNpz::part`] reads one block: its `indptr` entries and only its share of
+///    `indices` and `data`, checked (every index below the minor dimension), as a
+///    [`SparsePart`] that faer's sparse views ([`SparsePart::as_csr`],
+///    [`SparsePart::as_csc`]) and the crate's kernels read.
+///
+/// ```no_run
+/// use lazylinop::npz::{SparseNpz, split_nnz};
+///
+/// let npz = SparseNpz::open("matrix.npz")?; // written by scipy.sparse.save_npz
+/// let (rank, ranks) = (0, 2);
+/// // An int32 file is read as u32, an int64 one as u64: see `index_dtype()`.
+/// let indptr = npz.indptr::<u32>()?;
+/// let rows = split_nnz(&indptr, ranks)[rank].clone();
+/// let part = npz.part::<f64, u32>(rows)?; // views where possible, else copies of this share
+/// let local = part.as_csr().expect("a CSR file"); // faer's view of this rank's rows
+/// # let _ = local;
+/// # Ok::<(), lazylinop::npz::NpzError>(())
+/// ```
+///
+/// # Zero-copy
+/// A part's `indices` and `data` are views into the file's map when their member is stored
+/// (not compressed), in the machine's byte order and aligned for the element type
+/// ([`SparsePart::is_mapped`]); otherwise they are a copy of the part's share only, read from
+/// the map or by streaming the deflated member (stopping after the share, allocating as the
+/// data arrives). scipy's own stored files (`np.savez`) do not align members, so expect the
+/// copy there; [`save_sparse`](super::save_sparse) writes aligned members. The part's `indptr`
+/// is always a copy, rebased to start at 0 ([`SparsePart::offset`] gives the file position of
+/// its first entry): faer's sparse views index `indices` from the `indptr` values, so viewing a
+/// share in place needs `indptr` relative to the share; it holds one entry per major index of
+/// the part, a fraction of the share's `indices`.
+///
+/// # Index types
+/// The file's index dtype is read as an unsigned faer [`Index`]: int32 as `u32`, int64 as `u64`
+/// ([`SparseIndex`]), the same bytes reinterpreted, so that a stored member can be viewed in
+/// place. A negative entry becomes a value of at least 2³¹ (2⁶³), which the checks refuse:
+/// every `indptr` entry must be at most the number of stored entries, every index below the
+/// minor dimension, and both dimensions at most the signed maximum of the index type (faer's
+/// own bound). Another index type than the file's is an error
+/// ([`NpzErrorKind::IndexMismatch`]): dispatch on [`SparseNpz::index_dtype`].
+///
+/// # What is refused
+/// Everything scipy refuses, and more, where scipy would read something else than the file
+/// says or cast silently: a `format` other than csr and csc (coo, bsr, dia: convert them with
+/// `.tocsr()`), indices of another dtype than int32 and int64 (scipy casts int8 and float64
+/// indices), `indices` and `indptr` of different dtypes (scipy casts), `data` of a dtype other
+/// than the four [`Scalar`] ones (scipy makes an integer or string matrix), an `indptr` whose
+/// last entry is below the number of stored entries (scipy drops the rest). Unsorted and
+/// repeated indices within a row are accepted, as scipy and faer's unsorted views accept them:
+/// repeated entries add up in products.
+///
+/// # What the CRC-32 covers
+/// [`SparseNpz::open`] verifies the CRC-32 of `format` and `shape`, which it reads whole.
+/// [`SparseNpz::part`] of all the major indices verifies those of `indptr`, `indices` and
+/// `data`; a part of some verifies nothing. Ranks holding parts can check a stored member
+/// together with [`SparseNpz::crc_span`], [`SparseNpz::crc32_of`] and
+/// [`SparseNpz::verify_crc`], as for [`NpzMatrix`](super::NpzMatrix).
+///
+/// As for [`NpzMatrix`](super::NpzMatrix), the file must not be modified in place or truncated
+/// while a [`SparseNpz`] or a mapped [`SparsePart`] of it lives (see the module's "Files changed
+/// while mapped"): a part's views are checked when the part is made, and
+/// [`SparsePart::as_csr`] checks them again (faer's checked constructor) so that a file
+/// changed in place panics rather than letting a kernel read out of bounds.
 pub struct SparseNpz {
     path: PathBuf,
     map: Arc<Mmap>,
