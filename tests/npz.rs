@@ -1577,6 +1577,8 @@ mod sparse {
         if e["aligned"].as_bool().unwrap() {
             assert!(mapped, "{file}: the manifest says aligned");
         }
+        let borrowed = matches!(npz.indptr::<I>().unwrap(), std::borrow::Cow::Borrowed(_));
+        assert_eq!(borrowed, viewable("indptr", align_of::<I>()), "{file}: indptr borrowed from the map");
         for parts in [1, 2, 3, 5] {
             let (got, views) = read_by_parts::<T, I>(&npz, parts).unwrap_or_else(|err| panic!("{file}: {err}"));
             assert_eq!(got, want, "{file}: {parts} parts");

@@ -1,6 +1,7 @@
 //! scipy sparse matrices (`scipy.sparse.save_npz`), read by shares of their nonzeros: see
 //! [`SparseNpz`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -594,22 +595,24 @@ impl SparseNpz {
     }
 
     /// The whole `indptr` (`major() + 1` entries), checked: it starts at 0, never decreases,
-    /// and ends at [`nnz`](Self::nnz). A view into the map when the member is stored,
-    /// native-endian and aligned (then it stays mapped: its pages are read, not copied), else a
-    /// copy. Verifies its CRC-32. What [`split_nnz`] needs, and the same on every rank.
+    /// and ends at [`nnz`](Self::nnz). Borrowed from the map when the member is stored,
+    /// native-endian and aligned (its pages are read, not copied), else a copy. Verifies its
+    /// CRC-32. What [`split_nnz`] needs, and the same on every rank.
     ///
     /// # Errors
     /// [`NpzErrorKind::IndexMismatch`] if `I::DTYPE` is not the file's index dtype,
     /// [`NpzErrorKind::Indptr`] for an entry out of place, [`NpzErrorKind::Crc`] if the
     /// member is damaged, [`NpzErrorKind::Truncated`] or [`NpzErrorKind::Corrupt`] for a
     /// deflated member that does not inflate to its size.
-    pub fn indptr<I: SparseIndex>(&self) -> Result<Vec<I>, NpzError> {
+    pub fn indptr<I: SparseIndex>(&self) -> Result<Cow<'_, [I]>, NpzError> {
         self.check_index::<I>()?;
         let all = self.read::<I>(&self.indptr, 0..self.indptr.len, true)?;
         self.check_indptr(all.get(), 0)?;
         Ok(match all {
-            Slice::Owned(v) => v,
-            mapped => mapped.get().to_vec(),
+            Slice::Owned(v) => Cow::Owned(v),
+            Slice::Mapped { bytes, .. } => Cow::Borrowed(
+                bytemuck::try_cast_slice(&self.map[bytes]).expect("a mapped slice's alignment is checked when made"),
+            ),
         })
     }
 
