@@ -2025,6 +2025,25 @@ mod sparse {
         round_trip::<c32, u64>(dir);
         round_trip::<c64, u32>(dir);
         round_trip::<c64, u64>(dir);
+        // A faer view with per-row counts (entries past each count are not the matrix's):
+        // written compressed, `indptr` from 0.
+        {
+            use faer::sparse::{SparseRowMatRef, SymbolicSparseRowMatRef};
+            let ptr = [1u32, 4, 5, 9];
+            let nnz = [2u32, 0, 3];
+            let idx = [9u32, 0, 2, 7, 8, 1, 1, 3, 8];
+            let val = [9.0f64, 1.0, 2.0, 9.0, 9.0, 3.0, 4.0, 5.0, 9.0];
+            let s = SymbolicSparseRowMatRef::new_unsorted_checked(3, 4, &ptr, Some(&nnz), &idx);
+            let path = dir.join(format!("sparse_nnz_{}.npz", std::process::id()));
+            save_sparse(&path, SparseRowMatRef::new(s, &val)).unwrap();
+            let npz = SparseNpz::open(&path).unwrap();
+            let whole = npz.part::<f64, u32>(0..3).unwrap();
+            assert_eq!(
+                (whole.indptr(), whole.indices(), whole.data()),
+                (&[0u32, 2, 2, 5][..], &[0u32, 2, 1, 1, 3][..], &[1.0, 2.0, 3.0, 4.0, 5.0][..])
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
         // An empty 0×0 matrix and one without entries.
         let path = dir.join(format!("sparse_empty_{}.npz", std::process::id()));
         for (m, n) in [(0, 0), (3, 0), (0, 4), (6, 5)] {
