@@ -1941,6 +1941,65 @@ mod sparse {
         println!("scipy loads save_sparse's {format:?} file");
     }
 
+    /// A deflated CSR file of `rows` rows of 8 entries (int32 indices, float64 values), built
+    /// here with the zip helpers.
+    fn deflated_csr(rows: usize) -> Vec<u8> {
+        use super::{RawMember, npy, zip_archive};
+        let (n, per) = (rows, 8usize);
+        let mut idx = Vec::new();
+        let mut val = Vec::new();
+        let mut ptr = vec![0u8; 0];
+        ptr.extend_from_slice(&0i32.to_le_bytes());
+        for i in 0..n {
+            for k in 0..per {
+                idx.extend_from_slice(&(((i * 7 + k * 3) % 50) as i32).to_le_bytes());
+                val.extend_from_slice(&((i * per + k) as f64).to_le_bytes());
+            }
+            ptr.extend_from_slice(&(((i + 1) * per) as i32).to_le_bytes());
+        }
+        let dict =
+            |descr: &str, shape: &str| format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let nnz = n * per;
+        let mut shape = Vec::new();
+        shape.extend_from_slice(&(n as i64).to_le_bytes());
+        shape.extend_from_slice(&50i64.to_le_bytes());
+        zip_archive(&[
+            RawMember::deflated("indices.npy", &npy(&dict("<i4", &format!("({nnz},)")), 1, &idx)),
+            RawMember::deflated("indptr.npy", &npy(&dict("<i4", &format!("({},)", n + 1)), 1, &ptr)),
+            RawMember::deflated("format.npy", &npy(&dict("|S3", "()"), 1, b"csr")),
+            RawMember::deflated("shape.npy", &npy(&dict("<i8", "(2,)"), 1, &shape)),
+            RawMember::deflated("data.npy", &npy(&dict("<f8", &format!("({nnz},)")), 1, &val)),
+        ])
+    }
+
+    #[test]
+    fn deflated_parts_hold_only_their_share() {
+        let rows = 100_000;
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sparse_deflated_{}.npz", std::process::id()));
+        std::fs::write(&path, deflated_csr(rows)).unwrap();
+        for range in [0..10, rows / 2..rows / 2 + 10, rows - 10..rows] {
+            let p = path.clone();
+            let r = range.clone();
+            let (part, peak, _) = bounded(Duration::from_secs(20), move || {
+                let npz = SparseNpz::open(&p).unwrap();
+                npz.part::<f64, u32>(r).unwrap()
+            });
+            // 10 rows of 8 entries: 80 values and indices, whatever the file's 800000; the
+            // inflater's state and a chunk buffer besides.
+            assert!(peak < 256 << 10, "{range:?}: peak heap {peak} bytes");
+            println!("deflated part {range:?}: peak heap {peak} bytes");
+            assert!(!part.is_mapped());
+            assert_eq!((part.nnz(), part.offset()), (80, range.start * 8));
+            let want: Vec<f64> = (range.start * 8..range.end * 8).map(|k| k as f64).collect();
+            assert_eq!(part.data(), &want[..]);
+            assert_eq!(part.indptr(), &(0..=10).map(|k| k * 8).collect::<Vec<u32>>()[..]);
+        }
+        // The whole file, checked and CRC-verified.
+        let npz = SparseNpz::open(&path).unwrap();
+        assert_eq!(npz.part::<f64, u32>(0..rows).unwrap().nnz(), rows * 8);
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn sparse_file_and_part_are_send_and_sync() {
         fn check<X: Send + Sync>() {}
