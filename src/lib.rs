@@ -33,7 +33,9 @@
 //!   ([`parallel::thread`]), forked processes (`parallel::process`, unix) or
 //!   MPI ranks (`parallel::mpi`, feature `mpi`).
 //! - [`npz`]: one 2-D member of a numpy `.npz` file, read through a memory
-//!   map (row blocks viewed in place or copied), and [`npz::save`].
+//!   map (row blocks viewed in place or copied), and [`npz::save`]; scipy
+//!   sparse `.npz` files (CSR, CSC) read by shares of their nonzeros
+//!   ([`npz::SparseNpz`]), and [`npz::save_sparse`].
 //! - `mpilop` (feature `mpi`): `MpiLop`, a matrix from a `.npz` distributed
 //!   by rows over MPI ranks.
 //! - [`Scalar`]: the four scalar types (`f32`, `f64`, `c32`, `c64`) that

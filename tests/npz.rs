@@ -374,7 +374,7 @@ fn larger_members_read_by_blocks() {
     let mut views = 0;
     let partitions = [1, 2, 3, 7, 16, 301];
     for (k, &(name, order, method, aligned)) in members.iter().enumerate() {
-        let expect_view = method == zip::CompressionMethod::Stored && (starts[k] + 128) % 8 == 0;
+        let expect_view = method == zip::CompressionMethod::Stored && (starts[k] + 128).is_multiple_of(8);
         assert_eq!(expect_view, aligned, "{name}: data at {}", starts[k] + 128);
         let m = NpzMatrix::open(&path, Some(name)).unwrap();
         assert_eq!((m.shape(), m.order()), ((rows, cols), order), "{name}");
@@ -622,7 +622,7 @@ fn zip_archive(members: &[RawMember]) -> Vec<u8> {
 fn npy(dict: &str, version: u8, data: &[u8]) -> Vec<u8> {
     let len_bytes = if version == 1 { 2 } else { 4 };
     let mut dict = dict.to_string();
-    while (8 + len_bytes + dict.len() + 1) % 64 != 0 {
+    while !(8 + len_bytes + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
@@ -1400,4 +1400,721 @@ fn duplicate_member_names_are_refused() {
     let b = npy(F64_2X3, 1, &[0u8; 48]);
     let bytes = zip_archive(&[RawMember::stored("a.npy", &a), RawMember::stored("a.npy", &b)]);
     expect_err(open_hostile("duplicate", &bytes), "two members named a.npy", |k| matches!(k, NpzErrorKind::NotZip(_)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// scipy sparse files (issue 14): the fixtures of `tests/data/sparse/` (written by
+// `scripts/make_sparse_fixtures.py` with scipy), read whole and by parts, and `save_sparse`.
+// ---------------------------------------------------------------------------------------------
+
+mod sparse {
+    use std::ops::Range;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use faer::{Mat, c32, c64};
+    use lazylinop::Scalar;
+    use lazylinop::npz::{
+        Dtype, IndexDtype, NpzError, NpzErrorKind, NpzLayout, SparseFormat, SparseIndex, SparseMember, SparseNpz,
+        SparsePart, detect, save_sparse, split_nnz,
+    };
+    use serde_json::Value;
+
+    use super::bounded;
+
+    fn data(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sparse").join(name)
+    }
+
+    fn manifest() -> Value {
+        serde_json::from_str(&std::fs::read_to_string(data("manifest.json")).unwrap()).unwrap()
+    }
+
+    /// The scalar types, built exactly from the manifest's numbers.
+    pub trait Exact: Scalar + PartialEq + std::fmt::Debug {
+        fn from_pair(re: f64, im: f64) -> Self;
+    }
+    impl Exact for f32 {
+        fn from_pair(re: f64, _: f64) -> Self {
+            re as f32
+        }
+    }
+    impl Exact for f64 {
+        fn from_pair(re: f64, _: f64) -> Self {
+            re
+        }
+    }
+    impl Exact for c32 {
+        fn from_pair(re: f64, im: f64) -> Self {
+            c32::new(re as f32, im as f32)
+        }
+    }
+    impl Exact for c64 {
+        fn from_pair(re: f64, im: f64) -> Self {
+            c64::new(re, im)
+        }
+    }
+
+    /// The manifest's dense matrix, as `T`.
+    fn expected<T: Exact>(e: &Value) -> Mat<T> {
+        let shape = e["shape"].as_array().unwrap();
+        let (m, n) = (shape[0].as_u64().unwrap() as usize, shape[1].as_u64().unwrap() as usize);
+        let rows = e["dense"].as_array().unwrap();
+        Mat::from_fn(m, n, |i, j| {
+            let x = &rows[i][j];
+            match x.as_array() {
+                Some(pair) => T::from_pair(pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap()),
+                None => T::from_pair(x.as_f64().unwrap(), 0.0),
+            }
+        })
+    }
+
+    /// Adds the entries of `part` into `out` (the whole matrix), from its raw slices, and checks
+    /// that faer's view of it (checked by faer) has the same entries.
+    fn accumulate<T: Exact, I: SparseIndex>(part: &SparsePart<T, I>, out: &mut Mat<T>) {
+        let (ptr, idx, val) = (part.indptr(), part.indices(), part.data());
+        assert_eq!(ptr.len(), part.range().len() + 1);
+        assert_eq!(ptr[0].zx(), 0);
+        assert_eq!((idx.len(), val.len(), ptr[ptr.len() - 1].zx()), (part.nnz(), part.nnz(), part.nnz()));
+        let mut block = Mat::<T>::zeros(part.shape().0, part.shape().1);
+        for k in 0..part.range().len() {
+            for e in ptr[k].zx()..ptr[k + 1].zx() {
+                let (i, j) = match part.format() {
+                    SparseFormat::Csr => (k, idx[e].zx()),
+                    SparseFormat::Csc => (idx[e].zx(), k),
+                };
+                block[(i, j)] += val[e];
+            }
+        }
+        let faer_dense = match part.format() {
+            SparseFormat::Csr => {
+                assert!(part.as_csc().is_none());
+                part.as_csr().unwrap().to_dense()
+            }
+            SparseFormat::Csc => {
+                assert!(part.as_csr().is_none());
+                part.as_csc().unwrap().to_dense()
+            }
+        };
+        assert_eq!(faer_dense, block, "faer's view of the part");
+        let r = part.range();
+        for i in 0..block.nrows() {
+            for j in 0..block.ncols() {
+                let (oi, oj) = match part.format() {
+                    SparseFormat::Csr => (r.start + i, j),
+                    SparseFormat::Csc => (i, r.start + j),
+                };
+                out[(oi, oj)] += block[(i, j)];
+            }
+        }
+    }
+
+    /// Reads `npz` as a distributed reader would with `parts` ranks: the whole `indptr`, the
+    /// split, then each part; returns the dense matrix and whether each part was mapped.
+    fn read_by_parts<T: Exact, I: SparseIndex>(npz: &SparseNpz, parts: usize) -> Result<(Mat<T>, Vec<bool>), NpzError> {
+        let indptr = npz.indptr::<I>()?;
+        let blocks = split_nnz(&indptr, parts);
+        check_split(&indptr, &blocks, parts);
+        let (m, n) = npz.shape();
+        let mut out = Mat::<T>::zeros(m, n);
+        let mut mapped = Vec::new();
+        for b in blocks {
+            let part = npz.part::<T, I>(b.clone())?;
+            assert_eq!(part.range(), b);
+            assert_eq!(part.offset(), indptr[b.start].zx());
+            mapped.push(part.is_mapped());
+            accumulate(&part, &mut out);
+        }
+        Ok((out, mapped))
+    }
+
+    /// The blocks cover `0..major` in order, each index once, and are balanced: each holds
+    /// within one major index's entries (the largest) of `nnz / parts`.
+    fn check_split<I: SparseIndex>(indptr: &[I], blocks: &[Range<usize>], parts: usize) {
+        let major = indptr.len() - 1;
+        assert_eq!(blocks.len(), parts);
+        assert_eq!(blocks[0].start, 0);
+        assert_eq!(blocks[parts - 1].end, major);
+        for w in blocks.windows(2) {
+            assert_eq!(w[0].end, w[1].start, "{blocks:?}");
+        }
+        let nnz = indptr[major].zx() as f64;
+        let widest = indptr.windows(2).map(|w| w[1].zx() - w[0].zx()).max().unwrap_or(0) as f64;
+        for b in blocks {
+            assert!(b.start <= b.end, "{blocks:?}");
+            let held = (indptr[b.end].zx() - indptr[b.start].zx()) as f64;
+            assert!((held - nnz / parts as f64).abs() <= widest + 1.0, "{blocks:?}: {held} of {nnz} for {parts} parts");
+        }
+        if nnz == 0.0 {
+            for b in blocks {
+                assert!(b.len() <= major.div_ceil(parts), "{blocks:?}: even by count without entries");
+            }
+        }
+    }
+
+    fn check_valid<T: Exact, I: SparseIndex>(e: &Value) {
+        let file = e["file"].as_str().unwrap();
+        let npz = SparseNpz::open(data(file)).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(detect(data(file)).unwrap(), NpzLayout::Sparse);
+        let format = if e["format"] == "csr" { SparseFormat::Csr } else { SparseFormat::Csc };
+        assert_eq!(npz.format(), format, "{file}");
+        assert_eq!((npz.dtype(), npz.index_dtype()), (T::DTYPE, I::DTYPE), "{file}");
+        assert_eq!(npz.nnz() as u64, e["nnz"].as_u64().unwrap(), "{file}");
+        let want = expected::<T>(e);
+        assert_eq!(npz.shape(), (want.nrows(), want.ncols()));
+        let indptr: Vec<u64> = npz.indptr::<I>().unwrap().iter().map(|v| v.zx() as u64).collect();
+        let listed: Vec<u64> = e["indptr"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(indptr, listed, "{file}: indptr");
+
+        // Zero-copy exactly where the member is stored, native-endian and aligned for its type.
+        let offset = |name: &str| {
+            e["members"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["data_offset"].as_u64()
+        };
+        let viewable = |name: &str, align: usize| {
+            !e["big_endian"].as_bool().unwrap() && offset(name).is_some_and(|o| (o as usize).is_multiple_of(align))
+        };
+        let mapped = viewable("indices", align_of::<I>()) && viewable("data", align_of::<T>());
+        if e["aligned"].as_bool().unwrap() {
+            assert!(mapped, "{file}: the manifest says aligned");
+        }
+        let borrowed = matches!(npz.indptr::<I>().unwrap(), std::borrow::Cow::Borrowed(_));
+        assert_eq!(borrowed, viewable("indptr", align_of::<I>()), "{file}: indptr borrowed from the map");
+        for parts in [1, 2, 3, 5] {
+            let (got, views) = read_by_parts::<T, I>(&npz, parts).unwrap_or_else(|err| panic!("{file}: {err}"));
+            assert_eq!(got, want, "{file}: {parts} parts");
+            assert!(views.iter().all(|&v| v == mapped), "{file}: {parts} parts mapped {views:?}, expected {mapped}");
+        }
+        // A part lives on after the file handle (it shares the map or owns its copy).
+        let whole = npz.part::<T, I>(0..npz.major()).unwrap();
+        drop(npz);
+        let mut again = Mat::<T>::zeros(want.nrows(), want.ncols());
+        accumulate(&whole, &mut again);
+        assert_eq!(again, want, "{file}: whole part after the file handle is dropped");
+    }
+
+    macro_rules! with_types {
+        ($dtype:expr, $index:expr, $f:ident($($arg:expr),*)) => {
+            match ($dtype, $index) {
+                (Dtype::Float32, IndexDtype::Int32) => $f::<f32, u32>($($arg),*),
+                (Dtype::Float32, IndexDtype::Int64) => $f::<f32, u64>($($arg),*),
+                (Dtype::Float64, IndexDtype::Int32) => $f::<f64, u32>($($arg),*),
+                (Dtype::Float64, IndexDtype::Int64) => $f::<f64, u64>($($arg),*),
+                (Dtype::Complex64, IndexDtype::Int32) => $f::<c32, u32>($($arg),*),
+                (Dtype::Complex64, IndexDtype::Int64) => $f::<c32, u64>($($arg),*),
+                (Dtype::Complex128, IndexDtype::Int32) => $f::<c64, u32>($($arg),*),
+                (Dtype::Complex128, IndexDtype::Int64) => $f::<c64, u64>($($arg),*),
+            }
+        };
+    }
+
+    fn dtype_of(name: &str) -> Dtype {
+        *Dtype::ALL.iter().find(|d| d.name() == name).unwrap()
+    }
+
+    fn index_of(name: &str) -> IndexDtype {
+        if name == "int32" { IndexDtype::Int32 } else { IndexDtype::Int64 }
+    }
+
+    #[test]
+    fn every_valid_fixture_reads_whole_and_by_parts() {
+        let m = manifest();
+        let valid = m["valid"].as_array().unwrap();
+        assert_eq!(valid.len(), 56);
+        for e in valid {
+            let e = e.clone();
+            let file = e["file"].as_str().unwrap().to_string();
+            let (dtype, index) = (dtype_of(e["dtype"].as_str().unwrap()), index_of(e["index_dtype"].as_str().unwrap()));
+            let ((), _, took) = bounded(Duration::from_secs(20), move || with_types!(dtype, index, check_valid(&e)));
+            assert!(took < Duration::from_secs(10), "{file}: {took:?}");
+        }
+    }
+
+    #[test]
+    fn mismatched_types_are_typed_errors() {
+        let npz = SparseNpz::open(data("csr_float64_int32_stored.npz")).unwrap();
+        match npz.part::<f32, u32>(0..1).unwrap_err().kind() {
+            NpzErrorKind::DtypeMismatch { expected: Dtype::Float32, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        let err = npz.part::<f64, u64>(0..1).unwrap_err();
+        assert!(
+            matches!(err.kind(), NpzErrorKind::IndexMismatch { found: IndexDtype::Int32, expected: IndexDtype::Int64 }),
+            "{err}"
+        );
+        assert!(matches!(npz.indptr::<u64>().unwrap_err().kind(), NpzErrorKind::IndexMismatch { .. }));
+        let err = npz.part::<f64, u32>(3..14).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::MajorOutOfRange { major: 13, .. }), "{err}");
+        #[allow(clippy::reversed_empty_ranges)]
+        let err = npz.part::<f64, u32>(5..4).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::MajorOutOfRange { .. }), "{err}");
+        // Empty parts anywhere, including at the end.
+        for k in 0..=13 {
+            let part = npz.part::<f64, u32>(k..k).unwrap();
+            assert_eq!((part.nnz(), part.indptr().len(), part.shape()), (0, 1, (0, 11)));
+        }
+    }
+
+    #[test]
+    fn dense_files_are_told_apart_and_refused_as_sparse() {
+        let dense = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/npz/float64_c_stored.npz");
+        assert_eq!(detect(&dense).unwrap(), NpzLayout::Dense);
+        let err = SparseNpz::open(&dense).unwrap_err();
+        assert!(matches!(err.kind(), NpzErrorKind::NotSparse { .. }), "{err}");
+        assert!(err.to_string().contains("not a scipy sparse matrix file"), "{err}");
+        // A sparse file missing one member is still detected as sparse, and named.
+        assert_eq!(detect(data("missing_format.npz")).unwrap(), NpzLayout::Sparse);
+        assert_eq!(detect(data("unsupported_coo.npz")).unwrap(), NpzLayout::Sparse);
+        assert!(matches!(detect(data("truncated.npz")).unwrap_err().kind(), NpzErrorKind::Truncated));
+    }
+
+    /// Whether `kind` is the error the manifest's `reason` describes.
+    fn matches_reason(reason: &str, err: &NpzError) -> bool {
+        let kind = err.kind();
+        match reason {
+            "indptr_not_monotonic" => matches!(kind, NpzErrorKind::Indptr { why, .. } if why.contains("decreases")),
+            "indptr_first_nonzero" => matches!(kind, NpzErrorKind::Indptr { at: 0, value: 1, .. }),
+            "indptr_last_exceeds_nnz" | "indptr_entry_exceeds_nnz" => {
+                matches!(kind, NpzErrorKind::Indptr { why, .. } if why.contains("exceeds"))
+            }
+            "indptr_last_below_nnz" => matches!(kind, NpzErrorKind::Indptr { why, .. } if why.contains("last entry")),
+            "index_out_of_range" => {
+                matches!(kind, NpzErrorKind::IndexOutOfRange { index, bound, .. } if index >= &(*bound as i64))
+            }
+            "negative_index" => matches!(kind, NpzErrorKind::IndexOutOfRange { index: -1, bound: 11, .. }),
+            "data_indices_length_mismatch" => matches!(kind, NpzErrorKind::LengthMismatch { .. }),
+            "shape_indptr_mismatch" => matches!(kind, NpzErrorKind::IndptrLength { found: 14, expected: 13 }),
+            "shape_not_2d" | "negative_shape" => {
+                matches!(kind, NpzErrorKind::SparseMember(_)) && err.member() == Some("shape")
+            }
+            "data_not_1d" => matches!(kind, NpzErrorKind::SparseMember(_)) && err.member() == Some("data"),
+            "index_dtype:int8" | "index_dtype:float64" => matches!(kind, NpzErrorKind::IndexDtype(_)),
+            "index_dtype_mismatch" => matches!(
+                kind,
+                NpzErrorKind::IndexDtypeMismatch { indices: IndexDtype::Int32, indptr: IndexDtype::Int64 }
+            ),
+            "bad_crc" => matches!(kind, NpzErrorKind::Crc { .. }) && err.member() == Some("data"),
+            "truncated" => matches!(kind, NpzErrorKind::Truncated),
+            _ => {
+                if let Some(member) = reason.strip_prefix("missing_member:") {
+                    matches!(kind, NpzErrorKind::MemberMissing { .. }) && err.member() == Some(member)
+                } else if let Some(dtype) = reason.strip_prefix("data_dtype:") {
+                    matches!(kind, NpzErrorKind::UnsupportedDtype(_))
+                        && err.member() == Some("data")
+                        && (dtype == "int64" || err.to_string().contains(if dtype == "object" { "O" } else { dtype }))
+                } else if let Some(name) =
+                    reason.strip_prefix("unknown_format:").or_else(|| reason.strip_prefix("unsupported_format:"))
+                {
+                    let hint = reason.starts_with("unknown") || err.to_string().contains(".tocsr()");
+                    matches!(kind, NpzErrorKind::SparseFormat(f) if f == name) && hint
+                } else {
+                    panic!("unknown reason {reason}")
+                }
+            }
+        }
+    }
+
+    /// A whole read, as a distributed reader's first steps: open, the whole `indptr`, a part
+    /// of every major index.
+    fn whole_read<T: Scalar, I: SparseIndex>(path: &Path) -> Result<(), NpzError> {
+        let npz = SparseNpz::open(path)?;
+        npz.indptr::<I>()?;
+        npz.part::<T, I>(0..npz.major())?;
+        Ok(())
+    }
+
+    /// Each part of `parts` even blocks on its own (without reading the whole `indptr`): the
+    /// errors they give.
+    fn by_parts<T: Scalar, I: SparseIndex>(npz: &SparseNpz, parts: usize) -> Vec<NpzError> {
+        let major = npz.major();
+        (0..parts).filter_map(|k| npz.part::<T, I>(k * major / parts..(k + 1) * major / parts).err()).collect()
+    }
+
+    #[test]
+    fn every_malformed_fixture_is_a_typed_error() {
+        let m = manifest();
+        let malformed = m["malformed"].as_array().unwrap();
+        assert_eq!(malformed.len(), 33);
+        for e in malformed {
+            let (file, reason) = (e["file"].as_str().unwrap().to_string(), e["reason"].as_str().unwrap().to_string());
+            let path = data(&file);
+            let (result, _, _) = bounded(Duration::from_secs(10), move || {
+                // The file's own types where it opens, else any: the error comes first.
+                let types = SparseNpz::open(&path).map(|n| (n.dtype(), n.index_dtype()));
+                let (dtype, index) = types.unwrap_or((Dtype::Float64, IndexDtype::Int32));
+                let whole = with_types!(dtype, index, whole_read(&path));
+                // Structural faults are found by the part holding them, alone.
+                let parts: Vec<Vec<NpzError>> = match SparseNpz::open(&path) {
+                    Ok(npz) => [1, 2, 3, 5].iter().map(|&p| with_types!(dtype, index, by_parts(&npz, p))).collect(),
+                    Err(_) => Vec::new(),
+                };
+                (whole, parts)
+            });
+            let (whole, parts) = result;
+            let err = whole.expect_err(&file);
+            assert!(matches_reason(&reason, &err), "{file} ({reason}): {err} ({:?})", err.kind());
+            assert!(err.to_string().contains(&file), "{err}");
+            let structural =
+                reason.starts_with("indptr_") || reason.starts_with("index_out") || reason == "negative_index";
+            for (p, errs) in parts.iter().enumerate() {
+                if structural {
+                    assert!(!errs.is_empty(), "{file}: no part of split {p} found the fault");
+                }
+                for err in errs {
+                    // A part that sees another part's fault differently may name another
+                    // `indptr` problem (e.g. an entry past nnz seen as decreasing), never a
+                    // wrong kind.
+                    let ok = matches_reason(&reason, err)
+                        || (reason.starts_with("indptr_") && matches!(err.kind(), NpzErrorKind::Indptr { .. }))
+                        || (reason == "bad_crc" && matches!(err.kind(), NpzErrorKind::Crc { .. }));
+                    assert!(ok, "{file}: a part failed with {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_is_balanced_and_covers_every_index_once() {
+        // The skewed fixture: one row holds 6 of the 10 entries.
+        let npz = SparseNpz::open(data("csr_skewed.npz")).unwrap();
+        let indptr = npz.indptr::<u32>().unwrap();
+        for parts in 1..=12 {
+            let blocks = split_nnz(&indptr, parts);
+            check_split(&indptr, &blocks, parts);
+        }
+        let heavy = (0..9).find(|&i| indptr[i + 1] - indptr[i] == 6).unwrap();
+        let two = split_nnz(&indptr, 2);
+        let holds = |b: &Range<usize>| indptr[b.end] - indptr[b.start];
+        // 10 entries in two: the heavy row goes where the split is closest to 5.
+        assert!(two.iter().any(|b| b.contains(&heavy) && holds(b) >= 6), "{two:?}");
+        assert!(two.iter().map(holds).max().unwrap() <= 8, "{two:?}");
+        assert_eq!(split_nnz(&indptr, 3), split_nnz(&indptr, 3), "deterministic");
+
+        // Uniform rows balance exactly; empty matrices split by count; more parts than rows.
+        let uniform: Vec<u64> = (0..=12).map(|i| 5 * i).collect();
+        assert_eq!(split_nnz(&uniform, 4), vec![0..3, 3..6, 6..9, 9..12]);
+        let empty = vec![0u32; 11];
+        assert_eq!(split_nnz(&empty, 3), vec![0..3, 3..6, 6..10]);
+        let few = [0u32, 4, 9];
+        let blocks = split_nnz(&few, 5);
+        check_split(&few, &blocks, 5);
+        assert_eq!(blocks.iter().filter(|b| !b.is_empty()).count(), 2);
+        assert_eq!(split_nnz(&[0u32], 3), vec![0..0, 0..0, 0..0]);
+        // An unchecked, decreasing indptr: still every index once, no panic.
+        let wild = [5u32, 30, 3, 12, 2, 20];
+        for parts in 1..8 {
+            let blocks = split_nnz(&wild, parts);
+            assert_eq!((blocks[0].start, blocks[parts - 1].end), (0, 5));
+            assert!(blocks.windows(2).all(|w| w[0].end == w[1].start && w[0].start <= w[0].end), "{blocks:?}");
+        }
+
+        // Random indptrs with heavy rows.
+        let mut state = 12345u64;
+        for _ in 0..200 {
+            let mut next = || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 33) as usize
+            };
+            let n = next() % 40;
+            let mut ptr = vec![0u64];
+            for _ in 0..n {
+                let heavy = next() % 10 == 0;
+                let add = if heavy { next() % 200 } else { next() % 6 };
+                ptr.push(ptr.last().unwrap() + add as u64);
+            }
+            for parts in [1, 2, 3, 5, 7, 64] {
+                check_split(&ptr, &split_nnz(&ptr, parts), parts);
+            }
+        }
+    }
+
+    #[test]
+    fn crc_of_members_combines_across_shares() {
+        let npz = SparseNpz::open(data("csr_float64_int32_aligned.npz")).unwrap();
+        for member in [SparseMember::Indptr, SparseMember::Indices, SparseMember::Data] {
+            let span = npz.crc_span(member).unwrap();
+            let cut = span / 3;
+            let parts =
+                [(npz.crc32_of(member, 0..cut).unwrap(), cut), (npz.crc32_of(member, cut..span).unwrap(), span - cut)];
+            npz.verify_crc(member, parts).unwrap();
+            let err = npz.verify_crc(member, [(parts[0].0 ^ 1, cut), parts[1]]).unwrap_err();
+            assert!(matches!(err.kind(), NpzErrorKind::Crc { .. }), "{err}");
+            assert!(matches!(npz.crc32_of(member, 0..span + 1).unwrap_err().kind(), NpzErrorKind::CrcRange { .. }));
+        }
+        // The damaged fixture: only the data member's shares disagree.
+        let bad = SparseNpz::open(data("bad_crc.npz")).unwrap();
+        for (member, ok) in [(SparseMember::Indptr, true), (SparseMember::Indices, true), (SparseMember::Data, false)] {
+            let span = bad.crc_span(member).unwrap();
+            assert_eq!(bad.verify_crc(member, [(bad.crc32_of(member, 0..span).unwrap(), span)]).is_ok(), ok);
+        }
+        // Deflated members have no span: a whole part verifies them.
+        let deflated = SparseNpz::open(data("csr_float64_int32_deflated.npz")).unwrap();
+        assert!(deflated.is_compressed(SparseMember::Data));
+        assert_eq!(deflated.crc_span(SparseMember::Data), None);
+        assert!(matches!(
+            deflated.crc32_of(SparseMember::Data, 0..0).unwrap_err().kind(),
+            NpzErrorKind::CrcRange { span: None, .. }
+        ));
+    }
+
+    /// A CSR matrix with unsorted and repeated column indices and an empty row.
+    fn noncanonical<T: Exact, I: SparseIndex>() -> (Vec<I>, Vec<I>, Vec<T>, Mat<T>) {
+        let pattern: [&[usize]; 5] = [&[2, 0, 2], &[], &[3, 1, 1, 0], &[1], &[3, 3]];
+        let (mut ptr, mut idx, mut val) = (vec![I::truncate(0)], Vec::new(), Vec::new());
+        let mut dense = Mat::<T>::zeros(5, 4);
+        let mut x = 0.25;
+        for (i, row) in pattern.iter().enumerate() {
+            for &j in row.iter() {
+                x += 1.5;
+                let v = T::from_pair(x, -x / 2.0);
+                idx.push(I::truncate(j));
+                val.push(v);
+                dense[(i, j)] += v;
+            }
+            ptr.push(I::truncate(idx.len()));
+        }
+        (ptr, idx, val, dense)
+    }
+
+    fn round_trip<T: Exact, I: SparseIndex>(dir: &Path) {
+        use faer::sparse::{SparseColMatRef, SparseRowMatRef, SymbolicSparseColMatRef, SymbolicSparseRowMatRef};
+        let (ptr, idx, val, dense) = noncanonical::<T, I>();
+        let path = dir.join(format!("sparse_{}_{}_{}.npz", T::DTYPE, I::DTYPE, std::process::id()));
+        for format in [SparseFormat::Csr, SparseFormat::Csc] {
+            match format {
+                SparseFormat::Csr => {
+                    let s = SymbolicSparseRowMatRef::new_unsorted_checked(5, 4, &ptr, None, &idx);
+                    save_sparse(&path, SparseRowMatRef::new(s, &val)).unwrap();
+                }
+                SparseFormat::Csc => {
+                    // The same arrays as a CSC matrix: the transpose.
+                    let s = SymbolicSparseColMatRef::new_unsorted_checked(4, 5, &ptr, None, &idx);
+                    save_sparse(&path, SparseColMatRef::new(s, &val)).unwrap();
+                }
+            }
+            let want = match format {
+                SparseFormat::Csr => dense.clone(),
+                SparseFormat::Csc => dense.transpose().to_owned(),
+            };
+            let npz = SparseNpz::open(&path).unwrap();
+            assert_eq!((npz.format(), npz.dtype(), npz.index_dtype()), (format, T::DTYPE, I::DTYPE));
+            for parts in [1, 2, 3, 5] {
+                let (got, mapped) = read_by_parts::<T, I>(&npz, parts).unwrap();
+                assert_eq!(got, want, "{format:?}, {parts} parts");
+                assert!(mapped.iter().all(|&m| m), "save_sparse's members are viewed in place");
+            }
+            // The arrays as written, unsorted and repeated indices kept.
+            let whole = npz.part::<T, I>(0..5).unwrap();
+            assert_eq!((whole.indptr(), whole.indices(), whole.data()), (&ptr[..], &idx[..], &val[..]));
+            if T::DTYPE == Dtype::Complex128 && I::DTYPE == IndexDtype::Int32 {
+                scipy_check(&path, format, &want);
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Loads `path` with `scipy.sparse.load_npz` and compares it with `want`, when python3 and
+    /// scipy are installed (CI has no scipy: then it says so and checks nothing).
+    fn scipy_check<T: Exact>(path: &Path, format: SparseFormat, want: &Mat<T>) {
+        let script = "import sys, json, scipy.sparse as sp\n\
+                      a = sp.load_npz(sys.argv[1]); a.check_format(full_check=True)\n\
+                      d = a.toarray()\n\
+                      print(json.dumps([a.format, [[[float(x.real), float(x.imag)] for x in r] for r in d]]))";
+        let out = match std::process::Command::new("python3").arg("-c").arg(script).arg(path).output() {
+            Ok(out) if out.status.success() => out,
+            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
+                println!("scipy is not installed: save_sparse not checked against scipy");
+                return;
+            }
+            Ok(out) => panic!("scipy failed to load the file: {}", String::from_utf8_lossy(&out.stderr)),
+            Err(_) => {
+                println!("python3 is not installed: save_sparse not checked against scipy");
+                return;
+            }
+        };
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0], if format == SparseFormat::Csr { "csr" } else { "csc" });
+        let got = Mat::<T>::from_fn(want.nrows(), want.ncols(), |i, j| {
+            let x = &v[1][i][j];
+            T::from_pair(x[0].as_f64().unwrap(), x[1].as_f64().unwrap())
+        });
+        assert_eq!(&got, want, "scipy reads what save_sparse wrote");
+        println!("scipy loads save_sparse's {format:?} file");
+    }
+
+    /// A deflated CSR file of `rows` rows of 8 entries (int32 indices, float64 values), built
+    /// here with the zip helpers.
+    fn deflated_csr(rows: usize) -> Vec<u8> {
+        use super::{RawMember, npy, zip_archive};
+        let (n, per) = (rows, 8usize);
+        let mut idx = Vec::new();
+        let mut val = Vec::new();
+        let mut ptr = vec![0u8; 0];
+        ptr.extend_from_slice(&0i32.to_le_bytes());
+        for i in 0..n {
+            for k in 0..per {
+                idx.extend_from_slice(&(((i * 7 + k * 3) % 50) as i32).to_le_bytes());
+                val.extend_from_slice(&((i * per + k) as f64).to_le_bytes());
+            }
+            ptr.extend_from_slice(&(((i + 1) * per) as i32).to_le_bytes());
+        }
+        let dict =
+            |descr: &str, shape: &str| format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let nnz = n * per;
+        let mut shape = Vec::new();
+        shape.extend_from_slice(&(n as i64).to_le_bytes());
+        shape.extend_from_slice(&50i64.to_le_bytes());
+        zip_archive(&[
+            RawMember::deflated("indices.npy", &npy(&dict("<i4", &format!("({nnz},)")), 1, &idx)),
+            RawMember::deflated("indptr.npy", &npy(&dict("<i4", &format!("({},)", n + 1)), 1, &ptr)),
+            RawMember::deflated("format.npy", &npy(&dict("|S3", "()"), 1, b"csr")),
+            RawMember::deflated("shape.npy", &npy(&dict("<i8", "(2,)"), 1, &shape)),
+            RawMember::deflated("data.npy", &npy(&dict("<f8", &format!("({nnz},)")), 1, &val)),
+        ])
+    }
+
+    #[test]
+    fn deflated_parts_hold_only_their_share() {
+        let rows = 100_000;
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sparse_deflated_{}.npz", std::process::id()));
+        std::fs::write(&path, deflated_csr(rows)).unwrap();
+        for range in [0..10, rows / 2..rows / 2 + 10, rows - 10..rows] {
+            let p = path.clone();
+            let r = range.clone();
+            let (part, peak, _) = bounded(Duration::from_secs(20), move || {
+                let npz = SparseNpz::open(&p).unwrap();
+                npz.part::<f64, u32>(r).unwrap()
+            });
+            // 10 rows of 8 entries: 80 values and indices, whatever the file's 800000; the
+            // inflater's state and a chunk buffer besides.
+            assert!(peak < 256 << 10, "{range:?}: peak heap {peak} bytes");
+            println!("deflated part {range:?}: peak heap {peak} bytes");
+            assert!(!part.is_mapped());
+            assert_eq!((part.nnz(), part.offset()), (80, range.start * 8));
+            let want: Vec<f64> = (range.start * 8..range.end * 8).map(|k| k as f64).collect();
+            assert_eq!(part.data(), &want[..]);
+            assert_eq!(part.indptr(), &(0..=10).map(|k| k * 8).collect::<Vec<u32>>()[..]);
+        }
+        // The whole file, checked and CRC-verified.
+        let npz = SparseNpz::open(&path).unwrap();
+        assert_eq!(npz.part::<f64, u32>(0..rows).unwrap().nnz(), rows * 8);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn sparse_file_and_part_are_send_and_sync() {
+        fn check<X: Send + Sync>() {}
+        check::<SparseNpz>();
+        check::<SparsePart<c64, u64>>();
+    }
+
+    /// Reads `path` whole (one part: every member's CRC-32 verified) as the types `e` names,
+    /// and on success compares with the manifest's matrix: a damaged file is an error or the
+    /// right matrix, never another one.
+    fn read_mutant<T: Exact, I: SparseIndex>(path: &Path, e: &Value) -> Result<(), String> {
+        match SparseNpz::open(path).and_then(|npz| read_by_parts::<T, I>(&npz, 1)) {
+            Ok((got, _)) if got == expected::<T>(e) => Ok(()),
+            Ok(_) => Err("read another matrix without an error".into()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    #[test]
+    fn mutants_of_sparse_fixtures_fail_cleanly() {
+        let m = manifest();
+        let files = [
+            "csr_float64_int32_stored.npz",
+            "csc_complex64_int64_deflated.npz",
+            "csr_float64_int32_aligned.npz",
+            "csr_bigendian.npz",
+            "csc_noncanonical_complex128_deflated.npz",
+        ];
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut count = 0;
+        for file in files {
+            let e = m["valid"].as_array().unwrap().iter().find(|e| e["file"] == file).unwrap().clone();
+            let (dtype, index) = (dtype_of(e["dtype"].as_str().unwrap()), index_of(e["index_dtype"].as_str().unwrap()));
+            let bytes = std::fs::read(data(file)).unwrap();
+            let mut mutants = Vec::new();
+            for cut in (0..bytes.len()).step_by(7) {
+                mutants.push(bytes[..cut].to_vec());
+            }
+            for _ in 0..1000 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let mut b = bytes.clone();
+                let at = (state as usize >> 8) % b.len();
+                match state % 3 {
+                    0 => b[at] ^= 1 << (state >> 3 & 7),
+                    1 => b[at] = 0xff,
+                    _ => b[at] = b[at].wrapping_add(1),
+                }
+                mutants.push(b);
+            }
+            count += mutants.len();
+            let path = dir.join(format!("sparse_mutant_{}.npz", std::process::id()));
+            let len = bytes.len();
+            let (broken, peak, took) = bounded(Duration::from_secs(60), move || {
+                let mut broken = Vec::new();
+                for (k, b) in mutants.iter().enumerate() {
+                    std::fs::write(&path, b).unwrap();
+                    if let Err(why) = with_types!(dtype, index, read_mutant(&path, &e)) {
+                        broken.push(format!("mutant {k}: {why}"));
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+                broken
+            });
+            assert!(broken.is_empty(), "{file}: {broken:?}");
+            // Memory bounded by the file's content, whatever its headers declare: the largest
+            // read of any mutant (and the test's own bookkeeping) stays small.
+            assert!(peak <= 8 * len + (256 << 10), "{file}: peak heap {peak} bytes for a {len}-byte file");
+            println!("{file}: mutants read in {took:?}, peak heap {peak} bytes");
+        }
+        assert!(count > 5000, "only {count} mutants");
+    }
+
+    #[test]
+    fn save_sparse_round_trips_viewed_in_place() {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        round_trip::<f32, u32>(dir);
+        round_trip::<f64, u32>(dir);
+        round_trip::<f64, u64>(dir);
+        round_trip::<c32, u64>(dir);
+        round_trip::<c64, u32>(dir);
+        round_trip::<c64, u64>(dir);
+        // A faer view with per-row counts (entries past each count are not the matrix's):
+        // written compressed, `indptr` from 0.
+        {
+            use faer::sparse::{SparseRowMatRef, SymbolicSparseRowMatRef};
+            let ptr = [1u32, 4, 5, 9];
+            let nnz = [2u32, 0, 3];
+            let idx = [9u32, 0, 2, 7, 8, 1, 1, 3, 8];
+            let val = [9.0f64, 1.0, 2.0, 9.0, 9.0, 3.0, 4.0, 5.0, 9.0];
+            let s = SymbolicSparseRowMatRef::new_unsorted_checked(3, 4, &ptr, Some(&nnz), &idx);
+            let path = dir.join(format!("sparse_nnz_{}.npz", std::process::id()));
+            save_sparse(&path, SparseRowMatRef::new(s, &val)).unwrap();
+            let npz = SparseNpz::open(&path).unwrap();
+            let whole = npz.part::<f64, u32>(0..3).unwrap();
+            assert_eq!(
+                (whole.indptr(), whole.indices(), whole.data()),
+                (&[0u32, 2, 2, 5][..], &[0u32, 2, 1, 1, 3][..], &[1.0, 2.0, 3.0, 4.0, 5.0][..])
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
+        // An empty 0×0 matrix and one without entries.
+        let path = dir.join(format!("sparse_empty_{}.npz", std::process::id()));
+        for (m, n) in [(0, 0), (3, 0), (0, 4), (6, 5)] {
+            let a = faer::sparse::SparseRowMat::<u32, f64>::try_new_from_triplets(m, n, &[]).unwrap();
+            save_sparse(&path, a.as_ref()).unwrap();
+            let npz = SparseNpz::open(&path).unwrap();
+            assert_eq!((npz.shape(), npz.nnz()), ((m, n), 0));
+            for parts in [1, 3] {
+                let (got, _) = read_by_parts::<f64, u32>(&npz, parts).unwrap();
+                assert_eq!(got, Mat::<f64>::zeros(m, n));
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
 }

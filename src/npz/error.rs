@@ -5,6 +5,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::IndexDtype;
 use crate::Dtype;
 
 /// The dtypes a member can hold, as listed in error messages.
@@ -72,6 +73,78 @@ pub enum NpzErrorKind {
     },
     /// The member is compressed with another method than deflate, or encrypted.
     UnsupportedCompression(String),
+    /// The archive is not a scipy sparse matrix file (`scipy.sparse.save_npz`): it has no
+    /// `format` member and not both `indptr` and `indices`.
+    NotSparse {
+        /// The archive's members, without their `.npy` suffix.
+        members: Vec<String>,
+    },
+    /// The sparse file's `format` is not `csr` or `csc` (the format it names): another scipy
+    /// format (`coo`, `bsr`, `dia`, …), to convert with `.tocsr()` or `.tocsc()`, or none.
+    SparseFormat(String),
+    /// A member is not an array of the kind its role in a sparse file requires (the reason):
+    /// `format` not a 0-d bytes array, `shape` not two non-negative int64 entries, `indptr`,
+    /// `indices` or `data` not 1-D.
+    SparseMember(String),
+    /// The member (`indices` or `indptr`) is not int32 or int64 (its numpy descr).
+    IndexDtype(String),
+    /// `indices` and `indptr` have different dtypes.
+    IndexDtypeMismatch {
+        /// The dtype of `indices`.
+        indices: IndexDtype,
+        /// The dtype of `indptr`.
+        indptr: IndexDtype,
+    },
+    /// The file's index dtype is not the one of the requested index type.
+    IndexMismatch {
+        /// The dtype of the file's `indices` and `indptr`.
+        found: IndexDtype,
+        /// The dtype of the requested index type.
+        expected: IndexDtype,
+    },
+    /// `indptr` does not have one entry more than the major dimension (rows for CSR, columns
+    /// for CSC) of the `shape` member.
+    IndptrLength {
+        /// The number of entries of `indptr`.
+        found: usize,
+        /// The major dimension plus one.
+        expected: usize,
+    },
+    /// An entry of `indptr` is out of place: the first is not 0, one decreases, one exceeds
+    /// the number of stored entries, or the last is not that number (scipy would drop or read
+    /// past entries).
+    Indptr {
+        /// Its position in `indptr`.
+        at: usize,
+        /// Its value.
+        value: i64,
+        /// Why it is wrong.
+        why: &'static str,
+    },
+    /// `indices` and `data` have different lengths.
+    LengthMismatch {
+        /// The length of `indices`.
+        indices: usize,
+        /// The length of `data`.
+        data: usize,
+    },
+    /// An entry of `indices` is negative or not below the minor dimension (columns for CSR,
+    /// rows for CSC).
+    IndexOutOfRange {
+        /// Its position in `indices`.
+        at: usize,
+        /// Its value.
+        index: i64,
+        /// The minor dimension.
+        bound: usize,
+    },
+    /// Requested major indices (rows of a CSR, columns of a CSC) not within `0..major`.
+    MajorOutOfRange {
+        /// The requested range.
+        range: Range<usize>,
+        /// The major dimension.
+        major: usize,
+    },
 }
 
 impl fmt::Display for NpzErrorKind {
@@ -122,6 +195,46 @@ impl fmt::Display for NpzErrorKind {
             }
             NpzErrorKind::UnsupportedCompression(method) => {
                 write!(f, "unsupported compression {method}: only stored and deflated members can be read")
+            }
+            NpzErrorKind::NotSparse { members } => write!(
+                f,
+                "not a scipy sparse matrix file (members format, shape, indptr, indices, data); the archive holds: {}",
+                members.join(", ")
+            ),
+            NpzErrorKind::SparseFormat(name) if matches!(name.as_str(), "coo" | "bsr" | "dia" | "dok" | "lil") => {
+                write!(
+                    f,
+                    "sparse format {name} is not supported: only csr and csc are; convert it with .tocsr() or \
+                     .tocsc() before scipy.sparse.save_npz"
+                )
+            }
+            NpzErrorKind::SparseFormat(name) => {
+                write!(f, "unknown sparse format {name:?}: only csr and csc are supported")
+            }
+            NpzErrorKind::SparseMember(why) => write!(f, "not a scipy sparse member: {why}"),
+            NpzErrorKind::IndexDtype(descr) => {
+                write!(f, "unsupported index dtype {descr}; indices and indptr must be int32 or int64")
+            }
+            NpzErrorKind::IndexDtypeMismatch { indices, indptr } => {
+                write!(f, "indices are {indices} but indptr is {indptr}; they must have the same dtype")
+            }
+            NpzErrorKind::IndexMismatch { found, expected } => write!(
+                f,
+                "index dtype mismatch: the file's indices are {found}, not {expected} as requested \
+                 (read int32 as u32, int64 as u64)"
+            ),
+            NpzErrorKind::IndptrLength { found, expected } => {
+                write!(f, "indptr has {found} entries but the shape member implies {expected} (major dimension + 1)")
+            }
+            NpzErrorKind::Indptr { at, value, why } => write!(f, "indptr[{at}] = {value}: {why}"),
+            NpzErrorKind::LengthMismatch { indices, data } => {
+                write!(f, "indices holds {indices} entries but data {data}")
+            }
+            NpzErrorKind::IndexOutOfRange { at, index, bound } => {
+                write!(f, "indices[{at}] = {index} is out of range 0..{bound}")
+            }
+            NpzErrorKind::MajorOutOfRange { range, major } => {
+                write!(f, "range {}..{} out of range for a major dimension of {major}", range.start, range.end)
             }
         }
     }

@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use super::IndexDtype;
 use super::NpzErrorKind;
 use crate::Dtype;
 
@@ -55,11 +56,45 @@ pub(crate) fn preamble(prefix: &[u8]) -> Result<Option<(usize, usize, bool)>, Np
     Ok(Some((8 + len_bytes, declared, utf8)))
 }
 
+/// The element types this module recognizes in a header's `descr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Elem {
+    /// float32, float64, complex64, complex128.
+    Scalar(Dtype),
+    /// int32 or int64 (a sparse file's `indices` and `indptr`, its `shape`).
+    Int(IndexDtype),
+    /// Bytes of this length (`'|S3'`: a sparse file's `format`).
+    Bytes(usize),
+}
+
+impl Elem {
+    /// The size of one element in bytes.
+    pub(crate) fn size(self) -> usize {
+        match self {
+            Elem::Scalar(d) => d.size(),
+            Elem::Int(i) => i.size(),
+            Elem::Bytes(n) => n,
+        }
+    }
+
+    /// The size of the parts whose bytes a big-endian member swaps.
+    pub(crate) fn component_size(self) -> usize {
+        match self {
+            Elem::Scalar(d) => d.component_size(),
+            Elem::Int(i) => i.size(),
+            Elem::Bytes(_) => 1,
+        }
+    }
+}
+
 /// What a valid header says.
 #[derive(Debug)]
 pub(crate) struct Header {
-    /// The dtype, and whether it is big-endian.
-    pub dtype: Dtype,
+    /// The element type, `None` for another dtype (named by `descr`).
+    pub elem: Option<Elem>,
+    /// The `descr` value, as Python's `repr` writes it (e.g. `'<i8'`).
+    pub descr: String,
+    /// Whether the elements are big-endian.
     pub big_endian: bool,
     pub fortran_order: bool,
     pub shape: Vec<u64>,
@@ -286,22 +321,36 @@ impl Parser<'_> {
     }
 }
 
-/// The dtype of a plain descr such as `'<f8'` this module reads, with whether it is big-endian.
-fn dtype_of(descr: &str) -> Option<(Dtype, bool)> {
+/// The element type of a plain descr such as `'<f8'` this module reads, with whether it is
+/// big-endian (`'|'`: no byte order, for one-byte elements).
+fn elem_of(descr: &str) -> Option<(Elem, bool)> {
     let (big_endian, rest) = match descr.as_bytes().first()? {
-        b'<' => (false, &descr[1..]),
+        b'<' | b'|' => (false, &descr[1..]),
         b'>' => (true, &descr[1..]),
         b'=' => (cfg!(target_endian = "big"), &descr[1..]),
         _ => (cfg!(target_endian = "big"), descr),
     };
-    let dtype = match rest {
-        "f4" => Dtype::Float32,
-        "f8" => Dtype::Float64,
-        "c8" => Dtype::Complex64,
-        "c16" => Dtype::Complex128,
-        _ => return None,
+    let elem = match rest {
+        "f4" => Elem::Scalar(Dtype::Float32),
+        "f8" => Elem::Scalar(Dtype::Float64),
+        "c8" => Elem::Scalar(Dtype::Complex64),
+        "c16" => Elem::Scalar(Dtype::Complex128),
+        "i4" => Elem::Int(IndexDtype::Int32),
+        "i8" => Elem::Int(IndexDtype::Int64),
+        _ => {
+            // `S<n>`: n bytes (numpy writes `|S3`), at most a header's worth.
+            let n = rest.strip_prefix('S')?;
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 5 {
+                return None;
+            }
+            Elem::Bytes(n.parse().ok()?)
+        }
     };
-    Some((dtype, big_endian))
+    // `'|'` (no byte order) only for elements without one.
+    if descr.starts_with('|') && matches!(elem, Elem::Scalar(_) | Elem::Int(_)) {
+        return None;
+    }
+    Some((elem, big_endian))
 }
 
 /// Parses the header dict `text` (the bytes after the preamble), as numpy validates it.
@@ -344,13 +393,14 @@ pub(crate) fn parse(text: &[u8], utf8: bool) -> Result<Header, NpzErrorKind> {
         })
         .collect::<Result<Vec<u64>, _>>()?;
     let plain = match &descr {
-        Value::Str(s) => dtype_of(s),
+        Value::Str(s) => elem_of(s),
         _ => None,
     };
-    let Some((dtype, big_endian)) = plain else {
-        return Err(NpzErrorKind::UnsupportedDtype(descr.to_string()));
+    let (elem, big_endian) = match plain {
+        Some((elem, big_endian)) => (Some(elem), big_endian),
+        None => (None, false),
     };
-    Ok(Header { dtype, big_endian, fortran_order, shape: dims })
+    Ok(Header { elem, descr: descr.to_string(), big_endian, fortran_order, shape: dims })
 }
 
 #[cfg(test)]
@@ -360,9 +410,17 @@ mod tests {
     #[test]
     fn parses_what_numpy_writes() {
         let h = parse(b"{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }          \n", false).unwrap();
-        assert_eq!((h.dtype, h.big_endian, h.fortran_order, h.shape), (Dtype::Float64, false, false, vec![3, 4]));
+        let f8 = Some(Elem::Scalar(Dtype::Float64));
+        assert_eq!((h.elem, h.big_endian, h.fortran_order, h.shape), (f8, false, false, vec![3, 4]));
         let h = parse(b"{'descr': '>c16', 'fortran_order': True, 'shape': (5,), }", false).unwrap();
-        assert_eq!((h.dtype, h.big_endian, h.fortran_order, h.shape), (Dtype::Complex128, true, true, vec![5]));
+        let c16 = Some(Elem::Scalar(Dtype::Complex128));
+        assert_eq!((h.elem, h.big_endian, h.fortran_order, h.shape), (c16, true, true, vec![5]));
+        let h = parse(b"{'descr': '|S3', 'fortran_order': False, 'shape': (), }", false).unwrap();
+        assert_eq!((h.elem, h.shape.len()), (Some(Elem::Bytes(3)), 0));
+        let h = parse(b"{'descr': '>i8', 'fortran_order': False, 'shape': (2,), }", false).unwrap();
+        assert_eq!((h.elem, h.big_endian), (Some(Elem::Int(IndexDtype::Int64)), true));
+        let h = parse(b"{'descr': '|i1', 'fortran_order': False, 'shape': (2,), }", false).unwrap();
+        assert_eq!((h.elem, h.descr.as_str()), (None, "'|i1'"));
         let h = parse(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3L, 4L)}", false).unwrap();
         assert_eq!(h.shape, [3, 4]);
         let h = parse(b"{'descr': '<f4', 'fortran_order': False, 'shape': ()}", false).unwrap();
@@ -372,10 +430,8 @@ mod tests {
     #[test]
     fn names_unsupported_descrs_as_python_does() {
         let text = b"{'descr': [('x', '<f8'), ('y', '<f8', (2,))], 'fortran_order': False, 'shape': (2,)}";
-        match parse(text, false) {
-            Err(NpzErrorKind::UnsupportedDtype(d)) => assert_eq!(d, "[('x', '<f8'), ('y', '<f8', (2,))]"),
-            other => panic!("{other:?}"),
-        }
+        let h = parse(text, false).unwrap();
+        assert_eq!((h.elem, h.descr.as_str()), (None, "[('x', '<f8'), ('y', '<f8', (2,))]"));
     }
 
     #[test]

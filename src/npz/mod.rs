@@ -33,6 +33,13 @@
 //! # Ok::<(), lazylinop::npz::NpzError>(())
 //! ```
 //!
+//! # Sparse matrices
+//! A scipy sparse matrix saved with `scipy.sparse.save_npz` (CSR or CSC) is read by shares of
+//! its nonzeros with [`SparseNpz`] (see its documentation for the steps:
+//! [`detect`], [`SparseNpz::open`], [`SparseNpz::indptr`], [`split_nnz`], [`SparseNpz::part`]),
+//! and written for zero-copy reading with [`save_sparse`]. The same machinery reads its
+//! members (zip reader, strict header parser, bounded inflater, CRC-32), under the same rules.
+//!
 //! # Untrusted files
 //! A file from a shared filesystem, another person or another program may be damaged or
 //! crafted. Every inconsistency is a typed [`NpzError`], found quickly and with memory bounded
@@ -76,6 +83,7 @@ mod error;
 mod header;
 mod read;
 mod save;
+mod sparse;
 
 use std::fmt;
 use std::fs::File;
@@ -88,7 +96,10 @@ use memmap2::Mmap;
 
 pub use self::error::{NpzError, NpzErrorKind};
 use self::read::{Inflate, Source, data_error, swap_bytes};
-pub use self::save::save;
+pub use self::save::{SparseRef, save, save_sparse};
+pub use self::sparse::{
+    IndexDtype, NpzLayout, SparseFormat, SparseIndex, SparseMember, SparseNpz, SparsePart, detect, split_nnz,
+};
 pub use crate::{Dtype, Scalar};
 
 /// Memory order of the array data, as the `.npy` header's `fortran_order` says.
@@ -114,14 +125,8 @@ pub struct NpzMatrix {
     path: PathBuf,
     member: String,
     map: Mmap,
-    /// The member's zip entry.
-    entry: archive::Entry,
-    compressed: bool,
-    /// Offset in the file of the member's bytes (stored: the `.npy` bytes; deflated: the
-    /// compressed bytes).
-    start: usize,
-    /// Length of the `.npy` preamble and header: where the array data starts in the member.
-    header_len: usize,
+    /// Where the member is and its header (boxed: keeps the matrix small to move).
+    loc: Box<Member>,
     nrows: usize,
     ncols: usize,
     dtype: Dtype,
@@ -137,7 +142,7 @@ impl fmt::Debug for NpzMatrix {
             .field("shape", &(self.nrows, self.ncols))
             .field("dtype", &self.dtype)
             .field("order", &self.order)
-            .field("compressed", &self.compressed)
+            .field("compressed", &self.loc.compressed)
             .field("big_endian", &self.big_endian)
             .finish_non_exhaustive()
     }
@@ -190,7 +195,7 @@ fn map_file(path: &Path) -> io::Result<Mmap> {
 /// Reads `n` elements from `src` through `buf`, a chunk at a time, swapping the bytes of each
 /// `swap`-byte component when needed, and hands each chunk to `emit` with the index `at` of its
 /// first element (then advanced).
-fn read_chunks<T: Scalar>(
+fn read_chunks<T: bytemuck::Pod>(
     src: &mut impl Source,
     buf: &mut [T],
     mut n: usize,
@@ -230,6 +235,130 @@ fn read_header(src: &mut impl Read) -> Result<(header::Header, usize), NpzErrorK
     let mut text = vec![0; len];
     src.read_exact(&mut text).map_err(data_error)?;
     Ok((header::parse(&text, utf8)?, pre_len + len))
+}
+
+/// One member of the archive, located and its `.npy` header parsed, its size checked against
+/// the header's shape when the dtype is one this module reads.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub entry: archive::Entry,
+    pub compressed: bool,
+    /// Offset in the file of the member's bytes (stored: the `.npy` bytes; deflated: the
+    /// compressed bytes).
+    pub start: usize,
+    pub header: header::Header,
+    /// Length of the `.npy` preamble and header: where the array data starts in the member.
+    pub header_len: usize,
+    /// The header's shape, each dimension at most `isize::MAX`.
+    pub shape: Vec<usize>,
+}
+
+impl Member {
+    /// Locates `entry` in `map` and parses its header. For an element type this module reads
+    /// ([`header::Elem`]), the data must be exactly the header's shape of it.
+    pub(crate) fn open(map: &[u8], entry: &archive::Entry) -> Result<Member, NpzErrorKind> {
+        if entry.flags & 1 != 0 {
+            return Err(NpzErrorKind::UnsupportedCompression("encrypted member".into()));
+        }
+        let compressed = match entry.method {
+            0 => false,
+            8 => true,
+            other => return Err(NpzErrorKind::UnsupportedCompression(compression_name(other))),
+        };
+        let start = archive::data_start(map, entry)?;
+        if !compressed && entry.compressed_size != entry.size {
+            return Err(NpzErrorKind::NotZip("a stored member whose sizes disagree".into()));
+        }
+        if compressed && entry.size > entry.compressed_size.saturating_mul(DEFLATE_RATIO).saturating_add(1024) {
+            // More than its compressed bytes can inflate to: the data is not there.
+            return Err(NpzErrorKind::Truncated);
+        }
+        // Within the map (checked by `data_start`), so within `usize`.
+        let start = start as usize;
+        let compressed_bytes = &map[start..start + entry.compressed_size as usize];
+
+        // The .npy header, from the map or from the start of the inflated member.
+        let (header, header_len) = if compressed {
+            read_header(&mut Inflate::new(compressed_bytes, entry.size))
+        } else {
+            read_header(&mut &*compressed_bytes)
+        }?;
+        let shape: Vec<usize> = header
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).ok().filter(|&d| d <= isize::MAX as usize))
+            .collect::<Option<_>>()
+            .ok_or_else(|| NpzErrorKind::BadHeader(format!("shape {:?} too large", header.shape)))?;
+
+        // The data must be exactly what the header says.
+        let data_len = entry.size.checked_sub(header_len as u64).ok_or(NpzErrorKind::Truncated)?;
+        if let Some(elem) = header.elem {
+            let expected = shape.iter().try_fold(elem.size(), |n, &d| n.checked_mul(d));
+            if expected.is_none_or(|e| e as u64 != data_len) {
+                let says = match expected {
+                    Some(e) => format!("{e} bytes"),
+                    None => "an overflowing size".into(),
+                };
+                let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+                let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+                return Err(NpzErrorKind::BadHeader(format!(
+                    "the header says shape {tuple} of {}, {says} of data, but the member holds {data_len} bytes",
+                    header.descr
+                )));
+            }
+        }
+        Ok(Member { entry: entry.clone(), compressed, start, header, header_len, shape })
+    }
+
+    /// The member's bytes in the file as stored: the `.npy` bytes of a stored member, the
+    /// compressed bytes of a deflated one.
+    pub(crate) fn stored_bytes<'a>(&self, map: &'a [u8]) -> &'a [u8] {
+        &map[self.start..self.start + self.entry.compressed_size as usize]
+    }
+
+    /// The number of bytes the CRC-32 covers, when the member is stored.
+    pub(crate) fn crc_span(&self) -> Option<u64> {
+        (!self.compressed).then_some(self.entry.size)
+    }
+
+    /// Compares `found` with the CRC-32 the zip entry records.
+    pub(crate) fn check_crc(&self, found: u32) -> Result<(), NpzErrorKind> {
+        if found == self.entry.crc { Ok(()) } else { Err(NpzErrorKind::Crc { expected: self.entry.crc, found }) }
+    }
+
+    /// The CRC-32 of bytes `range` of the stored member.
+    pub(crate) fn crc32_of(&self, map: &[u8], range: Range<u64>) -> Result<u32, NpzErrorKind> {
+        match self.crc_span() {
+            Some(span) if range.start <= range.end && range.end <= span => {
+                Ok(crc32fast::hash(&self.stored_bytes(map)[range.start as usize..range.end as usize]))
+            }
+            span => Err(NpzErrorKind::CrcRange { range, span }),
+        }
+    }
+
+    /// Combines the CRC-32s of consecutive byte ranges and compares the result with the entry's.
+    pub(crate) fn verify_crc(&self, parts: impl IntoIterator<Item = (u32, u64)>) -> Result<(), NpzErrorKind> {
+        let span = self.crc_span();
+        let mut total = 0u64;
+        let mut combined = crc32fast::Hasher::new();
+        for (crc, len) in parts {
+            // Past the member (or overflowing): the shares cannot be its bytes.
+            let Some(end) = total.checked_add(len).filter(|&end| span.is_some_and(|s| end <= s)) else {
+                return Err(NpzErrorKind::CrcRange { range: total..total.saturating_add(len), span });
+            };
+            total = end;
+            combined.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+        }
+        if span != Some(total) {
+            return Err(NpzErrorKind::CrcRange { range: 0..total, span });
+        }
+        self.check_crc(combined.finalize())
+    }
+
+    /// Whether the data must be byte-swapped to the machine's order.
+    pub(crate) fn needs_swap(&self) -> bool {
+        self.header.big_endian != cfg!(target_endian = "big")
+    }
 }
 
 impl NpzMatrix {
@@ -279,79 +408,20 @@ impl NpzMatrix {
             let why = format!("the archive holds two members named {}", entries[index].name);
             return Err(fail(member, NpzErrorKind::NotZip(why)));
         }
-        let entry = entries[index].clone();
-        drop(entries);
-        let name = strip(&entry.name);
+        let name = strip(&entries[index].name);
         let fail = |kind| fail(Some(&name), kind);
-
-        // Where the member is and how it is compressed.
-        if entry.flags & 1 != 0 {
-            return Err(fail(NpzErrorKind::UnsupportedCompression("encrypted member".into())));
-        }
-        let compressed = match entry.method {
-            0 => false,
-            8 => true,
-            other => return Err(fail(NpzErrorKind::UnsupportedCompression(compression_name(other)))),
+        let loc = Box::new(Member::open(&map, &entries[index]).map_err(fail)?);
+        drop(entries);
+        let Some(header::Elem::Scalar(dtype)) = loc.header.elem else {
+            return Err(fail(NpzErrorKind::UnsupportedDtype(loc.header.descr)));
         };
-        let start = archive::data_start(&map, &entry).map_err(fail)?;
-        if !compressed && entry.compressed_size != entry.size {
-            return Err(fail(NpzErrorKind::NotZip("a stored member whose sizes disagree".into())));
-        }
-        if compressed && entry.size > entry.compressed_size.saturating_mul(DEFLATE_RATIO).saturating_add(1024) {
-            // More than its compressed bytes can inflate to: the data is not there.
-            return Err(fail(NpzErrorKind::Truncated));
-        }
-        // Within the map (checked by `data_start`), so within `usize`.
-        let start = start as usize;
-        let compressed_bytes = &map[start..start + entry.compressed_size as usize];
-
-        // The .npy header, from the map or from the start of the inflated member.
-        let (header, header_len) = if compressed {
-            read_header(&mut Inflate::new(compressed_bytes, entry.size))
-        } else {
-            read_header(&mut &*compressed_bytes)
-        }
-        .map_err(fail)?;
-
-        let shape: Vec<usize> = header
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d).ok().filter(|&d| d <= isize::MAX as usize))
-            .collect::<Option<_>>()
-            .ok_or_else(|| fail(NpzErrorKind::BadHeader(format!("shape {:?} too large", header.shape))))?;
-        let &[nrows, ncols] = shape.as_slice() else {
-            return Err(fail(NpzErrorKind::NotTwoDimensional(shape)));
+        let &[nrows, ncols] = loc.shape.as_slice() else {
+            return Err(fail(NpzErrorKind::NotTwoDimensional(loc.shape)));
         };
-        let dtype = header.dtype;
-        let order = if header.fortran_order { Order::Fortran } else { Order::C };
+        let order = if loc.header.fortran_order { Order::Fortran } else { Order::C };
+        let big_endian = loc.header.big_endian;
 
-        // The data must be exactly what the header says.
-        let data_len = entry.size.checked_sub(header_len as u64).ok_or_else(|| fail(NpzErrorKind::Truncated))?;
-        let expected = nrows.checked_mul(ncols).and_then(|n| n.checked_mul(dtype.size()));
-        if expected.is_none_or(|e| e as u64 != data_len) {
-            let says = match expected {
-                Some(e) => format!("{e} bytes"),
-                None => "an overflowing size".into(),
-            };
-            return Err(fail(NpzErrorKind::BadHeader(format!(
-                "the header says shape ({nrows}, {ncols}) of {dtype}, {says} of data, but the member holds {data_len} bytes"
-            ))));
-        }
-
-        Ok(NpzMatrix {
-            path,
-            member: name,
-            map,
-            entry,
-            compressed,
-            start,
-            header_len,
-            nrows,
-            ncols,
-            dtype,
-            order,
-            big_endian: header.big_endian,
-        })
+        Ok(NpzMatrix { path, member: name, map, loc, nrows, ncols, dtype, order, big_endian })
     }
 
     /// The path of the `.npz` file.
@@ -382,7 +452,7 @@ impl NpzMatrix {
 
     /// Whether the member is compressed (deflated, as by `np.savez_compressed`).
     pub fn is_compressed(&self) -> bool {
-        self.compressed
+        self.loc.compressed
     }
 
     /// Whether the member's data is big-endian (e.g. dtype `'>f8'`).
@@ -396,16 +466,12 @@ impl NpzMatrix {
 
     /// The member's bytes in the file as stored: the `.npy` bytes of a stored member.
     fn stored_bytes(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.entry.compressed_size as usize]
+        &self.map[self.loc.start..self.loc.start + self.loc.entry.compressed_size as usize]
     }
 
     /// Compares `found` with the CRC-32 the zip entry records.
     fn check_crc(&self, found: u32) -> Result<(), NpzError> {
-        if found == self.entry.crc {
-            Ok(())
-        } else {
-            Err(self.error(NpzErrorKind::Crc { expected: self.entry.crc, found }))
-        }
+        self.loc.check_crc(found).map_err(|kind| self.error(kind))
     }
 
     fn check<T: Scalar>(&self, rows: &Range<usize>) -> Result<(), NpzError> {
@@ -437,12 +503,12 @@ impl NpzMatrix {
     /// [`NpzErrorKind::RowsOutOfRange`] unless `rows.start <= rows.end <= nrows`.
     pub fn view_rows<T: Scalar>(&self, rows: Range<usize>) -> Result<Option<MatRef<'_, T>>, NpzError> {
         self.check::<T>(&rows)?;
-        if self.compressed || self.needs_swap() {
+        if self.loc.compressed || self.needs_swap() {
             return Ok(None);
         }
         let (nrows, ncols) = (self.nrows, self.ncols);
         // The data is exactly the rest of the stored member (checked by `open`).
-        let bytes = &self.stored_bytes()[self.header_len..];
+        let bytes = &self.stored_bytes()[self.loc.header_len..];
         let Ok(all) = bytemuck::try_cast_slice::<u8, T>(bytes) else { return Ok(None) };
         let k = rows.end - rows.start;
         let view = match self.order {
@@ -481,7 +547,7 @@ impl NpzMatrix {
         self.check::<T>(&rows)?;
         let whole = rows.start == 0 && rows.end == self.nrows;
         let (k, ncols) = (rows.end - rows.start, self.ncols);
-        if !self.compressed {
+        if !self.loc.compressed {
             let member = self.stored_bytes();
             if whole {
                 self.check_crc(crc32fast::hash(member))?;
@@ -490,7 +556,7 @@ impl NpzMatrix {
             // size is bounded by the file's.
             let mut out = Mat::<T>::zeros(k, ncols);
             let order = self.order;
-            self.copy_rows(&mut &member[self.header_len..], &rows, |at, chunk: &[T]| match order {
+            self.copy_rows(&mut &member[self.loc.header_len..], &rows, |at, chunk: &[T]| match order {
                 Order::C => {
                     let (mut i, mut j) = (at / ncols, at % ncols);
                     for &x in chunk {
@@ -510,11 +576,11 @@ impl NpzMatrix {
             return Ok(out);
         }
         let compressed = self.stored_bytes();
-        let mut src = Inflate::new(compressed, self.entry.size);
+        let mut src = Inflate::new(compressed, self.loc.entry.size);
         // The rows as they arrive, in the member's order: grown with the data, never sized
         // from the declared shape.
         let mut arrived = Vec::<T>::new();
-        src.skip(self.header_len)
+        src.skip(self.loc.header_len)
             .and_then(|()| self.copy_rows(&mut src, &rows, |_, chunk| arrived.extend_from_slice(chunk)))
             .map_err(|e| self.error(data_error(e)))?;
         if whole {
@@ -571,7 +637,7 @@ impl NpzMatrix {
     /// Byte offsets of [`crc32_of`](Self::crc32_of) count from the member's first byte, so
     /// `0..span` is the whole member; ranks can split it into contiguous shares.
     pub fn crc_span(&self) -> Option<u64> {
-        (!self.compressed).then_some(self.entry.size)
+        self.loc.crc_span()
     }
 
     /// The CRC-32 of bytes `range` of the stored member (offsets from its first byte; see
@@ -581,13 +647,7 @@ impl NpzMatrix {
     /// [`NpzErrorKind::CrcRange`] if the member is deflated or `range` is not within
     /// `0..span`.
     pub fn crc32_of(&self, range: Range<u64>) -> Result<u32, NpzError> {
-        let span = self.crc_span();
-        match span {
-            Some(span) if range.start <= range.end && range.end <= span => {
-                Ok(crc32fast::hash(&self.stored_bytes()[range.start as usize..range.end as usize]))
-            }
-            _ => Err(self.error(NpzErrorKind::CrcRange { range, span })),
-        }
+        self.loc.crc32_of(&self.map, range).map_err(|kind| self.error(kind))
     }
 
     /// Combines the CRC-32s of consecutive byte ranges, given as `(crc, len)` in order from byte
@@ -599,20 +659,6 @@ impl NpzMatrix {
     /// damaged; [`NpzErrorKind::CrcRange`] if the member is deflated or the lengths do not add
     /// up to [`crc_span`](Self::crc_span).
     pub fn verify_crc(&self, parts: impl IntoIterator<Item = (u32, u64)>) -> Result<(), NpzError> {
-        let span = self.crc_span();
-        let mut total = 0u64;
-        let mut combined = crc32fast::Hasher::new();
-        for (crc, len) in parts {
-            // Past the member (or overflowing): the shares cannot be its bytes.
-            let Some(end) = total.checked_add(len).filter(|&end| span.is_some_and(|s| end <= s)) else {
-                return Err(self.error(NpzErrorKind::CrcRange { range: total..total.saturating_add(len), span }));
-            };
-            total = end;
-            combined.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
-        }
-        if span != Some(total) {
-            return Err(self.error(NpzErrorKind::CrcRange { range: 0..total, span }));
-        }
-        self.check_crc(combined.finalize())
+        self.loc.verify_crc(parts).map_err(|kind| self.error(kind))
     }
 }

@@ -5,9 +5,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use faer::MatRef;
+use faer::sparse::{SparseColMatRef, SparseRowMatRef};
+use faer::{Index, MatRef};
 
-use super::{NpzError, NpzErrorKind};
+use super::{NpzError, NpzErrorKind, SparseIndex};
 use crate::{Dtype, Scalar};
 
 /// Writes `mat` as the only member `member` (numpy's key, without `.npy`) of
@@ -66,33 +67,58 @@ fn temporary(path: &Path) -> io::Result<(PathBuf, File)> {
     }
 }
 
-/// Writes the archive into `file` and flushes it to disk.
-fn write<T: Scalar>(file: File, member: &str, mat: MatRef<'_, T>) -> io::Result<()> {
+/// numpy's descr of `T` in the machine's byte order.
+fn descr_of(dtype: Dtype) -> String {
     let endian = if cfg!(target_endian = "little") { '<' } else { '>' };
-    let descr = match T::DTYPE {
+    let code = match dtype {
         Dtype::Float32 => "f4",
         Dtype::Float64 => "f8",
         Dtype::Complex64 => "c8",
         Dtype::Complex128 => "c16",
     };
-    // numpy's format 1.0: magic, version, header length, then the header padded so that the
-    // data starts at a multiple of 64 bytes from the start of the member.
-    let mut header =
-        format!("{{'descr': '{endian}{descr}', 'fortran_order': True, 'shape': ({}, {}), }}", mat.nrows(), mat.ncols());
+    format!("{endian}{code}")
+}
+
+/// Starts member `name` (`.npy` added) of `zip`: stored, aligned to 64 bytes in the file, with
+/// numpy's format 1.0 preamble and header (`descr`, `fortran_order`, `shape` as Python writes
+/// it), padded so that the data starts at a multiple of 64 bytes from the member's start.
+/// `data_len` is the number of data bytes that will follow.
+fn start_member<W: Write + io::Seek>(
+    zip: &mut zip::ZipWriter<W>,
+    name: &str,
+    descr: &str,
+    fortran_order: bool,
+    shape: &str,
+    data_len: usize,
+) -> io::Result<()> {
+    let order = if fortran_order { "True" } else { "False" };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
     header.push('\n');
-    let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
-    let bytes = mat.nrows() * mat.ncols() * size_of::<T>() + 10 + header.len();
+    let bytes = data_len + 10 + header.len();
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .with_alignment(64)
         .large_file(bytes >= u32::MAX as usize);
-    zip.start_file(format!("{member}.npy"), options).map_err(io::Error::other)?;
+    zip.start_file(format!("{name}.npy"), options).map_err(io::Error::other)?;
     zip.write_all(b"\x93NUMPY\x01\x00")?;
     zip.write_all(&(header.len() as u16).to_le_bytes())?;
-    zip.write_all(header.as_bytes())?;
+    zip.write_all(header.as_bytes())
+}
+
+/// Finishes the archive and flushes it to disk.
+fn finish(zip: zip::ZipWriter<io::BufWriter<File>>) -> io::Result<()> {
+    let file = zip.finish().map_err(io::Error::other)?.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()
+}
+
+/// Writes the archive into `file` and flushes it to disk.
+fn write<T: Scalar>(file: File, member: &str, mat: MatRef<'_, T>) -> io::Result<()> {
+    let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
+    let (m, n) = (mat.nrows(), mat.ncols());
+    start_member(&mut zip, member, &descr_of(T::DTYPE), true, &format!("({m}, {n})"), m * n * size_of::<T>())?;
     for j in 0..mat.ncols() {
         let col = mat.col(j);
         match col.try_as_col_major() {
@@ -104,6 +130,122 @@ fn write<T: Scalar>(file: File, member: &str, mat: MatRef<'_, T>) -> io::Result<
             }
         }
     }
-    let file = zip.finish().map_err(io::Error::other)?.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()
+    finish(zip)
+}
+
+/// A faer sparse matrix view to save with [`save_sparse`]: CSR or CSC, made with [`From`] from
+/// faer's [`SparseRowMatRef`] or [`SparseColMatRef`].
+#[derive(Debug)]
+pub enum SparseRef<'a, I: Index, T> {
+    /// Compressed sparse rows.
+    Csr(SparseRowMatRef<'a, I, T>),
+    /// Compressed sparse columns.
+    Csc(SparseColMatRef<'a, I, T>),
+}
+
+impl<'a, I: Index, T> From<SparseRowMatRef<'a, I, T>> for SparseRef<'a, I, T> {
+    fn from(m: SparseRowMatRef<'a, I, T>) -> Self {
+        SparseRef::Csr(m)
+    }
+}
+
+impl<'a, I: Index, T> From<SparseColMatRef<'a, I, T>> for SparseRef<'a, I, T> {
+    fn from(m: SparseColMatRef<'a, I, T>) -> Self {
+        SparseRef::Csc(m)
+    }
+}
+
+/// Writes the sparse matrix `mat` (a faer CSR or CSC view, see [`SparseRef`]) as a new scipy
+/// sparse `.npz` at `path`, that `scipy.sparse.load_npz` reads as a `csr_matrix` or
+/// `csc_matrix`: the members `indices`, `indptr`, `format`, `shape`, `data` in the order and
+/// with the dtypes `scipy.sparse.save_npz(path, a, compressed=False)` writes (indices int32
+/// for `u32`, int64 for `u64`; `shape` int64), but each member's data aligned to 64 bytes in
+/// the file, so that [`SparseNpz`](super::SparseNpz) views `indices` and `data` in place.
+/// Entries are written in faer's order (unsorted indices stay unsorted); a view with per-row
+/// (column) counts is written compressed, `indptr` starting at 0.
+///
+/// Atomic, as [`save`]: written under a temporary name next to `path`, flushed, then renamed
+/// over it.
+///
+/// # Errors
+/// [`NpzErrorKind::Io`] if the file cannot be written or renamed over `path`, or (kind
+/// `InvalidInput`) if the matrix holds more entries than its index type's signed maximum.
+///
+/// # Examples
+/// ```no_run
+/// use faer::sparse::SparseRowMat;
+/// use lazylinop::npz::{SparseNpz, save_sparse};
+/// let a = SparseRowMat::<u32, f64>::try_new_from_triplets(3, 4, &[faer::sparse::Triplet::new(0, 1, 2.0)]).unwrap();
+/// save_sparse("a.npz", a.as_ref()).unwrap();
+/// let part = SparseNpz::open("a.npz").unwrap().part::<f64, u32>(0..3).unwrap();
+/// assert!(part.is_mapped());
+/// ```
+pub fn save_sparse<'a, T: Scalar, I: SparseIndex>(
+    path: impl AsRef<Path>,
+    mat: impl Into<SparseRef<'a, I, T>>,
+) -> Result<(), NpzError> {
+    let path = path.as_ref();
+    let error = |e: io::Error| NpzError { path: path.to_owned(), member: None, kind: NpzErrorKind::Io(e) };
+    let (temp, file) = temporary(path).map_err(error)?;
+    let written = write_sparse(file, mat.into()).and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(error(e));
+    }
+    Ok(())
+}
+
+/// Writes the sparse archive into `file` and flushes it to disk.
+fn write_sparse<T: Scalar, I: SparseIndex>(file: File, mat: SparseRef<'_, I, T>) -> io::Result<()> {
+    let (format, nrows, ncols, ptr, nnz, idx, val) = match mat {
+        SparseRef::Csr(m) => {
+            let (s, val) = m.parts();
+            let (nrows, ncols, ptr, nnz, idx) = s.parts();
+            ("csr", nrows, ncols, ptr, nnz, idx, val)
+        }
+        SparseRef::Csc(m) => {
+            let (s, val) = m.parts();
+            let (nrows, ncols, ptr, nnz, idx) = s.parts();
+            ("csc", nrows, ncols, ptr, nnz, idx, val)
+        }
+    };
+    let major = ptr.len() - 1;
+    // The entries of major index k: `start(k)..start(k) + count(k)` of `idx` and `val`.
+    let count = |k: usize| match nnz {
+        Some(nnz) => nnz[k].zx(),
+        None => ptr[k + 1].zx() - ptr[k].zx(),
+    };
+    let ranges = || (0..major).map(|k| ptr[k].zx()..ptr[k].zx() + count(k));
+    let total: usize = (0..major).map(count).sum();
+    if total as u64 > I::DTYPE.max() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{total} stored entries do not fit {} indices", I::DTYPE),
+        ));
+    }
+    let index_descr = format!("{}i{}", if cfg!(target_endian = "little") { '<' } else { '>' }, size_of::<I>());
+    let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
+
+    start_member(&mut zip, "indices", &index_descr, false, &format!("({total},)"), total * size_of::<I>())?;
+    for r in ranges() {
+        zip.write_all(bytemuck::cast_slice(&idx[r]))?;
+    }
+    start_member(&mut zip, "indptr", &index_descr, false, &format!("({},)", major + 1), (major + 1) * size_of::<I>())?;
+    let mut at = 0usize;
+    zip.write_all(bytemuck::bytes_of(&I::truncate(0)))?;
+    for k in 0..major {
+        at += count(k);
+        zip.write_all(bytemuck::bytes_of(&I::truncate(at)))?;
+    }
+    start_member(&mut zip, "format", "|S3", false, "()", 3)?;
+    zip.write_all(format.as_bytes())?;
+    let shape_descr = format!("{}i8", if cfg!(target_endian = "little") { '<' } else { '>' });
+    start_member(&mut zip, "shape", &shape_descr, false, "(2,)", 16)?;
+    zip.write_all(&(nrows as i64).to_ne_bytes())?;
+    zip.write_all(&(ncols as i64).to_ne_bytes())?;
+    start_member(&mut zip, "data", &descr_of(T::DTYPE), false, &format!("({total},)"), total * size_of::<T>())?;
+    for r in ranges() {
+        zip.write_all(bytemuck::cast_slice(&val[r]))?;
+    }
+    finish(zip)
 }
