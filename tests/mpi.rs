@@ -20,7 +20,7 @@ use faer::traits::math_utils::is_nan;
 use faer::{Accum, Mat, MatRef, Par};
 use lazylinop::mpi::MpiLop;
 use lazylinop::ops::Mode;
-use lazylinop::parallel::{Error, Method, Scalar, pmatmat, pmatmat_mpi};
+use lazylinop::parallel::{Error, Method, Pmatmat, Scalar, pmatmat, pmatmat_mpi};
 use lazylinop::parallel::{Gather, MpiOptions};
 use lazylinop::prelude::*;
 use lazylinop::random;
@@ -219,43 +219,56 @@ fn settings_that_differ_are_an_error_on_every_rank(world: &SimpleCommunicator) {
     assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "after disagreements");
 }
 
-/// Item 5: a product called from a thread MPI does not allow
-/// (`Threading::Single`) on one rank only is an error on every rank, not a
-/// hang of the others; the operator then works.
-fn a_product_on_a_thread_mpi_refuses_fails_on_every_rank(world: &SimpleCommunicator) {
+#[track_caller]
+fn assert_thread_error(got: Result<Mat<f64>, Error>, failing: usize, needle: &str) {
+    match got {
+        Err(Error::Rank { rank, message, source: None }) => {
+            assert_eq!(rank, failing, "{message}");
+            assert!(message.contains(needle), "{message}: no {needle:?}");
+        }
+        other => panic!("expected the error of rank {failing} ({needle}), got {other:?}"),
+    }
+}
+
+/// Item 5 (and 2): a product called from a thread other than the one that
+/// built the operator (here with `Threading::Single`, a thread MPI does not
+/// allow), on one rank only, is an error on every rank, not a hang of the
+/// others; the operator is then unusable on every rank, and a new one works.
+fn a_product_from_another_thread_fails_on_every_rank(world: &SimpleCommunicator) {
     // main() initializes MPI with Threading::Single (rsmpi's `initialize`).
     assert_eq!(mpi::environment::threading_support(), mpi::Threading::Single);
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     let last = size - 1;
     let a = random::mat::<f64>(6, 4, 1);
-    let l = pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All)).unwrap();
     let x = random::mat::<f64>(4, 3, 0);
-    let on_another_thread = || std::thread::scope(|s| s.spawn(|| l.try_matmat(x.as_ref())).join().unwrap());
-    // The last rank calls from another thread; the others from the main thread.
-    let first = if rank == last { on_another_thread() } else { l.try_matmat(x.as_ref()) };
+    let build = || pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All)).unwrap();
+    let on_another_thread = |l: &Pmatmat<f64, &Mat<f64>>| {
+        std::thread::scope(|s| s.spawn(|| l.try_matmat(x.as_ref())).join().unwrap())
+    };
+    let thread = "thread other than the one that built it";
+    // The last rank calls from another thread; the others from the building thread.
+    let l = build();
+    let first = if rank == last { on_another_thread(&l) } else { l.try_matmat(x.as_ref()) };
     let second = l.try_matmat(x.as_ref());
-    match first {
-        Err(Error::Rank { rank: failing, message, .. }) => {
-            assert_eq!(failing, last, "{message}");
-            assert!(message.contains("thread"), "{message}");
-        }
-        other => panic!("expected the thread error of rank {last}, got {other:?}"),
-    }
-    assert_close(second.unwrap().as_ref(), (&a * &x).as_ref(), "the product after the refused one");
-    // Every rank from another thread: each refuses its own; all go on.
-    let err = on_another_thread().unwrap_err();
-    assert!(matches!(&err, Error::Rank { message, .. } if message.contains("thread")), "{err}");
-    assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "after a refused product");
-    // Dropping an operator that owes an agreement makes it.
-    let l2 = pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All)).unwrap();
+    assert_thread_error(first, last, thread);
+    assert_thread_error(second, last, thread);
+    assert_thread_error(l.try_matmat(x.as_ref()), last, "build a new one");
+    // Every rank from another thread: each refuses its own, and the next product tells all.
+    let l = build();
+    assert_thread_error(on_another_thread(&l), rank, thread);
+    assert_thread_error(l.try_matmat(x.as_ref()), 0, thread);
+    // The last rank's misuse is told by its drop.
+    let l = build();
     let err = if rank == last {
-        let err = std::thread::scope(|s| s.spawn(|| l2.try_matmat(x.as_ref())).join().unwrap()).unwrap_err();
-        drop(l2);
+        let err = on_another_thread(&l);
+        drop(l);
         err
     } else {
-        l2.try_matmat(x.as_ref()).unwrap_err()
+        l.try_matmat(x.as_ref())
     };
-    assert!(matches!(&err, Error::Rank { rank, message, .. } if *rank == last && message.contains("thread")), "{err}");
+    assert_thread_error(err, last, thread);
+    // A new operator works.
+    assert_close(build().try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "a new operator");
 }
 
 /// Item 6: a panic in one rank's block of a product (a user's operator) is
@@ -553,73 +566,41 @@ fn watchdog(name: &'static str, secs: u64) -> Watchdog {
     Watchdog(tx)
 }
 
-/// Item 2 (`Threading::Multiple`): a product that starts while another of
-/// the same operator runs on the same rank fails on every rank, and so
-/// does the one running.
-fn an_overlapping_product_fails_on_every_rank(world: &SimpleCommunicator) {
-    let a = random::mat::<f64>(6, 4, 1);
-    let (a1, a2) = (a.clone(), a.clone());
-    let slow = from_matmat(
-        6,
-        4,
-        move |out: faer::MatMut<'_, f64>, x: MatRef<'_, f64>| {
-            std::thread::sleep(Duration::from_millis(400));
-            matmul(out, Accum::Replace, &a1, x, 1.0, Par::Seq)
-        },
-        move |out: faer::MatMut<'_, f64>, y: MatRef<'_, f64>| matmul(out, Accum::Replace, a2.adjoint(), y, 1.0, Par::Seq),
-    );
-    let l = pmatmat_mpi(&slow, world, false, MpiOptions::default().gather(Gather::All)).unwrap();
-    let x = random::mat::<f64>(4, 6, 0);
-    let (first, second) = std::thread::scope(|s| {
-        let first = s.spawn(|| l.try_matmat(x.as_ref()));
-        std::thread::sleep(Duration::from_millis(100));
-        let second = s.spawn(|| l.try_matmat(x.as_ref()));
-        (first.join().unwrap(), second.join().unwrap())
-    });
-    for (what, got) in [("the running product", first), ("the overlapping product", second)] {
-        let err = got.expect_err(what);
-        assert!(matches!(&err, Error::Rank { message, .. } if message.contains("one at a time")), "{what}: {err}");
-    }
-    assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "after an overlap");
-}
-
-/// Item 2 (`Threading::Multiple`): one operator hammered from two threads
-/// per rank, each with its own operands: products fail, none is wrong,
-/// nothing hangs.
-fn concurrent_products_are_never_wrong(world: &SimpleCommunicator) {
+/// Item 2 (`Threading::Multiple`): one operator used from two threads per
+/// rank (the one that built it and another), each with its own operands:
+/// products fail, none is wrong, nothing hangs.
+fn products_from_two_threads_are_never_wrong(world: &SimpleCommunicator) {
     let a = random::mat::<f64>(40, 30, 1);
     let rank = world.rank();
     for gather in [Gather::All, Gather::Root] {
         let l = pmatmat_mpi(&a, world, false, MpiOptions::default().gather(gather)).unwrap();
-        let counts: Vec<(usize, usize)> = std::thread::scope(|s| {
-            let threads: Vec<_> = (0..2u64)
-                .map(|t| {
-                    let (l, a) = (&l, &a);
-                    s.spawn(move || {
-                        let (mut ok, mut failed) = (0, 0);
-                        for i in 0..100 {
-                            let x = random::mat::<f64>(30, 4, 1000 * (t + 1) + i);
-                            match l.try_matmat(x.as_ref()) {
-                                Ok(y) => {
-                                    if gather == Gather::All || rank == 0 {
-                                        assert_close(y.as_ref(), (a * &x).as_ref(), &format!("thread {t}, product {i}"));
-                                    }
-                                    ok += 1;
-                                }
-                                Err(e) => {
-                                    assert!(e.to_string().contains("one at a time"), "{e}");
-                                    failed += 1;
-                                }
-                            }
+        let hammer = |t: u64| {
+            let (mut ok, mut failed) = (0, 0);
+            for i in 0..100 {
+                let x = random::mat::<f64>(30, 4, 1000 * (t + 1) + i);
+                match l.try_matmat(x.as_ref()) {
+                    Ok(y) => {
+                        if gather == Gather::All || rank == 0 {
+                            assert_close(y.as_ref(), (&a * &x).as_ref(), &format!("thread {t}, product {i}"));
                         }
-                        (ok, failed)
-                    })
-                })
-                .collect();
-            threads.into_iter().map(|t| t.join().unwrap()).collect()
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        assert!(msg.contains("thread other than") || msg.contains("build a new one"), "{msg}");
+                        failed += 1;
+                    }
+                }
+            }
+            (ok, failed)
+        };
+        let (mine, other) = std::thread::scope(|s| {
+            let other = s.spawn(|| hammer(1));
+            (hammer(0), other.join().unwrap())
         });
+        assert_eq!(other.0, 0, "the other thread's products must all fail");
         if rank == 0 {
-            println!("  {gather:?}: (succeeded, failed) per thread on rank 0: {counts:?}");
+            println!("  {gather:?}: (succeeded, failed) on rank 0: building thread {mine:?}, other thread {other:?}");
         }
     }
 }
@@ -682,11 +663,7 @@ fn main() {
             ("ranks_that_disagree_on_shapes_all_get_the_error", ranks_that_disagree_on_shapes_all_get_the_error, 60),
             ("user_messages_are_never_taken_by_a_product", user_messages_are_never_taken_by_a_product, 60),
             ("settings_that_differ_are_an_error_on_every_rank", settings_that_differ_are_an_error_on_every_rank, 60),
-            (
-                "a_product_on_a_thread_mpi_refuses_fails_on_every_rank",
-                a_product_on_a_thread_mpi_refuses_fails_on_every_rank,
-                60,
-            ),
+            ("a_product_from_another_thread_fails_on_every_rank", a_product_from_another_thread_fails_on_every_rank, 60),
             ("a_panic_on_one_rank_is_an_error_on_every_rank", a_panic_on_one_rank_is_an_error_on_every_rank, 60),
             ("products_are_split_over_ranks_by_default", products_are_split_over_ranks_by_default, 60),
             ("accumulating_operators_get_zeroed_blocks", accumulating_operators_get_zeroed_blocks, 60),
@@ -698,8 +675,7 @@ fn main() {
         "multiple" => {
             assert_eq!(level, mpi::Threading::Multiple, "this MPI does not provide Threading::Multiple");
             &[
-                ("an_overlapping_product_fails_on_every_rank", an_overlapping_product_fails_on_every_rank, 60),
-                ("concurrent_products_are_never_wrong", concurrent_products_are_never_wrong, 120),
+                ("products_from_two_threads_are_never_wrong", products_from_two_threads_are_never_wrong, 120),
             ]
         }
         "finalized" => {

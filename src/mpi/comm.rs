@@ -3,7 +3,7 @@
 //! [`crate::mpi`] for the rules this enforces).
 
 use core::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::ThreadId;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use mpi::Threading;
@@ -33,34 +33,41 @@ fn thread_allowed(level: Threading) -> bool {
     }
 }
 
-const WRONG_THREAD: &str = "a product was called from a thread MPI does not allow: MPI was initialized with \
-                            Threading::Single or Funneled, so products must run on the thread that initialized \
-                            it (or initialize with Threading::Serialized or Multiple)";
+const WRONG_THREAD: &str = "an MPI operator was used from a thread other than the one that built it: its products \
+                            are collective, one at a time, in the same order on every rank, so they run on that \
+                            thread only (build one operator per thread; with Threading::Single or Funneled, on \
+                            the thread that initialized MPI)";
 
 const NOT_INITIALIZED: &str = "MPI is not initialized: call mpi::initialize() and keep its Universe alive";
 
 const FINALIZED: &str = "MPI was finalized (its Universe was dropped): the operator can no longer run products";
 
 /// The communicator of one operator: a duplicate of the one it was given,
-/// its size and rank (read once), and the state that keeps every rank's
-/// sequence of collectives the same.
+/// its size and rank (read once), the thread that may use it, and the state
+/// that keeps every rank's sequence of collectives the same.
 pub(crate) struct Comm {
     /// `None` only while dropping.
     comm: Option<SimpleCommunicator>,
     size: usize,
     rank: usize,
     level: Threading,
-    /// Held for a whole collective call: one call at a time on this rank.
+    /// The thread that built the operator: the only one that runs its products.
+    owner: ThreadId,
+    /// Held during a collective call: a nested call (from inside the
+    /// operator's own product) finds it taken.
     busy: Mutex<()>,
-    /// Set by a call that found another call of this operator in flight on
-    /// this rank; read (and cleared) by the call in flight at its next
-    /// agreement.
-    overlapped: AtomicBool,
-    /// Calls that failed before they could reach MPI (a thread MPI does not
-    /// allow): each still owes the other ranks its first agreement, which
-    /// the next call (or the drop) that can reach MPI makes for it, with its
-    /// fault, before its own.
-    owed: Mutex<Vec<Fault>>,
+    /// The first misuse (a call from another thread, or a nested call) not
+    /// yet told to the other ranks, and whether the ranks agreed that the
+    /// operator is dead.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// A misuse on this rank, told to the other ranks at the next agreement.
+    misuse: Option<String>,
+    /// Agreed on every rank: the failing rank and its message.
+    dead: Option<(usize, String)>,
 }
 
 impl fmt::Debug for Comm {
@@ -69,23 +76,24 @@ impl fmt::Debug for Comm {
     }
 }
 
-// SAFETY: the communicator handle is passed to MPI only (a) in `Comm::new`
-// and `Comm::collective`, after checking that MPI is initialized and not
-// finalized and that MPI allows the calling thread (`thread_allowed`: with
-// Single or Funneled only MPI's main thread, whichever thread holds the
-// `Comm`), with every call serialized process-wide under `Serialized`
-// (`Session::mpi` and `SERIALIZED`), and one collective call of this
-// operator at a time on this rank (`busy`); (b) in `Drop`, under the same
-// checks, else it is leaked. `size`, `rank` and `Debug` use values read at
-// construction. An MPI handle is a plain value with no thread affinity, so
-// moving it to another thread is covered by the same checks.
+// SAFETY: the communicator handle is passed to MPI only (a) in `Comm::new`,
+// `Comm::collective` and `Drop`, on the thread that built the operator
+// (checked in each: other threads never reach MPI) and after checking that
+// MPI is initialized and not finalized; that thread is one MPI allows
+// (`thread_allowed`, checked at construction: with Single or Funneled, MPI's
+// main thread); under `Serialized` every MPI call of this crate is also
+// serialized process-wide (`SERIALIZED`); (b) nowhere else: `size`, `rank`
+// and `Debug` use values read at construction. Dropping on another thread
+// leaks the handle. An MPI handle is a plain value with no thread affinity,
+// so moving it to another thread is covered by the same checks.
 unsafe impl Send for Comm {}
 // SAFETY: as above: every use through `&Comm` goes through those checks.
 unsafe impl Sync for Comm {}
 
 impl Comm {
     /// Duplicates `comm` (collective): this operator's messages can then
-    /// never match the program's own.
+    /// never match the program's own. The calling thread becomes the one
+    /// that runs the operator's products.
     ///
     /// # Errors
     /// [`Error::Mpi`] if MPI is not initialized, already finalized, or does
@@ -101,7 +109,11 @@ impl Comm {
         }
         let level = mpi::environment::threading_support();
         if !thread_allowed(level) {
-            return Err(Error::Mpi(WRONG_THREAD.replace("a product was", "an MPI operator was built")));
+            return Err(Error::Mpi(
+                "MPI was initialized with Threading::Single or Funneled: MPI operators must be built (and used) on \
+                 the thread that initialized it"
+                    .into(),
+            ));
         }
         let _serial = (level == Threading::Serialized).then(|| lock(&SERIALIZED));
         let dup = comm.duplicate();
@@ -111,9 +123,9 @@ impl Comm {
             size,
             rank,
             level,
+            owner: std::thread::current().id(),
             busy: Mutex::new(()),
-            overlapped: AtomicBool::new(false),
-            owed: Mutex::new(Vec::new()),
+            state: Mutex::new(State::default()),
         })
     }
 
@@ -136,9 +148,9 @@ impl Comm {
     }
 
     /// Runs one collective call: the agreement on `settings` (and on this
-    /// call's faults) on every rank, then `body`. Every call of every rank
-    /// makes that first agreement exactly once, in call order, so a call
-    /// that fails on one rank fails on all of them, at that agreement.
+    /// rank's misuse, if any) on every rank, then `body`. Only the thread
+    /// that built the operator reaches MPI, so every rank's sequence of
+    /// agreements is its products in that thread's order.
     pub(crate) fn collective<R>(
         &self,
         settings: &[(&'static str, u64)],
@@ -148,57 +160,65 @@ impl Comm {
         if mpi::is_finalized() {
             return Err(Error::Mpi(FINALIZED.into()));
         }
-        if !thread_allowed(self.level) {
-            // No MPI from here: the other ranks wait in this call's first
-            // agreement until the next call (or the drop) on this rank makes
-            // it for this one.
-            let fault = Fault::new(WRONG_THREAD.into());
-            let error = Error::Rank { rank: self.rank, message: fault.message.clone(), source: None };
-            lock(&self.owed).push(fault);
+        if let Some(error) = self.dead() {
             return Err(error);
         }
-        let mut fault = None;
-        let _busy = match self.busy.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                // Another thread's call of this operator is in flight here: it
-                // fails at its next agreement, and so does this one, after it,
-                // so that every rank's sequence of agreements stays the same.
-                self.overlapped.store(true, Ordering::SeqCst);
-                fault = Some(Fault::new(
-                    "a product of this operator was started while another was running on the same rank: \
-                     products are collective, one at a time, in the same order on every rank"
-                        .into(),
-                ));
-                let guard = lock(&self.busy);
-                // The call it overlapped is over: its flag must not fail a later call.
-                self.overlapped.store(false, Ordering::SeqCst);
-                guard
+        let misuse = if std::thread::current().id() != self.owner {
+            Some(WRONG_THREAD)
+        } else {
+            None
+        };
+        let busy = match (misuse, self.busy.try_lock()) {
+            (None, Ok(guard)) => guard,
+            (None, Err(TryLockError::Poisoned(e))) => e.into_inner(),
+            (misuse, _) => {
+                // No MPI from here: the other ranks learn of it at this rank's
+                // next agreement (its next product, or its drop).
+                let message = misuse.unwrap_or(NESTED).to_owned();
+                lock(&self.state).misuse.get_or_insert_with(|| message.clone());
+                return Err(Error::Rank { rank: self.rank, message, source: None });
             }
         };
         let session = Session { comm: self, communicator: self.comm.as_ref().expect("alive") };
-        session.settle_owed();
-        session.agree(settings, fault)?;
-        let value = body(&session)?;
-        // Last, whether another thread started a product of this operator
-        // here meanwhile (the body's errors come from agreements: every rank
-        // gets here, or none).
-        session.outcome(Ok(value))
+        session.first_agreement(settings)?;
+        let value = body(&session);
+        drop(busy);
+        value
+    }
+
+    /// The error of every call once the ranks agreed that the operator is dead.
+    fn dead(&self) -> Option<Error> {
+        let state = lock(&self.state);
+        let (rank, message) = state.dead.as_ref()?;
+        Some(Error::Rank {
+            rank: *rank,
+            message: format!("{message} (the operator can no longer run products: build a new one)"),
+            source: None,
+        })
     }
 }
+
+const NESTED: &str = "a product of an MPI operator was called from inside one of its own products";
 
 impl Drop for Comm {
     fn drop(&mut self) {
         let Some(comm) = self.comm.take() else { return };
-        // After MPI_Finalize, or on a thread MPI does not allow, no MPI call
-        // is possible: the handle is leaked (MPI freed it at finalize).
-        if !mpi::is_initialized() || mpi::is_finalized() || !thread_allowed(self.level) {
+        // After MPI_Finalize, or on a thread that is not the operator's, no
+        // MPI call is possible: the handle is leaked (MPI frees it at finalize).
+        if !mpi::is_initialized() || mpi::is_finalized() || std::thread::current().id() != self.owner {
             core::mem::forget(comm);
             return;
         }
-        let session = Session { comm: self, communicator: &comm };
-        session.settle_owed();
+        // A misuse not yet told: the other ranks are waiting in the product
+        // this rank called from another thread; tell them.
+        let owed = {
+            let state = lock(&self.state);
+            state.dead.is_none() && state.misuse.is_some()
+        };
+        if owed {
+            let session = Session { comm: self, communicator: &comm };
+            let _ = session.first_agreement(&[]);
+        }
         let _serial = (self.level == Threading::Serialized).then(|| lock(&SERIALIZED));
         drop(comm);
     }
@@ -234,34 +254,24 @@ impl Session<'_> {
         self.mpi(|c| agree(c, settings, fault))
     }
 
-    /// The outcome of this rank's local work, agreed before anyone waits on
-    /// another rank's data; also fails if another thread started a product
-    /// of this operator on this rank meanwhile.
-    pub(crate) fn outcome<V>(&self, local: Result<V, Fault>) -> Result<V, Error> {
-        let overlapped = self.comm.overlapped.swap(false, Ordering::SeqCst);
-        let (value, fault) = match local {
-            Err(fault) => (None, Some(fault)),
-            Ok(v) if overlapped => (
-                Some(v),
-                Some(Fault::new(
-                    "another product of this operator was started on the same rank while this one ran: products \
-                     are collective, one at a time, in the same order on every rank"
-                        .into(),
-                )),
-            ),
-            Ok(v) => (Some(v), None),
-        };
-        self.agree(&[], fault)?;
-        Ok(value.expect("no fault: this rank has its value"))
+    /// The first agreement of a call: the settings, and this rank's misuse.
+    /// A misuse on any rank makes the operator dead on every rank, at this
+    /// same agreement.
+    fn first_agreement(&self, settings: &[(&'static str, u64)]) -> Result<(), Error> {
+        let misuse = lock(&self.comm.state).misuse.take().map(Fault::new);
+        let result = self.agree(settings, misuse);
+        if let Err(Error::Rank { rank, message, .. }) = &result {
+            lock(&self.comm.state).dead = Some((*rank, message.clone()));
+        }
+        result
     }
 
-    /// Makes the first agreement of the calls that could not reach MPI.
-    fn settle_owed(&self) {
-        let owed = core::mem::take(&mut *lock(&self.comm.owed));
-        for fault in owed {
-            // That call already returned its error on this rank; the other
-            // ranks' same call now returns it too.
-            let _ = self.agree(&[], Some(fault));
+    /// The outcome of this rank's local work (a file read, a block of a
+    /// product), agreed before anyone waits on another rank's data.
+    pub(crate) fn outcome<V>(&self, local: Result<V, Fault>) -> Result<V, Error> {
+        match local {
+            Ok(v) => self.agree(&[], None).map(|()| v),
+            Err(fault) => Err(self.agree(&[], Some(fault)).expect_err("a fault is an error on every rank")),
         }
     }
 }

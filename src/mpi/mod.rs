@@ -28,47 +28,47 @@
 //! (the lowest failing rank's, as [`Error::Rank`](crate::parallel::Error::Rank)
 //! with its message). After its local block, each rank agrees once more on
 //! the outcome (a panic in a user's operator is caught and becomes that
-//! rank's fault) before anyone waits on another rank's data, and once
-//! after the gather (on whether another thread started a product of the
-//! operator meanwhile: see below). Nobody waits on a collective whose
-//! outcome was not agreed, and the operator stays usable after such an
-//! error. Three allreduces of 17 integers per product: microseconds.
+//! rank's fault) before anyone waits on another rank's data. Nobody waits
+//! on a collective whose outcome was not agreed, and the operator stays
+//! usable after such an error (a disagreement, a panic). Two allreduces of
+//! 17 integers per product: microseconds.
 //!
-//! # Threads
-//! faer's operators must be `Sync`, while MPI restricts threads:
-//! - With `Threading::Single` or `Funneled` (rsmpi's `mpi::initialize()`
-//!   gives `Single`), only the thread that initialized MPI may run
-//!   products. A product called from another thread cannot talk to MPI: it
-//!   returns [`Error::Rank`](crate::parallel::Error::Rank) at once, and
-//!   the agreement it owes the other ranks (which are waiting in the same
-//!   product) is made for it, with that error, by the next product of the
-//!   operator on an allowed thread of this rank, or by its drop. So the
-//!   other ranks return the same error instead of waiting forever, as soon
-//!   as this rank goes on with the operator (or drops it).
-//! - With `Serialized`, products may run on any thread; this crate's MPI
-//!   calls are serialized process-wide.
-//! - With `Multiple`, products may run on any thread, but still one at a
-//!   time per operator: MPI does not order collectives that two threads of
-//!   a rank issue on one communicator, and no lock on one rank can order
-//!   them across ranks (rank 0 would pair its product A with rank 1's
-//!   product B: a silent wrong result). A product that starts while another
-//!   product of the same operator runs on the same rank waits for it, then
-//!   fails at its own agreement, on every rank; the product that was running
-//!   fails too, at its last agreement, on every rank, if the overlap began
-//!   before it. Neither can hang: every call of every rank makes its
-//!   first agreement exactly once and in call order, so the ranks'
-//!   sequences of collectives stay the same. What no check can see is a
-//!   program whose ranks call products in different orders without
-//!   overlap (or with an overlap that begins in the microseconds between
-//!   the running product's last agreement and its return): that is the
-//!   rule above, for the program to keep
-//!   (use one operator per thread, or a lock and an order the ranks share).
+//! # Threads: one operator, one thread
+//! faer's operators must be `Sync`, but MPI does not order the collectives
+//! that two threads of a rank issue on one communicator, and no lock on one
+//! rank can order them across ranks: rank 0 would pair its product A with
+//! rank 1's product B, a silent wrong result even when no two products
+//! overlap in time. So an operator's products run on the thread that built
+//! it, and only there (with `Threading::Single` or `Funneled`, rsmpi's
+//! `mpi::initialize()` giving `Single`, that must be the thread that
+//! initialized MPI; with `Serialized` this crate's MPI calls are also
+//! serialized process-wide). Then every rank's sequence of collectives is
+//! that thread's products, in its order: the rule "one product at a time,
+//! in the same order on every rank" holds by construction. Threads that
+//! need products of their own build their own operators (each on its own
+//! duplicate communicator; with `Threading::Multiple` they may run at the
+//! same time).
+//!
+//! A product called from any other thread (or from inside one of the
+//! operator's own products) makes no MPI call: it returns
+//! [`Error::Rank`](crate::parallel::Error::Rank) at once and marks the
+//! operator. The other ranks may be waiting in that same product (if they
+//! called it from the right thread): the mark travels with this rank's next
+//! agreement, that is its next product of the operator or its drop, and
+//! there every rank returns the same error and the operator becomes unusable
+//! on every rank at once (later products fail at once, on every rank,
+//! without MPI; build a new operator). It cannot stay usable: the ranks no
+//! longer call the same products in the same order, and pairing what is
+//! left could give wrong results. It cannot hang a program whose ranks go
+//! on (a next product, or the drop at the end of its scope); a rank that
+//! leaves the misused operator alive and stops calling MPI leaves the
+//! others waiting, as any missing collective would.
 //!
 //! Building an operator (duplicating the communicator) is collective too,
 //! and must run on every rank from a thread MPI allows: it is checked on
 //! each rank before the duplication, but a rank that fails that check
 //! leaves the others in `MPI_Comm_dup`.
-//!
+
 //! # After `MPI_Finalize`
 //! Once the `Universe` is dropped (which finalizes MPI, on every rank), a
 //! product returns [`Error::Mpi`](crate::parallel::Error::Mpi) and a drop
