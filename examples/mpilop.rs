@@ -28,7 +28,8 @@ fn main() {
     let path = match &args[..] {
         [path] => path.into(),
         _ => {
-            let size = |i: usize, default| args.get(i).map_or(default, |a| a.parse().expect("usage: mpilop [file.npz | m n]"));
+            let size =
+                |i: usize, default| args.get(i).map_or(default, |a| a.parse().expect("usage: mpilop [file.npz | m n]"));
             let (m, n) = (size(0, 3000), size(1, 2000));
             let path = std::env::temp_dir().join(format!("lazylinop-mpilop-example-{m}x{n}.npz"));
             if rank == 0 {

@@ -105,9 +105,7 @@ fn ranks_that_disagree_on_shapes_all_get_the_error(world: &SimpleCommunicator) {
         return;
     }
     let a = random::mat::<f64>(6, 4, 1);
-    let l = pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All))
-        .unwrap()
-        .with_min_parallel_work(0);
+    let l = pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All)).unwrap().with_min_parallel_work(0);
     // Rank 1 has one column more than the others.
     let k = 3 + usize::from(world.rank() == 1);
     let err = l.try_matmat(random::mat::<f64>(4, k, 0).as_ref()).unwrap_err();
@@ -242,9 +240,8 @@ fn a_product_from_another_thread_fails_on_every_rank(world: &SimpleCommunicator)
     let a = random::mat::<f64>(6, 4, 1);
     let x = random::mat::<f64>(4, 3, 0);
     let build = || pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All)).unwrap();
-    let on_another_thread = |l: &Pmatmat<f64, &Mat<f64>>| {
-        std::thread::scope(|s| s.spawn(|| l.try_matmat(x.as_ref())).join().unwrap())
-    };
+    let on_another_thread =
+        |l: &Pmatmat<f64, &Mat<f64>>| std::thread::scope(|s| s.spawn(|| l.try_matmat(x.as_ref())).join().unwrap());
     let thread = "thread other than the one that built it";
     // The last rank calls from another thread; the others from the building thread.
     let l = build();
@@ -286,7 +283,9 @@ fn a_panic_on_one_rank_is_an_error_on_every_rank(world: &SimpleCommunicator) {
             }
             matmul(out, Accum::Replace, &a1, x, 1.0, Par::Seq)
         },
-        move |out: faer::MatMut<'_, f64>, y: MatRef<'_, f64>| matmul(out, Accum::Replace, a2.adjoint(), y, 1.0, Par::Seq),
+        move |out: faer::MatMut<'_, f64>, y: MatRef<'_, f64>| {
+            matmul(out, Accum::Replace, a2.adjoint(), y, 1.0, Par::Seq)
+        },
     );
     let x = random::mat::<f64>(4, 5, 0);
     for gather in [Gather::Root, Gather::All] {
@@ -311,8 +310,13 @@ fn a_panic_on_one_rank_is_an_error_on_every_rank(world: &SimpleCommunicator) {
 /// Every product with at least two columns is split over the ranks.
 fn products_are_split_over_ranks_by_default(world: &SimpleCommunicator) {
     let size = world.size() as usize;
-    let l = pmatmat_mpi(common::who_ran(|| rank_of_world() as f64), world, false, MpiOptions::default().gather(Gather::All))
-        .unwrap();
+    let l = pmatmat_mpi(
+        common::who_ran(|| rank_of_world() as f64),
+        world,
+        false,
+        MpiOptions::default().gather(Gather::All),
+    )
+    .unwrap();
     assert_eq!(common::workers_seen(&l, 8), size.min(8), "ranks that computed a block of 8 columns");
 }
 
@@ -438,12 +442,10 @@ fn mpilop_products_match_the_file(world: &SimpleCommunicator) {
 }
 
 fn mpilop_maps_aligned_data_and_copies_the_rest(world: &SimpleCommunicator) {
-    let aligned =
-        MpiLop::<f64>::new(world, fixtures::fixture("aligned.npz"), Some("f64c"), true, None).unwrap();
+    let aligned = MpiLop::<f64>::new(world, fixtures::fixture("aligned.npz"), Some("f64c"), true, None).unwrap();
     assert!(aligned.is_mapped(), "stored, aligned f64 data is viewed in place");
     // np.savez leaves f64 data unaligned: a copy of this rank's rows.
-    let unaligned =
-        MpiLop::<f64>::new(world, fixtures::fixture("float64_c_stored.npz"), None, true, None).unwrap();
+    let unaligned = MpiLop::<f64>::new(world, fixtures::fixture("float64_c_stored.npz"), None, true, None).unwrap();
     assert!(!unaligned.is_mapped());
     assert_eq!(unaligned.member(), "m7x5");
     let compressed =
@@ -513,7 +515,8 @@ fn mpilop_errors_are_collective(world: &SimpleCommunicator) {
         &["unsupported.npz", "float64"],
     );
     // Still fine afterwards.
-    let l = MpiLop::<f64>::new(world, &good, None, true, None).unwrap()
+    let l = MpiLop::<f64>::new(world, &good, None, true, None)
+        .unwrap()
         .with_options(MpiOptions::default().gather(Gather::All));
     assert_eq!((l.nrows(), l.ncols()), (7, 5));
 }
@@ -525,10 +528,9 @@ fn lsmr_runs_on_every_rank_with_an_mpilop(world: &SimpleCommunicator) {
     use faer::matrix_free::lsmr::{LsmrParams, lsmr, lsmr_scratch};
     // Regularized least squares, min ‖[εA; I]·x - [b; 0]‖, with A (33×17, rank 2: the
     // fixture's formula) distributed and every rank iterating.
-    let a =
-        MpiLop::<f64>::new(world, fixtures::fixture("float64_f_stored.npz"), Some("m33x17"), false, None)
-            .unwrap()
-            .with_options(MpiOptions::default().gather(Gather::All));
+    let a = MpiLop::<f64>::new(world, fixtures::fixture("float64_f_stored.npz"), Some("m33x17"), false, None)
+        .unwrap()
+        .with_options(MpiOptions::default().gather(Gather::All));
     let eps = 1e-6;
     let l = vstack(vec![DynOp::new(a.scale(eps)), DynOp::new(eye(17, 17, 0))]);
     let seed = fixtures_of("float64").into_iter().find(|a| a.0 == "float64_f_stored.npz" && a.1 == "m33x17").unwrap().3;
@@ -663,7 +665,11 @@ fn main() {
             ("ranks_that_disagree_on_shapes_all_get_the_error", ranks_that_disagree_on_shapes_all_get_the_error, 60),
             ("user_messages_are_never_taken_by_a_product", user_messages_are_never_taken_by_a_product, 60),
             ("settings_that_differ_are_an_error_on_every_rank", settings_that_differ_are_an_error_on_every_rank, 60),
-            ("a_product_from_another_thread_fails_on_every_rank", a_product_from_another_thread_fails_on_every_rank, 60),
+            (
+                "a_product_from_another_thread_fails_on_every_rank",
+                a_product_from_another_thread_fails_on_every_rank,
+                60,
+            ),
             ("a_panic_on_one_rank_is_an_error_on_every_rank", a_panic_on_one_rank_is_an_error_on_every_rank, 60),
             ("products_are_split_over_ranks_by_default", products_are_split_over_ranks_by_default, 60),
             ("accumulating_operators_get_zeroed_blocks", accumulating_operators_get_zeroed_blocks, 60),
@@ -674,9 +680,7 @@ fn main() {
         ],
         "multiple" => {
             assert_eq!(level, mpi::Threading::Multiple, "this MPI does not provide Threading::Multiple");
-            &[
-                ("products_from_two_threads_are_never_wrong", products_from_two_threads_are_never_wrong, 120),
-            ]
+            &[("products_from_two_threads_are_never_wrong", products_from_two_threads_are_never_wrong, 120)]
         }
         "finalized" => {
             let _deadline = watchdog("finalized", 60);
@@ -697,6 +701,10 @@ fn main() {
         }
     }
     if rank == 0 {
-        println!("test result: ok. {} passed ({size} ranks{})", tests.len(), if scenario.is_empty() { String::new() } else { format!(", {scenario}") });
+        println!(
+            "test result: ok. {} passed ({size} ranks{})",
+            tests.len(),
+            if scenario.is_empty() { String::new() } else { format!(", {scenario}") }
+        );
     }
 }

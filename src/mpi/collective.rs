@@ -42,7 +42,11 @@ const SETTINGS: usize = 8;
 /// the same point; the layout is the same for every call, so an agreement
 /// that carries no settings (a fault owed by an earlier call) still pairs
 /// with any other.
-pub(crate) fn agree(comm: &SimpleCommunicator, settings: &[(&'static str, u64)], fault: Option<Fault>) -> Result<(), Error> {
+pub(crate) fn agree(
+    comm: &SimpleCommunicator,
+    settings: &[(&'static str, u64)],
+    fault: Option<Fault>,
+) -> Result<(), Error> {
     assert!(settings.len() <= SETTINGS, "at most {SETTINGS} settings per agreement");
     let (size, rank) = (comm.size() as usize, comm.rank() as usize);
     // The maximum of each value and of its complement: its maximum and minimum.

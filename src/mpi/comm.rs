@@ -3,8 +3,8 @@
 //! [`crate::mpi`] for the rules this enforces).
 
 use core::fmt;
-use std::thread::ThreadId;
 use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::thread::ThreadId;
 
 use mpi::Threading;
 use mpi::topology::SimpleCommunicator;
@@ -163,11 +163,7 @@ impl Comm {
         if let Some(error) = self.dead() {
             return Err(error);
         }
-        let misuse = if std::thread::current().id() != self.owner {
-            Some(WRONG_THREAD)
-        } else {
-            None
-        };
+        let misuse = if std::thread::current().id() != self.owner { Some(WRONG_THREAD) } else { None };
         let busy = match (misuse, self.busy.try_lock()) {
             (None, Ok(guard)) => guard,
             (None, Err(TryLockError::Poisoned(e))) => e.into_inner(),

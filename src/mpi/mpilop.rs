@@ -9,9 +9,7 @@ use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 use mpi::traits::Communicator;
 
-use super::collective::{
-    Fault, Pieces, as_contiguous, broadcast, gather, reduce_sum, temp_slice, temp_slice_scratch,
-};
+use super::collective::{Fault, Pieces, as_contiguous, broadcast, gather, reduce_sum, temp_slice, temp_slice_scratch};
 use super::comm::Comm;
 use super::pmatmat::mode_code;
 use crate::Scalar;
@@ -117,7 +115,10 @@ impl<T: Scalar> MpiLop<T> {
             let npz = s.outcome(opened)?;
             let (m, n) = npz.shape();
             let member = npz.member().to_owned();
-            s.agree(&[("the matrix's rows in the file", m as u64), ("the matrix's columns in the file", n as u64)], None)?;
+            s.agree(
+                &[("the matrix's rows in the file", m as u64), ("the matrix's columns in the file", n as u64)],
+                None,
+            )?;
             // This rank's rows: a view into the map where possible, else a copy of them only.
             let rows = split::block(m, p, r);
             let local = match npz.view_rows::<T>(rows.clone()) {
