@@ -24,7 +24,7 @@ cargo test --all-features
 
 step "MPI tests and examples under mpirun"
 # Root is allowed (CI runs as root); 3 ranks on 2 cores need oversubscription.
-mpirun_n() { local n=$1; shift; timeout 900 mpirun --allow-run-as-root --oversubscribe -n "$n" "$@"; }
+mpirun_n() { local n=$1; shift; timeout -k 30 900 mpirun --allow-run-as-root --oversubscribe -n "$n" "$@"; }
 bin=$(cargo test --all-features --test mpi --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 [ -x "$bin" ] || { echo "could not find the MPI test binary" >&2; exit 1; }
