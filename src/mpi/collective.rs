@@ -197,8 +197,16 @@ pub(crate) fn as_contiguous<'a, T>(out: &'a mut MatMut<'_, T>) -> Option<&'a mut
     Some(unsafe { core::slice::from_raw_parts_mut(out.as_ptr_mut(), m * k) })
 }
 
+/// `f()`, a panic caught as this rank's fault (`what` panicked: its message),
+/// so that it becomes an error on every rank instead of leaving the others
+/// waiting.
+pub(crate) fn caught<V>(what: &str, f: impl FnOnce() -> Result<V, Fault>) -> Result<V, Fault> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(Fault::new(format!("{what} panicked: {}", panic_message(&*payload)))))
+}
+
 /// The message of a caught panic.
-pub(crate) fn panic_message(payload: &(dyn core::any::Any + Send)) -> String {
+fn panic_message(payload: &(dyn core::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

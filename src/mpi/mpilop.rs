@@ -9,7 +9,9 @@ use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 use mpi::traits::Communicator;
 
-use super::collective::{Fault, Pieces, as_contiguous, broadcast, gather, reduce_sum, temp_slice, temp_slice_scratch};
+use super::collective::{
+    Fault, Pieces, as_contiguous, broadcast, caught, gather, reduce_sum, temp_slice, temp_slice_scratch,
+};
 use super::comm::Comm;
 use super::pmatmat::mode_code;
 use crate::Scalar;
@@ -97,21 +99,22 @@ impl<T: Scalar> MpiLop<T> {
         let path = path.as_ref().to_owned();
         let (p, r) = (comm.size(), comm.rank());
         let (local, rows, nrows, ncols, member) = comm.collective(&[], |s| {
-            let opened = NpzMatrix::open(&path, member).map_err(Fault::from).and_then(|npz| {
-                let found = npz.shape();
-                match shape {
-                    Some(want) if want != found => Err(Fault::new(format!(
-                        "{}: member {} has shape {}×{}, expected {}×{}",
-                        path.display(),
-                        npz.member(),
-                        found.0,
-                        found.1,
-                        want.0,
-                        want.1
-                    ))),
-                    _ => Ok(npz),
-                }
-            });
+            let opened =
+                caught("reading the file", || NpzMatrix::open(&path, member).map_err(Fault::from)).and_then(|npz| {
+                    let found = npz.shape();
+                    match shape {
+                        Some(want) if want != found => Err(Fault::new(format!(
+                            "{}: member {} has shape {}×{}, expected {}×{}",
+                            path.display(),
+                            npz.member(),
+                            found.0,
+                            found.1,
+                            want.0,
+                            want.1
+                        ))),
+                        _ => Ok(npz),
+                    }
+                });
             let npz = s.outcome(opened)?;
             let (m, n) = npz.shape();
             let member = npz.member().to_owned();
@@ -121,16 +124,17 @@ impl<T: Scalar> MpiLop<T> {
             )?;
             // This rank's rows: a view into the map where possible, else a copy of them only.
             let rows = split::block(m, p, r);
-            let local = match npz.view_rows::<T>(rows.clone()) {
+            let local = caught("reading the file", || match npz.view_rows::<T>(rows.clone()) {
                 Ok(Some(view)) => {
                     // Read this rank's rows once now, so that their pages are mapped
                     // before the first product rather than during it.
                     core::hint::black_box(view.norm_max());
-                    Ok(Rows::Mapped(npz))
+                    Ok(None)
                 }
-                Ok(None) => npz.read_rows::<T>(rows.clone()).map(Rows::Copied).map_err(Fault::from),
+                Ok(None) => npz.read_rows::<T>(rows.clone()).map(Some).map_err(Fault::from),
                 Err(e) => Err(Fault::from(e)),
-            };
+            })
+            .map(|copied| copied.map_or(Rows::Mapped(npz), Rows::Copied));
             let local = s.outcome(local)?;
             Ok((local, rows, m, n, member))
         })?;

@@ -2,14 +2,12 @@
 //! computes column block `r`, and the blocks are gathered on rank 0 or on
 //! every rank.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::reborrow::ReborrowMut;
 use faer::{MatMut, MatRef};
 use mpi::traits::Communicator;
 
-use super::collective::{Fault, Pieces, as_contiguous, gather, panic_message, temp_slice, temp_slice_scratch};
+use super::collective::{Pieces, as_contiguous, caught, gather, temp_slice, temp_slice_scratch};
 use super::comm::Comm;
 use crate::BiLinOp;
 use crate::parallel::{Error, Gather, MpiOptions, Work, split};
@@ -78,8 +76,9 @@ impl Ranks {
         // The user's operator computes into zeros, whatever `out` held.
         let block = |mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack| {
             out.fill(T::zeroed());
-            catch_unwind(AssertUnwindSafe(|| work.block(out, rhs, stack))).map_err(|payload| {
-                Fault::new(format!("the operator panicked in its block of a product: {}", panic_message(&*payload)))
+            caught("the operator, in its block of a product,", || {
+                work.block(out, rhs, stack);
+                Ok(())
             })
         };
         self.comm.collective(&settings, |s| {
