@@ -12,7 +12,7 @@ mod common;
 use common::fixtures::{self, Formula};
 use common::{assert_close, product, reference};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use faer::linalg::matmul::matmul;
@@ -266,6 +266,42 @@ fn a_product_from_another_thread_fails_on_every_rank(world: &SimpleCommunicator)
     assert_thread_error(err, last, thread);
     // A new operator works.
     assert_close(build().try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "a new operator");
+}
+
+/// A product of an operator called from inside one of its own products
+/// (here its user operator calls it) fails at once without MPI; the outer
+/// product completes, and the next one is an error on every rank.
+fn a_nested_product_fails_on_every_rank(world: &SimpleCommunicator) {
+    type Inner = Box<dyn Fn() -> Result<Mat<f64>, Error> + Send + Sync>;
+    static INNER: OnceLock<Inner> = OnceLock::new();
+    static NESTED: Mutex<Option<String>> = Mutex::new(None);
+    let a = random::mat::<f64>(6, 4, 1);
+    let (a1, a2) = (a.clone(), a.clone());
+    let op = from_matmat(
+        6,
+        4,
+        move |out: faer::MatMut<'_, f64>, x: MatRef<'_, f64>| {
+            if let Some(inner) = INNER.get() {
+                let got = inner();
+                *NESTED.lock().unwrap() = Some(got.map(|_| String::new()).unwrap_or_else(|e| e.to_string()));
+            }
+            matmul(out, Accum::Replace, &a1, x, 1.0, Par::Seq)
+        },
+        move |out: faer::MatMut<'_, f64>, y: MatRef<'_, f64>| {
+            matmul(out, Accum::Replace, a2.adjoint(), y, 1.0, Par::Seq)
+        },
+    );
+    // The operator refers to itself: leaked for the test.
+    let l: &'static _ =
+        Box::leak(Box::new(pmatmat_mpi(op, world, false, MpiOptions::default().gather(Gather::All)).unwrap()));
+    let x = random::mat::<f64>(4, 3, 0);
+    let x2 = x.clone();
+    assert!(INNER.set(Box::new(move || l.try_matmat(x2.as_ref()))).is_ok());
+    let outer = l.try_matmat(x.as_ref()).expect("the outer product");
+    assert_close(outer.as_ref(), (&a * &x).as_ref(), "the outer product");
+    let nested = NESTED.lock().unwrap().take().expect("the operator ran");
+    assert!(nested.contains("from inside one of its own products"), "{nested}");
+    assert_thread_error(l.try_matmat(x.as_ref()), 0, "from inside one of its own products");
 }
 
 /// Item 6: a panic in one rank's block of a product (a user's operator) is
@@ -639,7 +675,8 @@ fn finalized(universe: mpi::environment::Universe) {
 type Test = fn(&SimpleCommunicator);
 
 fn main() {
-    let scenario = std::env::args().nth(1).unwrap_or_default();
+    // Other arguments (cargo test's filters and flags) select the main suite.
+    let scenario = std::env::args().nth(1).filter(|a| a == "multiple" || a == "finalized").unwrap_or_default();
     let threading = if scenario == "multiple" { mpi::Threading::Multiple } else { mpi::Threading::Single };
     let (universe, level) = mpi::initialize_with_threading(threading).expect("MPI initializes once");
     let world = universe.world();
@@ -670,6 +707,7 @@ fn main() {
                 a_product_from_another_thread_fails_on_every_rank,
                 60,
             ),
+            ("a_nested_product_fails_on_every_rank", a_nested_product_fails_on_every_rank, 60),
             ("a_panic_on_one_rank_is_an_error_on_every_rank", a_panic_on_one_rank_is_an_error_on_every_rank, 60),
             ("products_are_split_over_ranks_by_default", products_are_split_over_ranks_by_default, 60),
             ("accumulating_operators_get_zeroed_blocks", accumulating_operators_get_zeroed_blocks, 60),
@@ -690,7 +728,7 @@ fn main() {
             }
             return;
         }
-        other => panic!("unknown scenario {other:?}: expected none, \"multiple\" or \"finalized\""),
+        _ => unreachable!("filtered above"),
     };
     for &(name, test, secs) in tests {
         let deadline = watchdog(name, secs);
