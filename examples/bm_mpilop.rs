@@ -14,7 +14,7 @@ use std::time::Instant;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use lazylinop::mpilop::MpiLop;
+use lazylinop::mpi::MpiLop;
 use lazylinop::npz::NpzMatrix;
 use lazylinop::prelude::*;
 use lazylinop::random;
@@ -78,9 +78,8 @@ fn main() {
 
     for bcast_op in [false, true] {
         let mut l = None;
-        let t_build = timed(&world, || {
-            l = Some(MpiLop::<f64>::new(world.duplicate(), &path, None, bcast_op, Some((n, n))).unwrap())
-        });
+        let t_build =
+            timed(&world, || l = Some(MpiLop::<f64>::new(&world, &path, None, bcast_op, Some((n, n))).unwrap()));
         let l = l.unwrap();
         // What the copy path costs (np.savez data is unaligned for f64): reading this rank's rows.
         let t_copy = timed(&world, || {

@@ -4,16 +4,17 @@
 //!
 //! ```text
 //! cargo build --release --features mpi --example mpilop
-//! mpirun -n 2 target/release/examples/mpilop [file.npz]
+//! mpirun -n 2 target/release/examples/mpilop [file.npz | m n]
 //! ```
-//! Without a file, rank 0 writes a 3000×2000 float64 matrix to a temporary
-//! `.npz` first (`lazylinop::npz::save`, which numpy reads too).
+//! Without a file, rank 0 writes an `m × n` float64 matrix (3000×2000 by
+//! default) to a temporary `.npz` first (`lazylinop::npz::save`, which numpy
+//! reads too).
 
 use std::time::Instant;
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, Par};
-use lazylinop::mpilop::MpiLop;
+use lazylinop::mpi::MpiLop;
 use lazylinop::npz::NpzMatrix;
 use lazylinop::prelude::*;
 use lazylinop::random;
@@ -23,13 +24,16 @@ fn main() {
     let universe = mpi::initialize().expect("MPI initializes");
     let world = universe.world();
     let (rank, size) = (world.rank(), world.size());
-    let path = match std::env::args().nth(1) {
-        Some(path) => path.into(),
-        None => {
-            let path = std::env::temp_dir().join("lazylinop-mpilop-example.npz");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let path = match &args[..] {
+        [path] => path.into(),
+        _ => {
+            let size =
+                |i: usize, default| args.get(i).map_or(default, |a| a.parse().expect("usage: mpilop [file.npz | m n]"));
+            let (m, n) = (size(0, 3000), size(1, 2000));
+            let path = std::env::temp_dir().join(format!("lazylinop-mpilop-example-{m}x{n}.npz"));
             if rank == 0 {
-                lazylinop::npz::save(&path, "M", random::mat::<f64>(3000, 2000, 0).as_ref())
-                    .expect("write the example file");
+                lazylinop::npz::save(&path, "M", random::mat::<f64>(m, n, 0).as_ref()).expect("write the example file");
             }
             world.barrier();
             path
@@ -37,7 +41,7 @@ fn main() {
     };
 
     // Every rank maps the file and keeps its own rows; errors are the same on every rank.
-    let l = match MpiLop::<f64>::new(world.duplicate(), &path, None, true, None) {
+    let l = match MpiLop::<f64>::new(&world, &path, None, true, None) {
         Ok(l) => l,
         Err(e) => {
             if rank == 0 {

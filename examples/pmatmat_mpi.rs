@@ -32,8 +32,7 @@ fn main() {
     let l = (&a).plus(&d);
     let x = random::mat::<f64>(n, k, 1);
 
-    let pl = pmatmat_mpi(&l, world.duplicate(), false, MpiOptions::default().gather(Gather::Root))
-        .expect("MPI is initialized");
+    let pl = pmatmat_mpi(&l, &world, false, MpiOptions::default().gather(Gather::Root)).expect("MPI is initialized");
     let mut y = Mat::zeros(n, k);
     let mut buf = MemBuffer::new(pl.apply_scratch(k, Par::Seq));
     let mut best = f64::INFINITY;

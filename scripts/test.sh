@@ -29,14 +29,26 @@ cargo test
 step "cargo test (all features; the MPI tests run here as one rank)"
 cargo test --all-features
 
-step "MPI tests under mpirun"
+step "MPI tests and examples under mpirun"
+# Root is allowed (CI runs as root); 3 ranks on 2 cores need oversubscription.
+mpirun_n() { local n=$1; shift; timeout -k 30 900 mpirun --allow-run-as-root --oversubscribe -n "$n" "$@"; }
 bin=$(cargo test --all-features --test mpi --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 [ -x "$bin" ] || { echo "could not find the MPI test binary" >&2; exit 1; }
+# The examples, built with the test profile (optimized dependencies, shared with the tests).
+cargo build --profile test --features mpi --example pmatmat_mpi --example mpilop --example bm_mpilop
+examples=target/debug/examples
 for n in 1 2 3; do
-    echo "-- mpirun -n $n"
-    # Root is allowed (CI runs as root); 3 ranks on 2 cores need oversubscription.
-    timeout 900 mpirun --allow-run-as-root --oversubscribe -n "$n" "$bin"
+    # The main suite (Threading::Single), products from two threads (Threading::Multiple),
+    # operators used and dropped after MPI_Finalize: one job each.
+    for scenario in "" multiple finalized; do
+        echo "-- mpirun -n $n tests/mpi.rs ${scenario:-(main suite)}"
+        mpirun_n "$n" "$bin" $scenario
+    done
+    echo "-- mpirun -n $n examples (small sizes)"
+    mpirun_n "$n" "$examples/pmatmat_mpi" 300 40
+    mpirun_n "$n" "$examples/mpilop" 300 200
+    mpirun_n "$n" "$examples/bm_mpilop" 300 32 2
 done
 
 step "all checks passed"

@@ -31,13 +31,14 @@
 //! - [`parallel`]: [`pmatmat`](parallel::pmatmat) and friends, an operator
 //!   whose product runs over blocks of columns on threads
 //!   ([`parallel::thread`]), forked processes (`parallel::process`, unix) or
-//!   MPI ranks (`parallel::mpi`, feature `mpi`).
+//!   MPI ranks (`parallel::pmatmat_mpi`, feature `mpi`).
 //! - [`npz`]: one 2-D member of a numpy `.npz` file, read through a memory
 //!   map (row blocks viewed in place or copied), and [`npz::save`]; scipy
 //!   sparse `.npz` files (CSR, CSC) read by shares of their nonzeros
 //!   ([`npz::SparseNpz`]), and [`npz::save_sparse`].
-//! - `mpilop` (feature `mpi`): `MpiLop`, a matrix from a `.npz` distributed
-//!   by rows over MPI ranks.
+//! - `mpi` (feature `mpi`): MPI's one home: the communicator each operator
+//!   duplicates, the rules of collective products, and `MpiLop`, a matrix
+//!   from a `.npz` distributed by rows over MPI ranks.
 //! - [`Scalar`]: the four scalar types (`f32`, `f64`, `c32`, `c64`) that
 //!   shared memory, MPI and `.npz` files carry, and their [`Dtype`].
 //! - [`dottest()`]: checks that an operator's adjoint matches its product.
@@ -76,7 +77,7 @@
 //! | `eye`, `zeros`, `diag` | [`ops::eye`], [`ops::zeros`], [`ops::diag`] |
 //! | `L.toarray()`, `L @ A` | [`LinOpExt::to_dense`], [`LinOpExt::matmat`] |
 //! | `pmatmat`, `pmatmat_multithread`, `pmatmat_multiprocess` | [`parallel::pmatmat`], [`parallel::pmatmat_multithread`], [`parallel::pmatmat_multiprocess`] |
-//! | `pmatmat_mpi`, `MPILop` (feature `mpi`) | `parallel::pmatmat_mpi`, `mpilop::MpiLop` |
+//! | `pmatmat_mpi`, `MPILop` (feature `mpi`) | `parallel::pmatmat_mpi`, `mpi::MpiLop` |
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -86,7 +87,7 @@ pub use faer::matrix_free::{BiLinOp, LinOp};
 pub mod dottest;
 mod ext;
 #[cfg(feature = "mpi")]
-pub mod mpilop;
+pub mod mpi;
 pub mod npz;
 pub mod ops;
 pub mod parallel;

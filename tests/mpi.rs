@@ -1,22 +1,31 @@
 //! MPI tests (feature `mpi`): run by `cargo test` as one rank, and by
-//! `scripts/test.sh` under `mpirun -n 2` and `-n 3`. Every rank checks its
-//! own results; a failure on any rank aborts the whole job (MPI_Abort), so
-//! no rank waits forever.
+//! `scripts/test.sh` under `mpirun -n 1`, `-n 2` and `-n 3`, once per
+//! scenario: no argument (MPI initialized with `Threading::Single`: the
+//! main suite), `multiple` (`Threading::Multiple`: products from two
+//! threads), `finalized` (operators used and dropped after `MPI_Finalize`).
+//! Every rank checks its own results; a failure on any rank aborts the
+//! whole job (MPI_Abort), and every test has a watchdog that aborts the
+//! process, naming the test, when it takes too long (a hang).
 
 mod common;
 
 use common::fixtures::{self, Formula};
 use common::{assert_close, product, reference};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use faer::linalg::matmul::matmul;
 use faer::traits::math_utils::is_nan;
-use faer::{Mat, MatRef, Par};
-use lazylinop::mpilop::MpiLop;
+use faer::{Accum, Mat, MatRef, Par};
+use lazylinop::mpi::MpiLop;
 use lazylinop::ops::Mode;
-use lazylinop::parallel::{Error, Method, Scalar, pmatmat, pmatmat_mpi};
+use lazylinop::parallel::{Error, Method, Pmatmat, Scalar, pmatmat, pmatmat_mpi};
 use lazylinop::parallel::{Gather, MpiOptions};
 use lazylinop::prelude::*;
 use lazylinop::random;
 use mpi::topology::SimpleCommunicator;
-use mpi::traits::Communicator;
+use mpi::traits::{Communicator, Destination, Source};
 
 /// Checks every product of `l` on this rank: the reference where the result
 /// goes, an untouched (NaN) output elsewhere.
@@ -56,15 +65,15 @@ fn pmatmat_mpi_all<T: Scalar>(world: &SimpleCommunicator) {
                     let what = format!("{m}×{n}, {gather:?}, max message {max_message}");
                     let bytes = max_message.saturating_mul(size_of::<T>());
                     let options = MpiOptions::default().gather(gather).max_message_bytes(bytes);
-                    let l = pmatmat_mpi(&a, world.duplicate(), use_matvec, options).unwrap();
+                    let l = pmatmat_mpi(&a, world, use_matvec, options).unwrap();
                     check_distributed(&l, a.as_ref(), receives, &format!("dense {what}"));
-                    let l = pmatmat_mpi(&closure, world.duplicate(), use_matvec, options).unwrap();
+                    let l = pmatmat_mpi(&closure, world, use_matvec, options).unwrap();
                     check_distributed(&l, a.as_ref(), receives, &format!("closure {what}"));
                 }
             }
         }
         // Small products: every rank computes the whole product, no message.
-        let l = pmatmat_mpi(&a, world.duplicate(), false, MpiOptions::default()).unwrap();
+        let l = pmatmat_mpi(&a, world, false, MpiOptions::default()).unwrap();
         let l = l.with_min_parallel_work(usize::MAX);
         check_distributed(&l, a.as_ref(), true, "small, computed whole");
     }
@@ -96,9 +105,7 @@ fn ranks_that_disagree_on_shapes_all_get_the_error(world: &SimpleCommunicator) {
         return;
     }
     let a = random::mat::<f64>(6, 4, 1);
-    let l = pmatmat_mpi(&a, world.duplicate(), false, MpiOptions::default().gather(Gather::All))
-        .unwrap()
-        .with_min_parallel_work(0);
+    let l = pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All)).unwrap().with_min_parallel_work(0);
     // Rank 1 has one column more than the others.
     let k = 3 + usize::from(world.rank() == 1);
     let err = l.try_matmat(random::mat::<f64>(4, k, 0).as_ref()).unwrap_err();
@@ -108,14 +115,291 @@ fn ranks_that_disagree_on_shapes_all_get_the_error(world: &SimpleCommunicator) {
     assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "after a disagreement");
 }
 
-fn products_from_another_thread_are_refused_with_threading_single(world: &SimpleCommunicator) {
+/// `f64` operator `a` as a closure that panics on rank `panicking` while `PANIC` is set.
+static PANIC: AtomicBool = AtomicBool::new(false);
+
+/// Set while a test expects a panic from the crate (the panic hook then lets it be).
+static EXPECTING_PANIC: AtomicBool = AtomicBool::new(false);
+
+/// `f()`, catching the panic the test expects.
+fn expect_panic<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    EXPECTING_PANIC.store(true, Ordering::SeqCst);
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    EXPECTING_PANIC.store(false, Ordering::SeqCst);
+    got.map_err(|payload| payload.downcast_ref::<String>().cloned().unwrap_or_default())
+}
+
+fn rank_of_world() -> usize {
+    SimpleCommunicator::world().rank() as usize
+}
+
+/// Item 1: a message the program sent to rank 0, and not yet received, is
+/// neither taken by a product's gather nor lost.
+fn user_messages_are_never_taken_by_a_product(world: &SimpleCommunicator) {
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let a = random::mat::<f64>(5, 4, 1);
+    let path = fixtures::fixture("float64_c_stored.npz");
+    let (m, n) = (7, 5);
+    // Every rank but 0 sends rank 0 two messages that it receives only after the products.
+    let message = [999.0f64; 5];
+    if rank > 0 {
+        world.process_at_rank(0).send_with_tag(&message[..], 7);
+        world.process_at_rank(0).send_with_tag(&message[..], 8);
+    }
+    // One column per rank: a stolen message would be one whole column.
+    let x = random::mat::<f64>(4, size, 2);
+    let l = pmatmat(&a, Method::mpi(), None, false).unwrap();
+    let y = l.try_matmat(x.as_ref()).unwrap();
+    let l2 = pmatmat_mpi(&a, world, false, MpiOptions::default()).unwrap();
+    let y2 = l2.try_matmat(x.as_ref()).unwrap();
+    let lop = MpiLop::<f64>::new(world, &path, None, false, Some((m, n))).unwrap();
+    let xl = random::mat::<f64>(n, size, 3);
+    let yl = lop.matmat(&xl);
+    if rank == 0 {
+        assert_close(y.as_ref(), (&a * &x).as_ref(), "Method::Mpi with a pending user message");
+        assert_close(y2.as_ref(), (&a * &x).as_ref(), "pmatmat_mpi with a pending user message");
+        let dense = Mat::from_fn(m, n, |i, j| f64::value(seed_of("float64_c_stored.npz", "m7x5"), i, j));
+        assert_close(yl.as_ref(), (&dense * &xl).as_ref(), "MpiLop with a pending user message");
+        for r in 1..size {
+            for tag in [7, 8] {
+                let (got, _) = world.process_at_rank(r as i32).receive_vec_with_tag::<f64>(tag);
+                assert_eq!(got, message, "the program's message from rank {r} (tag {tag})");
+            }
+        }
+    }
+}
+
+/// Item 3: settings that differ between ranks are the same error on every
+/// rank, naming the setting, instead of a hang or an MPI abort.
+fn settings_that_differ_are_an_error_on_every_rank(world: &SimpleCommunicator) {
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let odd = rank == size - 1 && size > 1;
+    let a = random::mat::<f64>(6, 4, 1);
+    let x = random::mat::<f64>(4, 3, 0);
+    let base = MpiOptions::default();
+    #[track_caller]
+    fn expect_disagreement<T>(got: Result<T, Error>, needle: &str, size: usize) {
+        match got {
+            Err(Error::Mpi(msg)) if size > 1 => assert!(msg.contains("disagree") && msg.contains(needle), "{msg}"),
+            Err(e) => panic!("{needle}: unexpected error {e}"),
+            Ok(_) => assert_eq!(size, 1, "{needle}: the ranks differ, yet the product succeeded"),
+        }
+    }
+    let cases: [(&str, MpiOptions, usize); 3] = [
+        ("gather", if odd { base.gather(Gather::All) } else { base }, 0),
+        ("max_message_bytes", if odd { base.max_message_bytes(16) } else { base }, 0),
+        ("min_parallel_work", base, if odd { usize::MAX } else { 0 }),
+    ];
+    for (what, options, work) in cases {
+        let l = pmatmat_mpi(&a, world, false, options).unwrap().with_min_parallel_work(work);
+        expect_disagreement(l.try_matmat(x.as_ref()), what, size);
+        expect_disagreement(l.try_rmatmat(random::mat::<f64>(6, 3, 0).as_ref()), what, size);
+    }
+    let path = fixtures::fixture("float64_c_stored.npz");
+    let lop = |bcast_op: bool, options: MpiOptions| {
+        MpiLop::<f64>::new(world, &path, None, bcast_op, None).unwrap().with_options(options)
+    };
+    let try_product = |l: &MpiLop<f64>| expect_panic(|| l.matmat(&random::mat::<f64>(5, 3, 0)));
+    for (what, l) in [
+        ("bcast_op", lop(odd, base)),
+        ("gather", lop(true, if odd { base.gather(Gather::All) } else { base })),
+        ("max_message_bytes", lop(true, if odd { base.max_message_bytes(8) } else { base })),
+    ] {
+        match try_product(&l) {
+            Err(msg) => {
+                assert!(size > 1 && msg.contains("disagree") && msg.contains(what), "MpiLop {what}: {msg}");
+            }
+            Ok(_) => assert_eq!(size, 1, "MpiLop {what}: the ranks differ, yet the product succeeded"),
+        }
+    }
+    // Operators whose settings agree still work, on the same communicator.
+    let l = pmatmat_mpi(&a, world, false, base.gather(Gather::All)).unwrap();
+    assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "after disagreements");
+}
+
+#[track_caller]
+fn assert_thread_error(got: Result<Mat<f64>, Error>, failing: usize, needle: &str) {
+    match got {
+        Err(Error::Rank { rank, message, source: None }) => {
+            assert_eq!(rank, failing, "{message}");
+            assert!(message.contains(needle), "{message}: no {needle:?}");
+        }
+        other => panic!("expected the error of rank {failing} ({needle}), got {other:?}"),
+    }
+}
+
+/// Item 5 (and 2): a product called from a thread other than the one that
+/// built the operator (here with `Threading::Single`, a thread MPI does not
+/// allow), on one rank only, is an error on every rank, not a hang of the
+/// others; the operator is then unusable on every rank, and a new one works.
+fn a_product_from_another_thread_fails_on_every_rank(world: &SimpleCommunicator) {
     // main() initializes MPI with Threading::Single (rsmpi's `initialize`).
     assert_eq!(mpi::environment::threading_support(), mpi::Threading::Single);
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let last = size - 1;
     let a = random::mat::<f64>(6, 4, 1);
-    let l = pmatmat_mpi(&a, world.duplicate(), false, MpiOptions::default().gather(Gather::All)).unwrap();
     let x = random::mat::<f64>(4, 3, 0);
-    let err = std::thread::scope(|s| s.spawn(|| l.try_matmat(x.as_ref())).join().unwrap()).unwrap_err();
-    assert!(matches!(&err, Error::Mpi(msg) if msg.contains("thread")), "{err}");
+    let build = || pmatmat_mpi(&a, world, false, MpiOptions::default().gather(Gather::All)).unwrap();
+    let on_another_thread =
+        |l: &Pmatmat<f64, &Mat<f64>>| std::thread::scope(|s| s.spawn(|| l.try_matmat(x.as_ref())).join().unwrap());
+    let thread = "thread other than the one that built it";
+    // The last rank calls from another thread; the others from the building thread.
+    let l = build();
+    let first = if rank == last { on_another_thread(&l) } else { l.try_matmat(x.as_ref()) };
+    let second = l.try_matmat(x.as_ref());
+    assert_thread_error(first, last, thread);
+    assert_thread_error(second, last, thread);
+    assert_thread_error(l.try_matmat(x.as_ref()), last, "build a new one");
+    // Every rank from another thread: each refuses its own, and the next product tells all.
+    let l = build();
+    assert_thread_error(on_another_thread(&l), rank, thread);
+    assert_thread_error(l.try_matmat(x.as_ref()), 0, thread);
+    // The last rank's misuse is told by its drop.
+    let l = build();
+    let err = if rank == last {
+        let err = on_another_thread(&l);
+        drop(l);
+        err
+    } else {
+        l.try_matmat(x.as_ref())
+    };
+    assert_thread_error(err, last, thread);
+    // A new operator works.
+    assert_close(build().try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "a new operator");
+}
+
+/// A product of an operator called from inside one of its own products
+/// (here its user operator calls it) fails at once without MPI; the outer
+/// product completes, and the next one is an error on every rank.
+fn a_nested_product_fails_on_every_rank(world: &SimpleCommunicator) {
+    type Inner = Box<dyn Fn() -> Result<Mat<f64>, Error> + Send + Sync>;
+    static INNER: OnceLock<Inner> = OnceLock::new();
+    static NESTED: Mutex<Option<String>> = Mutex::new(None);
+    let a = random::mat::<f64>(6, 4, 1);
+    let (a1, a2) = (a.clone(), a.clone());
+    let op = from_matmat(
+        6,
+        4,
+        move |out: faer::MatMut<'_, f64>, x: MatRef<'_, f64>| {
+            if let Some(inner) = INNER.get() {
+                let got = inner();
+                *NESTED.lock().unwrap() = Some(got.map(|_| String::new()).unwrap_or_else(|e| e.to_string()));
+            }
+            matmul(out, Accum::Replace, &a1, x, 1.0, Par::Seq)
+        },
+        move |out: faer::MatMut<'_, f64>, y: MatRef<'_, f64>| {
+            matmul(out, Accum::Replace, a2.adjoint(), y, 1.0, Par::Seq)
+        },
+    );
+    // The operator refers to itself: leaked for the test.
+    let l: &'static _ =
+        Box::leak(Box::new(pmatmat_mpi(op, world, false, MpiOptions::default().gather(Gather::All)).unwrap()));
+    let x = random::mat::<f64>(4, 3, 0);
+    let x2 = x.clone();
+    assert!(INNER.set(Box::new(move || l.try_matmat(x2.as_ref()))).is_ok());
+    let outer = l.try_matmat(x.as_ref()).expect("the outer product");
+    assert_close(outer.as_ref(), (&a * &x).as_ref(), "the outer product");
+    let nested = NESTED.lock().unwrap().take().expect("the operator ran");
+    assert!(nested.contains("from inside one of its own products"), "{nested}");
+    assert_thread_error(l.try_matmat(x.as_ref()), 0, "from inside one of its own products");
+}
+
+/// Item 6: a panic in one rank's block of a product (a user's operator) is
+/// the same error on every rank, and the operator stays usable.
+fn a_panic_on_one_rank_is_an_error_on_every_rank(world: &SimpleCommunicator) {
+    let last = world.size() as usize - 1;
+    let a = random::mat::<f64>(6, 4, 1);
+    let (a1, a2) = (a.clone(), a.clone());
+    let op = from_matmat(
+        6,
+        4,
+        move |out: faer::MatMut<'_, f64>, x: MatRef<'_, f64>| {
+            if PANIC.load(Ordering::SeqCst) && rank_of_world() == last {
+                panic!("deliberate panic in a user operator");
+            }
+            matmul(out, Accum::Replace, &a1, x, 1.0, Par::Seq)
+        },
+        move |out: faer::MatMut<'_, f64>, y: MatRef<'_, f64>| {
+            matmul(out, Accum::Replace, a2.adjoint(), y, 1.0, Par::Seq)
+        },
+    );
+    let x = random::mat::<f64>(4, 5, 0);
+    for gather in [Gather::Root, Gather::All] {
+        for min_work in [0, usize::MAX] {
+            let l = pmatmat_mpi(&op, world, false, MpiOptions::default().gather(gather))
+                .unwrap()
+                .with_min_parallel_work(min_work);
+            PANIC.store(true, Ordering::SeqCst);
+            let err = l.try_matmat(x.as_ref()).unwrap_err();
+            PANIC.store(false, Ordering::SeqCst);
+            let Error::Rank { rank, message, .. } = &err else { panic!("{err}") };
+            assert_eq!(*rank, last, "{err}");
+            assert!(message.contains("deliberate panic in a user operator"), "{err}");
+            let y = l.try_matmat(x.as_ref()).unwrap();
+            if gather == Gather::All || world.rank() == 0 || min_work == usize::MAX {
+                assert_close(y.as_ref(), (&a * &x).as_ref(), "the product after a panic");
+            }
+        }
+    }
+}
+
+/// Every product with at least two columns is split over the ranks.
+fn products_are_split_over_ranks_by_default(world: &SimpleCommunicator) {
+    let size = world.size() as usize;
+    let l = pmatmat_mpi(
+        common::who_ran(|| rank_of_world() as f64),
+        world,
+        false,
+        MpiOptions::default().gather(Gather::All),
+    )
+    .unwrap();
+    assert_eq!(common::workers_seen(&l, 8), size.min(8), "ranks that computed a block of 8 columns");
+}
+
+/// An operator that adds its product into `out` (instead of writing it)
+/// gets zeros to add into: three products in a row, one scratch buffer and
+/// one output reused, each equal to the dense reference.
+fn accumulating_operators_get_zeroed_blocks(world: &SimpleCommunicator) {
+    let a = random::mat::<f64>(5, 7, 1);
+    let (a1, a2) = (a.clone(), a.clone());
+    let acc = from_matmat(
+        5,
+        7,
+        move |mut out: faer::MatMut<'_, f64>, x: MatRef<'_, f64>| {
+            for j in 0..x.ncols() {
+                for i in 0..out.nrows() {
+                    out[(i, j)] += (0..x.nrows()).map(|l| a1[(i, l)] * x[(l, j)]).sum::<f64>();
+                }
+            }
+        },
+        move |out: faer::MatMut<'_, f64>, y: MatRef<'_, f64>| matmul(out, Accum::Add, a2.adjoint(), y, 1.0, Par::Seq),
+    );
+    let file = Mat::from_fn(7, 5, |i, j| f64::value(seed_of("float64_c_stored.npz", "m7x5"), i, j));
+    let all = MpiOptions::default().gather(Gather::All);
+    let lop = MpiLop::<f64>::new(world, fixtures::fixture("float64_c_stored.npz"), None, false, None)
+        .unwrap()
+        .with_options(all);
+    let p = pmatmat_mpi(&acc, world, false, all).unwrap();
+    check_three_products("pmatmat_mpi(acc)", &p, a.as_ref());
+    check_three_products("MpiLop ∘ pmatmat_mpi(acc)", &(&lop).compose(&p), (&file * &a).as_ref());
+    check_three_products("pmatmat_mpi(acc) ∘ MpiLop", &(&p).compose(&lop), (&a * &file).as_ref());
+}
+
+/// Three products of `l` in a row (and three of its adjoint) with one
+/// scratch buffer and one output, each against `dense`.
+fn check_three_products<L: BiLinOp<f64>>(what: &str, l: &L, dense: MatRef<'_, f64>) {
+    for mode in [Mode::Apply, Mode::Adjoint] {
+        let (m, n) = mode.dims_of(l);
+        let k = 5;
+        let mut buf = faer::dyn_stack::MemBuffer::new(mode.scratch(l, k, Par::Seq));
+        let mut out = Mat::<f64>::zeros(m, k);
+        for seed in 0..3 {
+            let x = random::mat::<f64>(n, k, seed);
+            mode.apply(l, out.as_mut(), x.as_ref(), Par::Seq, faer::dyn_stack::MemStack::new(&mut buf));
+            let want = reference(dense, mode, x.as_ref());
+            assert_close(out.as_ref(), want.as_ref(), &format!("{what}, {mode:?}, product {seed}"));
+        }
+    }
 }
 
 /// Every valid fixture array of dtype `T`, as (file, member, shape, seed, compressed).
@@ -150,10 +434,10 @@ fn mpilop_all<T: Scalar + Formula>(world: &SimpleCommunicator, dtype: &str) {
         for bcast_op in [true, false] {
             for gather in [Gather::Root, Gather::All] {
                 for max_message in [usize::MAX, 5] {
-                    let l = MpiLop::<T>::new(world.duplicate(), &path, Some(&member), bcast_op, Some((m, n)))
+                    let bytes = max_message.saturating_mul(size_of::<T>());
+                    let l = MpiLop::<T>::new(world, &path, Some(&member), bcast_op, Some((m, n)))
                         .unwrap()
-                        .with_gather(gather)
-                        .with_max_mpi_message(max_message);
+                        .with_options(MpiOptions::default().gather(gather).max_message_bytes(bytes));
                     assert_eq!(l.local_rows(), lazylinop::parallel::split::block(m, size, rank));
                     let what =
                         format!("MpiLop {file}:{member} {m}×{n}, bcast_op {bcast_op}, {gather:?}, max {max_message}");
@@ -194,21 +478,20 @@ fn mpilop_products_match_the_file(world: &SimpleCommunicator) {
 }
 
 fn mpilop_maps_aligned_data_and_copies_the_rest(world: &SimpleCommunicator) {
-    let aligned =
-        MpiLop::<f64>::new(world.duplicate(), fixtures::fixture("aligned.npz"), Some("f64c"), true, None).unwrap();
+    let aligned = MpiLop::<f64>::new(world, fixtures::fixture("aligned.npz"), Some("f64c"), true, None).unwrap();
     assert!(aligned.is_mapped(), "stored, aligned f64 data is viewed in place");
     // np.savez leaves f64 data unaligned: a copy of this rank's rows.
-    let unaligned =
-        MpiLop::<f64>::new(world.duplicate(), fixtures::fixture("float64_c_stored.npz"), None, true, None).unwrap();
+    let unaligned = MpiLop::<f64>::new(world, fixtures::fixture("float64_c_stored.npz"), None, true, None).unwrap();
     assert!(!unaligned.is_mapped());
     assert_eq!(unaligned.member(), "m7x5");
     let compressed =
-        MpiLop::<f64>::new(world.duplicate(), fixtures::fixture("float64_f_compressed.npz"), None, true, None).unwrap();
+        MpiLop::<f64>::new(world, fixtures::fixture("float64_f_compressed.npz"), None, true, None).unwrap();
     assert!(!compressed.is_mapped());
     assert_eq!(compressed.local().nrows(), compressed.local_rows().len(), "only this rank's rows");
 }
 
-/// `MpiLop::new` must fail on every rank with the same error.
+/// `MpiLop::new` must fail on every rank with the same error; the failing
+/// rank keeps the typed `NpzError` (`typed`), the others have its message.
 #[track_caller]
 fn fails_everywhere<T: Scalar>(
     world: &SimpleCommunicator,
@@ -218,11 +501,20 @@ fn fails_everywhere<T: Scalar>(
     failing_rank: usize,
     needles: &[&str],
 ) {
-    let err = MpiLop::<T>::new(world.duplicate(), &path, member, true, shape).unwrap_err();
-    let Error::Rank { rank, message } = &err else { panic!("{err}") };
+    let err = MpiLop::<T>::new(world, &path, member, true, shape).unwrap_err();
+    let Error::Rank { rank, message, source } = &err else { panic!("{err}") };
     assert_eq!(*rank, failing_rank, "{err}");
     for needle in needles {
         assert!(message.contains(needle), "{err}: no {needle:?}");
+    }
+    // Only a shape other than the one asked for is not the file's error.
+    let typed = shape.is_none();
+    if world.rank() as usize == failing_rank && typed {
+        let npz = source.as_ref().expect("the failing rank keeps the typed error");
+        assert_eq!(npz.to_string(), *message);
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<lazylinop::npz::NpzError>()));
+    } else {
+        assert!(source.is_none(), "{err}: only the failing rank has the typed error");
     }
 }
 
@@ -259,7 +551,9 @@ fn mpilop_errors_are_collective(world: &SimpleCommunicator) {
         &["unsupported.npz", "float64"],
     );
     // Still fine afterwards.
-    let l = MpiLop::<f64>::new(world.duplicate(), &good, None, true, None).unwrap().with_gather(Gather::All);
+    let l = MpiLop::<f64>::new(world, &good, None, true, None)
+        .unwrap()
+        .with_options(MpiOptions::default().gather(Gather::All));
     assert_eq!((l.nrows(), l.ncols()), (7, 5));
 }
 
@@ -270,10 +564,9 @@ fn lsmr_runs_on_every_rank_with_an_mpilop(world: &SimpleCommunicator) {
     use faer::matrix_free::lsmr::{LsmrParams, lsmr, lsmr_scratch};
     // Regularized least squares, min ‖[εA; I]·x - [b; 0]‖, with A (33×17, rank 2: the
     // fixture's formula) distributed and every rank iterating.
-    let a =
-        MpiLop::<f64>::new(world.duplicate(), fixtures::fixture("float64_f_stored.npz"), Some("m33x17"), false, None)
-            .unwrap()
-            .with_gather(Gather::All);
+    let a = MpiLop::<f64>::new(world, fixtures::fixture("float64_f_stored.npz"), Some("m33x17"), false, None)
+        .unwrap()
+        .with_options(MpiOptions::default().gather(Gather::All));
     let eps = 1e-6;
     let l = vstack(vec![DynOp::new(a.scale(eps)), DynOp::new(eye(17, 17, 0))]);
     let seed = fixtures_of("float64").into_iter().find(|a| a.0 == "float64_f_stored.npz" && a.1 == "m33x17").unwrap().3;
@@ -291,39 +584,165 @@ fn lsmr_runs_on_every_rank_with_an_mpilop(world: &SimpleCommunicator) {
     assert!((&x - &want).norm_max() < 1e-8 * want.norm_max(), "LSMR on MpiLop: {}", (&x - &want).norm_max());
 }
 
+/// Seed of a fixture array, from the manifest.
+fn seed_of(file: &str, member: &str) -> u64 {
+    fixtures_of("float64").into_iter().find(|a| a.0 == file && a.1 == member).expect("fixture in the manifest").3
+}
+
+/// Aborts the process, naming `name`, if it is not dropped within `secs`
+/// seconds: a hang fails fast (mpirun then stops the other ranks).
+struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
+
+fn watchdog(name: &'static str, secs: u64) -> Watchdog {
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
+            eprintln!("test {name} did not finish within {secs} s (a hang?): aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(tx)
+}
+
+/// Item 2 (`Threading::Multiple`): one operator used from two threads per
+/// rank (the one that built it and another), each with its own operands:
+/// products fail, none is wrong, nothing hangs.
+fn products_from_two_threads_are_never_wrong(world: &SimpleCommunicator) {
+    let a = random::mat::<f64>(40, 30, 1);
+    let rank = world.rank();
+    for gather in [Gather::All, Gather::Root] {
+        let l = pmatmat_mpi(&a, world, false, MpiOptions::default().gather(gather)).unwrap();
+        let hammer = |t: u64| {
+            let (mut ok, mut failed) = (0, 0);
+            for i in 0..100 {
+                let x = random::mat::<f64>(30, 4, 1000 * (t + 1) + i);
+                match l.try_matmat(x.as_ref()) {
+                    Ok(y) => {
+                        if gather == Gather::All || rank == 0 {
+                            assert_close(y.as_ref(), (&a * &x).as_ref(), &format!("thread {t}, product {i}"));
+                        }
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        assert!(msg.contains("thread other than") || msg.contains("build a new one"), "{msg}");
+                        failed += 1;
+                    }
+                }
+            }
+            (ok, failed)
+        };
+        let (mine, other) = std::thread::scope(|s| {
+            let other = s.spawn(|| hammer(1));
+            (hammer(0), other.join().unwrap())
+        });
+        assert_eq!(other.0, 0, "the other thread's products must all fail");
+        if rank == 0 {
+            println!("  {gather:?}: (succeeded, failed) on rank 0: building thread {mine:?}, other thread {other:?}");
+        }
+    }
+}
+
+/// Item 4: after `MPI_Finalize`, products are `Error::Mpi` and drops make no
+/// MPI call (no abort).
+fn finalized(universe: mpi::environment::Universe) {
+    let world = universe.world();
+    let a = random::mat::<f64>(6, 4, 1);
+    let l = pmatmat_mpi(&a, &world, false, MpiOptions::default().gather(Gather::All)).unwrap();
+    let m = pmatmat(&a, Method::mpi(), None, false).unwrap();
+    let lop = MpiLop::<f64>::new(&world, fixtures::fixture("float64_c_stored.npz"), None, true, None).unwrap();
+    let x = random::mat::<f64>(4, 3, 0);
+    assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), (&a * &x).as_ref(), "before MPI_Finalize");
+    let size = world.size() as usize;
+    drop(world);
+    drop(universe);
+    assert!(mpi::is_finalized());
+    for l in [&l, &m] {
+        let err = l.try_matmat(x.as_ref()).unwrap_err();
+        assert!(matches!(&err, Error::Mpi(msg) if msg.contains("finalized")), "{err}");
+        assert_eq!(l.nworkers(), size);
+        assert!(format!("{l:?}").contains("Pmatmat"));
+    }
+    let msg = expect_panic(|| lop.matmat(&random::mat::<f64>(5, 2, 0)))
+        .expect_err("a product after finalize panics in faer's API");
+    assert!(msg.contains("finalized"), "{msg}");
+    assert!(format!("{lop:?}").contains("MpiLop"));
+    drop(l);
+    drop(m);
+    drop(lop);
+}
+
 type Test = fn(&SimpleCommunicator);
 
 fn main() {
-    let universe = mpi::initialize().expect("MPI initializes once");
+    // Other arguments (cargo test's filters and flags) select the main suite.
+    let scenario = std::env::args().nth(1).filter(|a| a == "multiple" || a == "finalized").unwrap_or_default();
+    let threading = if scenario == "multiple" { mpi::Threading::Multiple } else { mpi::Threading::Single };
+    let (universe, level) = mpi::initialize_with_threading(threading).expect("MPI initializes once");
     let world = universe.world();
     let (rank, size) = (world.rank(), world.size());
     // A failure on one rank must not leave the others waiting in a collective.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        let deliberate = info.payload().downcast_ref::<&str>().is_some_and(|m| m.contains("deliberate panic"));
+        if deliberate || EXPECTING_PANIC.load(Ordering::SeqCst) {
+            return;
+        }
         default_hook(info);
+        if mpi::is_finalized() {
+            std::process::abort();
+        }
         eprintln!("rank {rank}: test failed, aborting the MPI job");
         SimpleCommunicator::world().abort(1);
     }));
-    let tests: &[(&str, Test)] = &[
-        ("pmatmat_mpi_products_match_dense_reference", pmatmat_mpi_products_match_dense_reference),
-        ("method_mpi_uses_the_world", method_mpi_uses_the_world),
-        ("ranks_that_disagree_on_shapes_all_get_the_error", ranks_that_disagree_on_shapes_all_get_the_error),
-        (
-            "products_from_another_thread_are_refused_with_threading_single",
-            products_from_another_thread_are_refused_with_threading_single,
-        ),
-        ("mpilop_products_match_the_file", mpilop_products_match_the_file),
-        ("mpilop_maps_aligned_data_and_copies_the_rest", mpilop_maps_aligned_data_and_copies_the_rest),
-        ("mpilop_errors_are_collective", mpilop_errors_are_collective),
-        ("lsmr_runs_on_every_rank_with_an_mpilop", lsmr_runs_on_every_rank_with_an_mpilop),
-    ];
-    for (name, test) in tests {
+    let tests: &[(&str, Test, u64)] = match scenario.as_str() {
+        "" => &[
+            ("pmatmat_mpi_products_match_dense_reference", pmatmat_mpi_products_match_dense_reference, 600),
+            ("method_mpi_uses_the_world", method_mpi_uses_the_world, 60),
+            ("ranks_that_disagree_on_shapes_all_get_the_error", ranks_that_disagree_on_shapes_all_get_the_error, 60),
+            ("user_messages_are_never_taken_by_a_product", user_messages_are_never_taken_by_a_product, 60),
+            ("settings_that_differ_are_an_error_on_every_rank", settings_that_differ_are_an_error_on_every_rank, 60),
+            (
+                "a_product_from_another_thread_fails_on_every_rank",
+                a_product_from_another_thread_fails_on_every_rank,
+                60,
+            ),
+            ("a_nested_product_fails_on_every_rank", a_nested_product_fails_on_every_rank, 60),
+            ("a_panic_on_one_rank_is_an_error_on_every_rank", a_panic_on_one_rank_is_an_error_on_every_rank, 60),
+            ("products_are_split_over_ranks_by_default", products_are_split_over_ranks_by_default, 60),
+            ("accumulating_operators_get_zeroed_blocks", accumulating_operators_get_zeroed_blocks, 60),
+            ("mpilop_products_match_the_file", mpilop_products_match_the_file, 600),
+            ("mpilop_maps_aligned_data_and_copies_the_rest", mpilop_maps_aligned_data_and_copies_the_rest, 60),
+            ("mpilop_errors_are_collective", mpilop_errors_are_collective, 60),
+            ("lsmr_runs_on_every_rank_with_an_mpilop", lsmr_runs_on_every_rank_with_an_mpilop, 120),
+        ],
+        "multiple" => {
+            assert_eq!(level, mpi::Threading::Multiple, "this MPI does not provide Threading::Multiple");
+            &[("products_from_two_threads_are_never_wrong", products_from_two_threads_are_never_wrong, 120)]
+        }
+        "finalized" => {
+            let _deadline = watchdog("finalized", 60);
+            finalized(universe);
+            if rank == 0 {
+                println!("test finalized ... ok ({size} ranks)");
+            }
+            return;
+        }
+        _ => unreachable!("filtered above"),
+    };
+    for &(name, test, secs) in tests {
+        let deadline = watchdog(name, secs);
         test(&world);
+        drop(deadline);
         if rank == 0 {
             println!("test {name} ... ok ({size} ranks)");
         }
     }
     if rank == 0 {
-        println!("test result: ok. {} passed ({size} ranks)", tests.len());
+        println!(
+            "test result: ok. {} passed ({size} ranks{})",
+            tests.len(),
+            if scenario.is_empty() { String::new() } else { format!(", {scenario}") }
+        );
     }
 }

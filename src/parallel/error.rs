@@ -48,13 +48,17 @@ pub enum Error {
     /// MPI cannot run this: not initialized, wrong thread, ranks that
     /// disagree on a shape, a worker count that is not the communicator's.
     Mpi(String),
-    /// A rank failed (reading its part of a file, say); every rank returns
-    /// this same error.
+    /// A rank failed (reading its part of a file, a panic in its block of a
+    /// product, a product called from a thread MPI does not allow); every
+    /// rank returns this same error, with the same message.
     Rank {
         /// The lowest rank that failed.
         rank: usize,
         /// Its error.
         message: String,
+        /// The typed error, on the failing rank only (its file's error);
+        /// `None` on the other ranks, which only received the message.
+        source: Option<crate::npz::NpzError>,
     },
 }
 
@@ -78,7 +82,7 @@ impl fmt::Display for Error {
                 write!(f, "the process pool is broken ({why}); rebuild it with Pmatmat::rebuild_pool")
             }
             Error::Mpi(why) => write!(f, "MPI: {why}"),
-            Error::Rank { rank, message } => write!(f, "rank {rank} failed: {message}"),
+            Error::Rank { rank, message, .. } => write!(f, "rank {rank} failed: {message}"),
         }
     }
 }
@@ -88,6 +92,7 @@ impl std::error::Error for Error {
         match self {
             Error::ThreadPool(e) => Some(e),
             Error::Os { source, .. } => Some(source),
+            Error::Rank { source: Some(source), .. } => Some(source),
             _ => None,
         }
     }

@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | [`Method::Thread`] | a rayon pool owned by the operator | [`thread`] |
 //! | [`Method::Process`] | forked processes, per product or a pool created once | [`process`] |
-//! | [`Method::Mpi`] | the ranks of an MPI communicator (feature `mpi`) | `mpi` |
+//! | [`Method::Mpi`] | the ranks of an MPI communicator (feature `mpi`) | `crate::mpi` |
 
 //!
 //! | file | what it holds |
@@ -26,8 +26,6 @@
 
 pub mod error;
 pub mod method;
-#[cfg(feature = "mpi")]
-pub mod mpi;
 pub mod operator;
 #[cfg(unix)]
 pub mod process;
@@ -93,7 +91,7 @@ pub fn pmatmat<T: Scalar, L: BiLinOp<T>>(
         Method::Process { .. } => return Err(Error::Unavailable(method, "forked processes need a unix system")),
         #[cfg(feature = "mpi")]
         Method::Mpi(options) => {
-            let ranks = self::mpi::Ranks { comm: self::mpi::SharedComm::world()?, options };
+            let ranks = crate::mpi::Ranks::world(options)?;
             if nworkers_arg.is_some_and(|n| n != ranks.nworkers()) {
                 return Err(Error::Mpi(format!(
                     "Method::Mpi runs on the world communicator's {} ranks: pass nworkers None or Some({0}), not {:?}",
@@ -140,28 +138,33 @@ pub fn pmatmat_multiprocess<T: Scalar, L: BiLinOp<T>>(
 /// `op` with its products distributed over the ranks of `comm`, as Python
 /// lazylinop's `pmatmat_mpi` (feature `mpi`).
 ///
-/// SPMD: every rank builds the same operator and calls the same products
-/// with operands of the same shape (checked before each product). Rank `r`
-/// computes column block `r` of the result; `options.gather` says whether
-/// the blocks are gathered on rank 0 only ([`Gather::Root`], the other
-/// ranks' output is not written) or on every rank ([`Gather::All`], for
-/// faer's solvers running on every rank). Products with fewer than two
-/// columns or less work than [`Pmatmat::min_parallel_work`] are computed
-/// whole on every rank, without messages.
+/// Collective: the operator works on its own duplicate of `comm`, made
+/// here, so that its messages never match the program's own. SPMD: every
+/// rank builds the same operator and calls the same products, one at a
+/// time, in the same order, with operands of the same shape and the same
+/// settings (checked before each product: a difference is the same error
+/// on every rank). Rank `r` computes column block `r` of the result;
+/// `options.gather` says whether the blocks are gathered on rank 0 only
+/// ([`Gather::Root`], the other ranks' output is not written) or on every
+/// rank ([`Gather::All`], for faer's solvers running on every rank).
+/// Products with fewer than two columns or less work than
+/// [`Pmatmat::min_parallel_work`] are computed whole on every rank, without
+/// messages. See [`crate::mpi`] for threads, panics and finalization.
 ///
 /// # Errors
-/// [`Error::Mpi`] if MPI is not initialized.
+/// [`Error::Mpi`] if MPI is not initialized, finalized, or does not allow
+/// the calling thread.
 ///
 /// # Examples
 /// See `examples/pmatmat_mpi.rs`, run with `mpirun -n 2`.
 #[cfg(feature = "mpi")]
-pub fn pmatmat_mpi<T: Scalar, L: BiLinOp<T>>(
+pub fn pmatmat_mpi<T: Scalar, L: BiLinOp<T>, C: ::mpi::traits::Communicator + ?Sized>(
     op: L,
-    comm: ::mpi::topology::SimpleCommunicator,
+    comm: &C,
     use_matvec: bool,
     options: MpiOptions,
 ) -> Result<Pmatmat<T, L>, Error> {
-    let ranks = self::mpi::Ranks { comm: self::mpi::SharedComm::new(comm)?, options };
+    let ranks = crate::mpi::Ranks::new(comm, options)?;
     Ok(Pmatmat::new(op, Method::Mpi(options), use_matvec, Backend::Mpi(ranks)))
 }
 

@@ -21,7 +21,7 @@ pub(crate) enum Backend {
     #[cfg(unix)]
     Process(process::Processes),
     #[cfg(feature = "mpi")]
-    Mpi(super::mpi::Ranks),
+    Mpi(crate::mpi::Ranks),
 }
 
 /// An operator whose products run in parallel over blocks of columns: see
@@ -181,7 +181,7 @@ impl<T: Scalar, L: BiLinOp<T>> Pmatmat<T, L> {
             #[cfg(unix)]
             Backend::Process(p) => p.run(work, out, rhs, nblocks, stack),
             #[cfg(feature = "mpi")]
-            Backend::Mpi(r) => r.run(work, out, rhs, nblocks <= 1, stack),
+            Backend::Mpi(r) => r.run(work, out, rhs, self.min_parallel_work, nblocks <= 1, stack),
         }
     }
 

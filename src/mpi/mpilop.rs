@@ -1,5 +1,5 @@
-//! [`MpiLop`] (feature `mpi`): a distributed dense operator whose matrix
-//! lives in a numpy `.npz` file, as Python lazylinop's `MPILop`.
+//! [`MpiLop`]: a distributed dense operator whose matrix lives in a numpy
+//! `.npz` file, as Python lazylinop's `MPILop`.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -7,16 +7,17 @@ use std::path::{Path, PathBuf};
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
-use mpi::topology::SimpleCommunicator;
 use mpi::traits::Communicator;
 
+use super::collective::{
+    Fault, Pieces, as_contiguous, broadcast, caught, gather, reduce_sum, temp_slice, temp_slice_scratch,
+};
+use super::comm::Comm;
+use super::pmatmat::mode_code;
+use crate::Scalar;
 use crate::npz::NpzMatrix;
 use crate::ops::{Mode, ModeOp, impl_bilinop};
-use crate::parallel::mpi::{
-    Gather, Pieces, SharedComm, agree, agree_on, as_contiguous, broadcast, gather, reduce_sum, temp_slice,
-    temp_slice_scratch,
-};
-use crate::parallel::{Error, Scalar, split};
+use crate::parallel::{Error, Gather, MpiOptions, split};
 
 /// This rank's rows of the matrix.
 #[derive(Debug)]
@@ -40,7 +41,7 @@ enum Rows<T> {
 /// - `L·A`: with `bcast_op`, `A` is broadcast from rank 0 (the other ranks'
 ///   operand only gives the shape); without it, each rank uses its own
 ///   (identical) operand. Each rank multiplies its rows, and the row blocks
-///   are gathered on rank 0 or on every rank ([`Gather`]).
+///   are gathered on rank 0 or on every rank ([`MpiOptions::gather`]).
 /// - `Lᴴ·Y`, `Lᵀ·Y`: each rank multiplies its rows' adjoint by its own rows
 ///   of `Y` (broadcast from rank 0 with `bcast_op`), and the partial results
 ///   are summed with a reduce, on rank 0 or on every rank. The matrix is not
@@ -50,14 +51,15 @@ enum Rows<T> {
 ///
 /// With [`Gather::Root`] (the default, as Python lazylinop) the other ranks'
 /// output is not written. Products are collective: every rank calls the same
-/// products in the same order, with operands of the same shape (checked: a
-/// mismatch is the same error on every rank, not a hang).
+/// products in the same order, with operands of the same shape and the same
+/// settings (checked: a mismatch is the same error on every rank, not a
+/// hang); see [the module docs](super) for threads and finalization.
 ///
 /// # Examples
 /// See `examples/mpilop.rs`, run with `mpirun -n 2`.
 #[derive(Debug)]
 pub struct MpiLop<T> {
-    comm: SharedComm,
+    comm: Comm,
     path: PathBuf,
     member: String,
     nrows: usize,
@@ -65,13 +67,15 @@ pub struct MpiLop<T> {
     rows: Range<usize>,
     local: Rows<T>,
     bcast_op: bool,
-    gather: Gather,
+    options: MpiOptions,
 }
 
 impl<T: Scalar> MpiLop<T> {
     /// Opens member `member` (`None`: the first array in the archive, as
     /// Python lazylinop) of the `.npz` file at `path` on every rank of
-    /// `comm`; each rank keeps its own rows. Collective.
+    /// `comm`; each rank keeps its own rows. Collective: the operator works
+    /// on its own duplicate of `comm`. Products use
+    /// [`MpiOptions::default`]; see [`MpiLop::with_options`].
     ///
     /// `shape`, when given, is checked against the file.
     ///
@@ -80,69 +84,74 @@ impl<T: Scalar> MpiLop<T> {
     /// missing, truncated data, a dtype other than `T`'s, big-endian data
     /// that cannot be read, not a 2-D array, a shape other than `shape`, a
     /// header that lies about its size), every rank returns the same
-    /// [`Error::Rank`], naming the lowest failing rank, the path and the
-    /// reason. [`Error::Mpi`] if MPI is not initialized.
-    pub fn new(
-        comm: SimpleCommunicator,
+    /// [`Error::Rank`], naming the lowest failing rank and, in its message,
+    /// the path and the reason; on the failing rank its `source` is the
+    /// typed [`NpzError`](crate::npz::NpzError). [`Error::Mpi`] if MPI is
+    /// not initialized, or the ranks read different shapes.
+    pub fn new<C: Communicator + ?Sized>(
+        comm: &C,
         path: impl AsRef<Path>,
         member: Option<&str>,
         bcast_op: bool,
         shape: Option<(usize, usize)>,
     ) -> Result<Self, Error> {
-        let comm = SharedComm::new(comm)?;
+        let comm = Comm::new(comm)?;
         let path = path.as_ref().to_owned();
         let (p, r) = (comm.size(), comm.rank());
-        let opened = comm.with(|c| {
-            let opened = NpzMatrix::open(&path, member).map_err(|e| e.to_string()).and_then(|npz| {
-                let found = npz.shape();
-                match shape {
-                    Some(want) if want != found => Err(format!(
-                        "{}: member {} has shape {}×{}, expected {}×{}",
-                        path.display(),
-                        npz.member(),
-                        found.0,
-                        found.1,
-                        want.0,
-                        want.1
-                    )),
-                    _ => Ok(npz),
-                }
-            });
-            let npz = agree(c, opened)?;
+        let (local, rows, nrows, ncols, member) = comm.collective(&[], |s| {
+            let opened =
+                caught("reading the file", || NpzMatrix::open(&path, member).map_err(Fault::from)).and_then(|npz| {
+                    let found = npz.shape();
+                    match shape {
+                        Some(want) if want != found => Err(Fault::new(format!(
+                            "{}: member {} has shape {}×{}, expected {}×{}",
+                            path.display(),
+                            npz.member(),
+                            found.0,
+                            found.1,
+                            want.0,
+                            want.1
+                        ))),
+                        _ => Ok(npz),
+                    }
+                });
+            let npz = s.outcome(opened)?;
             let (m, n) = npz.shape();
             let member = npz.member().to_owned();
-            agree_on(c, "the matrix shape in the file", [m, n, 0])?;
+            s.agree(
+                &[("the matrix's rows in the file", m as u64), ("the matrix's columns in the file", n as u64)],
+                None,
+            )?;
             // This rank's rows: a view into the map where possible, else a copy of them only.
             let rows = split::block(m, p, r);
-            let local = match npz.view_rows::<T>(rows.clone()) {
+            let local = caught("reading the file", || match npz.view_rows::<T>(rows.clone()) {
                 Ok(Some(view)) => {
                     // Read this rank's rows once now, so that their pages are mapped
                     // before the first product rather than during it.
                     core::hint::black_box(view.norm_max());
-                    Ok(Rows::Mapped(npz))
+                    Ok(None)
                 }
-                Ok(None) => npz.read_rows::<T>(rows.clone()).map(Rows::Copied).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let local = agree(c, local)?;
-            Ok::<_, Error>((local, rows, m, n, member))
-        })??;
-        let (local, rows, nrows, ncols, member) = opened;
-        Ok(Self { comm, path, member, nrows, ncols, rows, local, bcast_op, gather: Gather::Root })
+                Ok(None) => npz.read_rows::<T>(rows.clone()).map(Some).map_err(Fault::from),
+                Err(e) => Err(Fault::from(e)),
+            })
+            .map(|copied| copied.map_or(Rows::Mapped(npz), Rows::Copied));
+            let local = s.outcome(local)?;
+            Ok((local, rows, m, n, member))
+        })?;
+        Ok(Self { comm, path, member, nrows, ncols, rows, local, bcast_op, options: MpiOptions::default() })
     }
 
-    /// Sets where products' results go ([`Gather::Root`] by default). Every
-    /// rank must set the same value.
-    pub fn with_gather(mut self, gather: Gather) -> Self {
-        self.gather = gather;
+    /// Sets where products' results go and how messages are split
+    /// ([`MpiOptions::default`] at construction). Every rank must set the
+    /// same options (checked before each product).
+    pub fn with_options(mut self, options: MpiOptions) -> Self {
+        self.options = options;
         self
     }
 
-    /// Splits messages into pieces of at most `elements` elements (default
-    /// [`i32::MAX`], MPI's count limit). Every rank must set the same value.
-    pub fn with_max_mpi_message(mut self, elements: usize) -> Self {
-        self.comm.max_message = elements.max(1);
-        self
+    /// The MPI options of the products.
+    pub fn options(&self) -> MpiOptions {
+        self.options
     }
 
     /// The file the matrix comes from.
@@ -190,24 +199,33 @@ impl<T: Scalar> MpiLop<T> {
         par: Par,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
-        let max = self.comm.max_message;
+        let max = (self.options.max_message_bytes / core::mem::size_of::<T>()).max(1);
+        let gather_to = self.options.gather;
         let local = self.local();
-        self.comm.with(|comm| {
-            let (m, n, k) = (out.nrows(), rhs.nrows(), rhs.ncols());
-            agree_on(comm, "the product's shapes (out rows, operand rows, columns)", [m, n, k])?;
-            let (p, rank) = (comm.size() as usize, comm.rank() as usize);
+        let (m, n, k) = (out.nrows(), rhs.nrows(), rhs.ncols());
+        let settings = [
+            ("the output's rows", m as u64),
+            ("the operand's rows", n as u64),
+            ("the number of columns", k as u64),
+            ("the product (0 L, 1 conj(L), 2 Lᵀ, 3 Lᴴ)", mode_code(mode)),
+            ("gather (0 Root, 1 All)", u64::from(gather_to == Gather::All)),
+            ("max_message_bytes", self.options.max_message_bytes as u64),
+            ("bcast_op", u64::from(self.bcast_op)),
+        ];
+        self.comm.collective(&settings, |s| {
+            let (p, rank) = (s.size(), s.rank());
             // The operand, broadcast from rank 0 or this rank's own.
             let (operand, stack) = temp_slice::<T>(if self.bcast_op { n * k } else { 0 }, stack);
             let rhs = if self.bcast_op {
                 if rank == 0 {
                     MatMut::from_column_major_slice_mut(&mut operand[..], n, k).copy_from(rhs);
                 }
-                broadcast(comm, 0, operand, max);
+                s.mpi(|c| broadcast(c, 0, operand, max));
                 MatRef::from_column_major_slice(&operand[..], n, k)
             } else {
                 rhs
             };
-            let receives = self.gather == Gather::All || rank == 0;
+            let receives = gather_to == Gather::All || rank == 0;
             if !mode.is_transposed() {
                 // Row block `rank` of the result here; the blocks gathered.
                 let (staging, stack) = temp_slice::<T>(if receives { m * k } else { self.rows.len() * k }, stack);
@@ -215,8 +233,9 @@ impl<T: Scalar> MpiLop<T> {
                 let at = if receives { split::block(m, p, rank).start * k } else { 0 };
                 let mine = MatMut::from_column_major_slice_mut(&mut staging[at..at + piece(rank)], self.rows.len(), k);
                 mode.apply(&local, mine, rhs, par, stack);
+                s.outcome(Ok(()))?;
                 if receives {
-                    gather(comm, self.gather, piece, Pieces::All(&mut staging[..]), max);
+                    s.mpi(|c| gather(c, gather_to, piece, Pieces::All(&mut staging[..]), max));
                     for r in 0..p {
                         let rows = split::block(m, p, r);
                         let block =
@@ -224,18 +243,19 @@ impl<T: Scalar> MpiLop<T> {
                         out.rb_mut().subrows_mut(rows.start, rows.len()).copy_from(block);
                     }
                 } else {
-                    gather(comm, self.gather, piece, Pieces::Mine(&staging[..]), max);
+                    s.mpi(|c| gather(c, gather_to, piece, Pieces::Mine(&staging[..]), max));
                 }
             } else {
                 // This rank's rows' adjoint times its rows of the operand; summed.
                 let (partial, stack) = temp_slice::<T>(m * k, stack);
                 let mine = MatMut::from_column_major_slice_mut(&mut partial[..], m, k);
                 mode.apply(&local, mine, rhs.subrows(self.rows.start, self.rows.len()), par, stack);
+                s.outcome(Ok(()))?;
                 let (staging, _) = temp_slice::<T>(if receives { m * k } else { 0 }, stack);
                 match as_contiguous(&mut out).filter(|_| receives) {
-                    Some(all) => reduce_sum(comm, self.gather, partial, all, max),
+                    Some(all) => s.mpi(|c| reduce_sum(c, gather_to, partial, all, max)),
                     None => {
-                        reduce_sum(comm, self.gather, partial, staging, max);
+                        s.mpi(|c| reduce_sum(c, gather_to, partial, staging, max));
                         if receives {
                             out.copy_from(MatRef::from_column_major_slice(&staging[..], m, k));
                         }
@@ -243,7 +263,7 @@ impl<T: Scalar> MpiLop<T> {
                 }
             }
             Ok(())
-        })?
+        })
     }
 }
 
