@@ -25,7 +25,7 @@ use lazylinop::parallel::{Gather, MpiOptions};
 use lazylinop::prelude::*;
 use lazylinop::random;
 use mpi::topology::SimpleCommunicator;
-use mpi::traits::{Communicator, Destination, Source};
+use mpi::traits::{Communicator, CommunicatorCollectives, Destination, Source};
 
 /// Checks every product of `l` on this rank: the reference where the result
 /// goes, an untouched (NaN) output elsewhere.
@@ -557,6 +557,58 @@ fn mpilop_errors_are_collective(world: &SimpleCommunicator) {
     assert_eq!((l.nrows(), l.ncols()), (7, 5));
 }
 
+/// A copy of `bytes` with byte `at` flipped, written by rank 0 to a file
+/// every rank of `world` then sees.
+fn damaged_copy(world: &SimpleCommunicator, bytes: &[u8], at: usize, name: &str) -> std::path::PathBuf {
+    use mpi::traits::Root;
+    let mut pid = std::process::id();
+    world.process_at_rank(0).broadcast_into(&mut pid);
+    let path = std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-{name}"));
+    if world.rank() == 0 {
+        let mut bytes = bytes.to_vec();
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    world.barrier();
+    path
+}
+
+fn a_damaged_member_is_an_error_on_every_rank(world: &SimpleCommunicator) {
+    use mpi::traits::Root;
+    // A stored, aligned member (viewed in place on every rank), one data byte flipped.
+    let a = random::mat::<f64>(40, 30, 5);
+    let mut pid = std::process::id();
+    world.process_at_rank(0).broadcast_into(&mut pid);
+    let good = std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-good.npz"));
+    if world.rank() == 0 {
+        lazylinop::npz::save(&good, "a", a.as_ref()).unwrap();
+    }
+    world.barrier();
+    let bytes = std::fs::read(&good).unwrap();
+    let l = MpiLop::<f64>::new(world, &good, None, true, None).unwrap();
+    assert!(l.is_mapped());
+    // The middle of the file is in the data (9600 of its bytes).
+    let bad = damaged_copy(world, &bytes, bytes.len() / 2, "stored.npz");
+    let err = MpiLop::<f64>::new(world, &bad, None, true, None).unwrap_err();
+    let Error::Rank { message, .. } = &err else { panic!("{err}") };
+    assert!(message.contains("CRC"), "{err}");
+    // Trusted: no checksum, the damaged value is read as it is.
+    let l = MpiLop::<f64>::new_trusted(world, &bad, None, true, None).unwrap();
+    assert_eq!((l.nrows(), l.ncols()), (40, 30));
+    // A deflated member damaged near its end: only the last rank's rows reach
+    // there, and its verdict is every rank's.
+    let bytes = std::fs::read(fixtures::fixture("float64_c_compressed.npz")).unwrap();
+    let bad = damaged_copy(world, &bytes, 745 + 900, "deflated.npz");
+    let err = MpiLop::<f64>::new(world, &bad, Some("m33x17"), true, None).unwrap_err();
+    assert!(matches!(err, Error::Rank { .. }), "{err}");
+    world.barrier();
+    if world.rank() == 0 {
+        for name in ["good.npz", "stored.npz", "deflated.npz"] {
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-{name}")));
+        }
+    }
+}
+
 fn lsmr_runs_on_every_rank_with_an_mpilop(world: &SimpleCommunicator) {
     use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::linalg::solvers::Solve;
@@ -714,6 +766,7 @@ fn main() {
             ("mpilop_products_match_the_file", mpilop_products_match_the_file, 600),
             ("mpilop_maps_aligned_data_and_copies_the_rest", mpilop_maps_aligned_data_and_copies_the_rest, 60),
             ("mpilop_errors_are_collective", mpilop_errors_are_collective, 60),
+            ("a_damaged_member_is_an_error_on_every_rank", a_damaged_member_is_an_error_on_every_rank, 60),
             ("lsmr_runs_on_every_rank_with_an_mpilop", lsmr_runs_on_every_rank_with_an_mpilop, 120),
         ],
         "multiple" => {

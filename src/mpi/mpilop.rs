@@ -7,17 +7,37 @@ use std::path::{Path, PathBuf};
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
-use mpi::traits::Communicator;
+use mpi::traits::{Communicator, CommunicatorCollectives};
 
 use super::collective::{
     Fault, Pieces, as_contiguous, broadcast, caught, gather, reduce_sum, temp_slice, temp_slice_scratch,
 };
-use super::comm::Comm;
+use super::comm::{Comm, Session};
 use super::pmatmat::mode_code;
 use crate::Scalar;
 use crate::npz::NpzMatrix;
 use crate::ops::{Mode, ModeOp, impl_bilinop};
 use crate::parallel::{Error, Gather, MpiOptions, split};
+
+/// Verifies a stored member's CRC-32 with every rank reading a contiguous
+/// share of its bytes: the shares' CRC-32s are gathered on every rank and
+/// combined, so that every rank returns the same verdict. A deflated member
+/// is verified by the rank whose rows reach its end, which streams it all
+/// ([`NpzMatrix::read_rows`]).
+fn verify_crc(s: &Session<'_>, npz: &NpzMatrix) -> Result<(), Error> {
+    let Some(span) = npz.crc_span() else { return Ok(()) };
+    let (p, r) = (s.size() as u64, s.rank() as u64);
+    // In u128: span · (i + 1) cannot overflow.
+    let at = |i: u64| (u128::from(span) * u128::from(i) / u128::from(p)) as u64;
+    let share = |i: u64| at(i)..at(i + 1);
+    let mine = caught("checking the file's CRC-32", || npz.crc32_of(share(r)).map_err(Fault::from));
+    let mine = s.outcome(mine)?;
+    let mut all = vec![0u32; p as usize];
+    s.mpi(|c| c.all_gather_into(&mine, &mut all[..]));
+    let parts = all.iter().enumerate().map(|(i, &crc)| (crc, share(i as u64).end - share(i as u64).start));
+    let verdict = npz.verify_crc(parts).map_err(Fault::from);
+    s.outcome(verdict)
+}
 
 /// This rank's rows of the matrix.
 #[derive(Debug)]
@@ -95,8 +115,36 @@ impl<T: Scalar> MpiLop<T> {
         bcast_op: bool,
         shape: Option<(usize, usize)>,
     ) -> Result<Self, Error> {
+        Self::open(comm, path.as_ref(), member, bcast_op, shape, true)
+    }
+
+    /// As [`MpiLop::new`], without verifying the member's CRC-32: for files
+    /// the caller trusts, to save the checksum's pass over the member at
+    /// construction (each rank reads `1/p` of it; see BENCHMARKS.md for its
+    /// cost).
+    ///
+    /// # Errors
+    /// As [`MpiLop::new`], but for the checksum.
+    pub fn new_trusted<C: Communicator + ?Sized>(
+        comm: &C,
+        path: impl AsRef<Path>,
+        member: Option<&str>,
+        bcast_op: bool,
+        shape: Option<(usize, usize)>,
+    ) -> Result<Self, Error> {
+        Self::open(comm, path.as_ref(), member, bcast_op, shape, false)
+    }
+
+    fn open<C: Communicator + ?Sized>(
+        comm: &C,
+        path: &Path,
+        member: Option<&str>,
+        bcast_op: bool,
+        shape: Option<(usize, usize)>,
+        verify: bool,
+    ) -> Result<Self, Error> {
         let comm = Comm::new(comm)?;
-        let path = path.as_ref().to_owned();
+        let path = path.to_owned();
         let (p, r) = (comm.size(), comm.rank());
         let (local, rows, nrows, ncols, member) = comm.collective(&[], |s| {
             let opened =
@@ -116,6 +164,9 @@ impl<T: Scalar> MpiLop<T> {
                     }
                 });
             let npz = s.outcome(opened)?;
+            if verify {
+                verify_crc(s, &npz)?;
+            }
             let (m, n) = npz.shape();
             let member = npz.member().to_owned();
             s.agree(

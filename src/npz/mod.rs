@@ -60,8 +60,9 @@
 //! # What the CRC-32 covers
 //! Each zip entry records the CRC-32 of the member's bytes (its `.npy` header and data).
 //! - [`NpzMatrix::read_rows`] verifies it whenever it reads all the rows (`0..nrows`), stored or
-//!   deflated: a damaged byte anywhere in the member is then an [`NpzErrorKind::Crc`] error.
-//!   Reading some of the rows verifies nothing (the check needs every byte).
+//!   deflated, and when it reads rows up to the last of a deflated member (which streams every
+//!   byte): a damaged byte anywhere in the member is then an [`NpzErrorKind::Crc`] error.
+//!   Reading other rows verifies nothing (the check needs every byte).
 //! - [`NpzMatrix::view_rows`] verifies nothing. A holder of views checks a stored member with
 //!   [`NpzMatrix::crc32_of`] over byte ranges of [`NpzMatrix::crc_span`] and
 //!   [`NpzMatrix::verify_crc`], which combines the ranges' CRCs: ranks can each checksum a
@@ -535,7 +536,8 @@ impl NpzMatrix {
     /// the declared shape before the data is there.
     ///
     /// Reading all the rows (`0..nrows`) verifies the member's CRC-32 (over its every byte);
-    /// reading some verifies nothing.
+    /// so does reading rows up to the last of a compressed member, which streams it all.
+    /// Reading other rows verifies nothing.
     ///
     /// # Errors
     /// [`NpzErrorKind::DtypeMismatch`] if the member's dtype is not `T::DTYPE`,
@@ -583,10 +585,12 @@ impl NpzMatrix {
         src.skip(self.loc.header_len)
             .and_then(|()| self.copy_rows(&mut src, &rows, |_, chunk| arrived.extend_from_slice(chunk)))
             .map_err(|e| self.error(data_error(e)))?;
-        if whole {
-            // All the declared bytes were read: header and data fill the member (`open`).
-            let found = src.crc_of_all().ok_or_else(|| self.error(NpzErrorKind::Truncated))?;
-            self.check_crc(found)?;
+        // Rows that reach the end of the member stream it all (header and data fill the
+        // member, `open` checked it): its CRC-32 is known then, whichever rows were kept.
+        match src.crc_of_all() {
+            Some(found) => self.check_crc(found)?,
+            None if whole => return Err(self.error(NpzErrorKind::Truncated)),
+            None => {}
         }
         Ok(match self.order {
             Order::C => MatRef::from_row_major_slice(&arrived, k, ncols).to_owned(),
