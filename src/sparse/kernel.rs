@@ -430,26 +430,36 @@ pub(super) fn run<I: Index, T: Scalar, E: Elem>(
         Walk::Gather => plan.m,
         Walk::Scatter => plan.n,
     };
-    let mut c0 = 0;
-    while c0 < k {
-        let w = plan.panel_width(k - c0);
-        let wc = w.min(k - c0);
-        let x = rhs.subcols(c0, wc);
-        let y = out.rb_mut().subcols_mut(c0, wc);
-        let ctx = Ctx { arch, a, conj, w };
-        match plan.walk {
-            Walk::Gather => {
-                let xp = &mut buf1[..plan.n * w];
-                copy_in_par(x, 0..plan.n, xp, w, plan.threads);
-                ctx.gather_par(0..outer, y, xp, &mut buf2[..plan.threads * BLOCK * w], plan.threads);
+    let mut panels = move || {
+        let mut c0 = 0;
+        while c0 < k {
+            let w = plan.panel_width(k - c0);
+            let wc = w.min(k - c0);
+            let x = rhs.subcols(c0, wc);
+            let y = out.rb_mut().subcols_mut(c0, wc);
+            let ctx = Ctx { arch, a, conj, w };
+            let blocks = &mut buf2[..plan.threads * BLOCK * w];
+            match plan.walk {
+                Walk::Gather => {
+                    let xp = &mut buf1[..plan.n * w];
+                    copy_in_par(x, 0..plan.n, xp, w, plan.threads);
+                    ctx.gather_par(0..outer, y, xp, blocks, plan.threads);
+                }
+                Walk::Scatter => {
+                    let accs = &mut buf1[..plan.threads * plan.m * w];
+                    ctx.scatter_par(0..outer, x, accs, plan.m * w, blocks, plan.threads);
+                    sum_out_par(y, 0..plan.m, accs, plan.m * w, w, plan.threads);
+                }
             }
-            Walk::Scatter => {
-                let accs = &mut buf1[..plan.threads * plan.m * w];
-                ctx.scatter_par(0..outer, x, accs, plan.m * w, &mut buf2[..plan.threads * BLOCK * w], plan.threads);
-                sum_out_par(y, 0..plan.m, accs, plan.m * w, w, plan.threads);
-            }
+            c0 += wc;
         }
-        c0 += wc;
+    };
+    if plan.threads > 1 {
+        // Enter rayon's pool once per product (the joins inside stay on its
+        // workers' own queues) instead of once per join.
+        rayon::scope(|_| panels());
+    } else {
+        panels();
     }
 }
 
