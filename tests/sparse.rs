@@ -113,7 +113,7 @@ fn every_mode_matches_dense_and_faer() {
 #[test]
 fn threaded_products_match() {
     fn run<T: Scalar>() {
-        let (m, n) = (1500, 1100);
+        let (m, n) = (2600, 2100);
         let (csr, csr_dense, csc, csc_dense) = matrices::<u32, T>(m, n, 80, 7);
         for (op, dense, what) in [
             (&Sparse::new(csr.as_ref().into()) as &Sparse<SparseView<'_, u32, T>>, &csr_dense, "CSR"),

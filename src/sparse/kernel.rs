@@ -361,8 +361,11 @@ pub(super) struct Plan {
     lanes: usize,
     /// Widest panel: 1 for one column, else one or two vectors.
     w: usize,
-    /// Parts the outer dimension is split into, each on its own thread.
+    /// Threads.
     threads: usize,
+    /// Whether the threads take whole panels each (a scatter with enough
+    /// columns: no accumulators to sum) instead of parts of every panel.
+    by_panels: bool,
     /// Output rows `m` and operand rows `n`.
     m: usize,
     n: usize,
@@ -372,15 +375,18 @@ impl Plan {
     /// The plan of `out (m×k) = A_mode · X (n×k)`, where `A` has `nnz` entries.
     pub(super) fn new<E: Elem>(walk: Walk, m: usize, n: usize, k: usize, nnz: usize, par: Par) -> Self {
         let lanes = Arch::new().dispatch(Lanes::<E>(core::marker::PhantomData));
+        let work = nnz.saturating_mul(k);
+        let threads = par.degree().min(work / MIN_WORK_PER_THREAD).max(1);
+        // A scatter on threads gives each thread whole panels when there are
+        // enough; the panels narrow to one vector if that makes enough.
+        let by_panels = walk == Walk::Scatter && threads > 1 && k >= threads * lanes;
         let w = match k {
             0 => 0,
             1 => 1,
-            k if k <= lanes => lanes,
+            k if k <= lanes || (by_panels && k < 2 * threads * lanes) => lanes,
             _ => 2 * lanes,
         };
-        let work = nnz.saturating_mul(k);
-        let threads = par.degree().min(work / MIN_WORK_PER_THREAD).max(1);
-        Plan { walk, lanes, w, threads, m, n }
+        Plan { walk, lanes, w, threads, by_panels, m, n }
     }
 
     /// Scratch of [`run`] (elements of `E`).
@@ -411,12 +417,11 @@ fn as_t<E: bytemuck::Pod, T: bytemuck::Pod>(s: &mut [E]) -> &mut [T] {
 }
 
 /// `out = A_mode · rhs`, shapes already checked, `a.val` already of type `E` (= `T`).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn run<I: Index, T: Scalar, E: Elem>(
     plan: Plan,
     a: Parts<'_, I, E>,
     conj: bool,
-    out: MatMut<'_, T>,
+    mut out: MatMut<'_, T>,
     rhs: MatRef<'_, T>,
     stack: &mut MemStack,
 ) {
@@ -424,42 +429,28 @@ pub(super) fn run<I: Index, T: Scalar, E: Elem>(
     let (mut buf1, stack) = stack.make_aligned_with::<E>(s1, ALIGN, |_| E::ZERO);
     let (mut buf2, _) = stack.make_aligned_with::<E>(s2, ALIGN, |_| E::ZERO);
     let (buf1, buf2) = (&mut *buf1, &mut *buf2);
-    let arch = Arch::new();
-    let (k, mut out) = (rhs.ncols(), out);
-    let outer = match plan.walk {
-        Walk::Gather => plan.m,
-        Walk::Scatter => plan.n,
-    };
-    let mut panels = move || {
-        let mut c0 = 0;
-        while c0 < k {
-            let w = plan.panel_width(k - c0);
-            let wc = w.min(k - c0);
-            let x = rhs.subcols(c0, wc);
-            let y = out.rb_mut().subcols_mut(c0, wc);
-            let ctx = Ctx { arch, a, conj, w };
-            let blocks = &mut buf2[..plan.threads * BLOCK * w];
-            match plan.walk {
-                Walk::Gather => {
-                    let xp = &mut buf1[..plan.n * w];
-                    copy_in_par(x, 0..plan.n, xp, w, plan.threads);
-                    ctx.gather_par(0..outer, y, xp, blocks, plan.threads);
-                }
-                Walk::Scatter => {
-                    let accs = &mut buf1[..plan.threads * plan.m * w];
-                    ctx.scatter_par(0..outer, x, accs, plan.m * w, blocks, plan.threads);
-                    sum_out_par(y, 0..plan.m, accs, plan.m * w, w, plan.threads);
-                }
+    let ctx = Ctx { arch: Arch::new(), a, conj, w: plan.w };
+    let body = move || {
+        if plan.w == 1 {
+            // One column, stored contiguously (as usual): no staging.
+            let x = rhs.col(0).try_as_col_major().map(|c| bytemuck::cast_slice::<T, E>(c.as_slice()));
+            if let (Some(x), Some(y)) = (x, out.rb_mut().col_mut(0).try_as_col_major_mut()) {
+                let y = bytemuck::cast_slice_mut::<T, E>(y.as_slice_mut());
+                return ctx.spmv(plan, x, y, buf1, plan.threads);
             }
-            c0 += wc;
+        }
+        if plan.by_panels {
+            ctx.split_panels(plan, rhs, out, buf1, buf2, plan.threads)
+        } else {
+            ctx.panels(plan, rhs, out, buf1, buf2, plan.threads)
         }
     };
     if plan.threads > 1 {
         // Enter rayon's pool once per product (the joins inside stay on its
         // workers' own queues) instead of once per join.
-        rayon::scope(|_| panels());
+        rayon::scope(|_| body());
     } else {
-        panels();
+        body();
     }
 }
 
@@ -473,6 +464,102 @@ struct Ctx<'a, I, E> {
 }
 
 impl<I: Index, E: Elem> Ctx<'_, I, E> {
+    /// `out = A_mode · rhs`, panel after panel, each on `t` threads.
+    fn panels<T: Scalar>(self, plan: Plan, rhs: MatRef<'_, T>, out: MatMut<'_, T>, buf1: &mut [E], buf2: &mut [E], t: usize) {
+        let (k, mut out) = (rhs.ncols(), out);
+        let mut c0 = 0;
+        while c0 < k {
+            let w = plan.panel_width(k - c0);
+            let wc = w.min(k - c0);
+            let x = rhs.subcols(c0, wc);
+            let y = out.rb_mut().subcols_mut(c0, wc);
+            let ctx = Ctx { w, ..self };
+            let blocks = &mut buf2[..t * BLOCK * w];
+            match plan.walk {
+                Walk::Gather => {
+                    let xp = &mut buf1[..plan.n * w];
+                    copy_in_par(x, 0..plan.n, xp, w, t);
+                    ctx.gather_par(0..plan.m, y, xp, blocks, t);
+                }
+                Walk::Scatter => {
+                    let accs = &mut buf1[..t * plan.m * w];
+                    ctx.scatter_par(0..plan.n, x, accs, plan.m * w, blocks, t);
+                    sum_out_par(y, 0..plan.m, accs, plan.m * w, w, t);
+                }
+            }
+            c0 += wc;
+        }
+    }
+
+    /// One contiguous column `y = A_mode · x` on `t` threads: the gather
+    /// splits the rows of `y`; the scatter splits the outer dimension, the
+    /// first part accumulating into `y`, the others into `accs` (`m` each),
+    /// then adds those into `y`.
+    fn spmv(self, plan: Plan, x: &[E], y: &mut [E], accs: &mut [E], t: usize) {
+        match plan.walk {
+            Walk::Gather => self.gather_spmv(0..plan.m, x, y, t),
+            Walk::Scatter => {
+                let accs = &mut accs[..(t - 1) * plan.m];
+                self.scatter_spmv(0..plan.n, x, y, accs, t);
+                if t > 1 {
+                    add_rows_par(y, accs, t);
+                }
+            }
+        }
+    }
+
+    fn gather_spmv(self, rows: Range<usize>, x: &[E], y: &mut [E], t: usize) {
+        if t > 1 {
+            let cut = self.a.split(rows.clone(), t / 2, t);
+            let (y0, y1) = y.split_at_mut(cut - rows.start);
+            rayon::join(
+                || self.gather_spmv(rows.start..cut, x, y0, t / 2),
+                || self.gather_spmv(cut..rows.end, x, y1, t - t / 2),
+            );
+            return;
+        }
+        gather1(self.a, self.conj, rows, x, y)
+    }
+
+    /// Outers `outer` into `target`, and with `t > 1` threads, the later
+    /// parts into `accs` (`t - 1` accumulators of `target.len()`).
+    fn scatter_spmv(self, outer: Range<usize>, x: &[E], target: &mut [E], accs: &mut [E], t: usize) {
+        if t > 1 {
+            let m = target.len();
+            let cut = self.a.split(outer.clone(), t / 2, t);
+            let (a0, a1) = accs.split_at_mut((t / 2 - 1) * m);
+            let (target1, a1) = a1.split_at_mut(m);
+            rayon::join(
+                || self.scatter_spmv(outer.start..cut, x, target, a0, t / 2),
+                || self.scatter_spmv(cut..outer.end, x, target1, a1, t - t / 2),
+            );
+            return;
+        }
+        target.fill(E::ZERO);
+        scatter1(self.a, self.conj, outer.clone(), &x[outer], target)
+    }
+
+    /// [`Ctx::panels`] with whole panels shared out over `t` threads, each
+    /// with its own scratch (one thread's share of `buf1` and `buf2`).
+    fn split_panels<T: Scalar>(self, plan: Plan, rhs: MatRef<'_, T>, out: MatMut<'_, T>, buf1: &mut [E], buf2: &mut [E], t: usize) {
+        if t > 1 {
+            let panels = rhs.ncols().div_ceil(plan.w);
+            let cut = (panels * (t / 2) / t).max(1) * plan.w;
+            if cut < rhs.ncols() {
+                let (x0, x1) = rhs.split_at_col(cut);
+                let (y0, y1) = out.split_at_col_mut(cut);
+                let (a0, a1) = buf1.split_at_mut(t / 2 * (buf1.len() / t));
+                let (b0, b1) = buf2.split_at_mut(t / 2 * (buf2.len() / t));
+                rayon::join(
+                    || self.split_panels(plan, x0, y0, a0, b0, t / 2),
+                    || self.split_panels(plan, x1, y1, a1, b1, t - t / 2),
+                );
+                return;
+            }
+        }
+        self.panels(plan, rhs, out, buf1, buf2, 1)
+    }
+
     /// Rows `rows` of the output (`y`, whose first row is `rows.start`) on `t` threads.
     fn gather_par<T: Scalar>(self, rows: Range<usize>, y: MatMut<'_, T>, xp: &[E], blocks: &mut [E], t: usize) {
         if t > 1 {
@@ -532,15 +619,46 @@ impl<I: Index, E: Elem> Ctx<'_, I, E> {
     }
 }
 
-/// `xp` (row-major, rows of `w`) = `x` (`wc ≤ w` columns); lanes past `wc` are left as they are.
-fn copy_in<T: Scalar, E: Elem>(x: MatRef<'_, T>, xp: &mut [E], w: usize) {
-    let xp = as_t::<E, T>(xp);
-    for c in 0..x.ncols() {
-        for (i, v) in x.col(c).iter().enumerate() {
-            xp[i * w + c] = *v;
+/// `y += Σ accs` (each accumulator `y.len()` long), rows split over `t` threads.
+fn add_rows_par<E: Elem>(y: &mut [E], accs: &[E], t: usize) {
+    let m = y.len();
+    if t > 1 && m > 1 {
+        let cut = m / 2;
+        let (y0, y1) = y.split_at_mut(cut);
+        rayon::join(|| add_rows_par_at(y0, accs, m, 0), || add_rows_par_at(y1, accs, m, cut));
+        return;
+    }
+    add_rows_par_at(y, accs, m, 0)
+}
+
+/// `y[i] += Σ_p accs[p·m + offset + i]`.
+fn add_rows_par_at<E: Elem>(y: &mut [E], accs: &[E], m: usize, offset: usize) {
+    for acc in accs.chunks_exact(m) {
+        for (v, a) in y.iter_mut().zip(&acc[offset..]) {
+            *v = E::add1(*v, *a);
         }
     }
 }
+
+/// `xp` (row-major, rows of `w`) = `x` (`wc ≤ w` columns); lanes past `wc` are left as they are.
+fn copy_in<T: Scalar, E: Elem>(x: MatRef<'_, T>, xp: &mut [E], w: usize) {
+    let xp = as_t::<E, T>(xp);
+    // By blocks of rows, so that the block of `xp` stays in L1 while each
+    // column writes into it.
+    for r0 in (0..x.nrows()).step_by(COPY_ROWS) {
+        let len = COPY_ROWS.min(x.nrows() - r0);
+        let xb = x.subrows(r0, len);
+        let pb = &mut xp[r0 * w..(r0 + len) * w];
+        for c in 0..xb.ncols() {
+            for (i, v) in xb.col(c).iter().enumerate() {
+                pb[i * w + c] = *v;
+            }
+        }
+    }
+}
+
+/// Rows copied at a time between column-major and row-major layouts.
+const COPY_ROWS: usize = 64;
 
 /// [`copy_in`] of rows `rows` on `t` threads.
 fn copy_in_par<T: Scalar, E: Elem>(x: MatRef<'_, T>, rows: Range<usize>, xp: &mut [E], w: usize, t: usize) {
@@ -593,13 +711,17 @@ fn sum_rows_par<T: Scalar, E: Elem>(
         return;
     }
     let mut y = y;
-    for c in 0..y.ncols() {
-        for (i, v) in rows.clone().zip(y.rb_mut().col_mut(c).iter_mut()) {
-            let mut s = accs[i * w + c];
-            for p in 1..parts {
-                s = E::add1(s, accs[p * acc_len + i * w + c]);
+    for r0 in rows.clone().step_by(COPY_ROWS) {
+        let len = COPY_ROWS.min(rows.end - r0);
+        let mut yb = y.rb_mut().subrows_mut(r0 - rows.start, len);
+        for c in 0..yb.ncols() {
+            for (i, v) in (r0..r0 + len).zip(yb.rb_mut().col_mut(c).iter_mut()) {
+                let mut s = accs[i * w + c];
+                for p in 1..parts {
+                    s = E::add1(s, accs[p * acc_len + i * w + c]);
+                }
+                *v = bytemuck::cast(s);
             }
-            *v = bytemuck::cast(s);
         }
     }
 }
