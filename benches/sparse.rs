@@ -153,7 +153,9 @@ fn summary(start: std::time::SystemTime) {
     if let Some(bw) = bandwidth {
         println!("\nSTREAM-style copy: {:.1} GB/s (bytes read + written)", bw * 1e-9);
     }
-    println!("\n| case | variant | median | GFLOP/s | compulsory GB/s | % of copy | vs faer |\n|---|---|---|---|---|---|---|");
+    println!(
+        "\n| case | variant | median | GFLOP/s | compulsory GB/s | % of copy | vs faer |\n|---|---|---|---|---|---|---|"
+    );
     let mut groups: Vec<String> = ["csr", "csc"]
         .iter()
         .flat_map(|f| [1, 16, 128].map(|k| format!("{f}_k{k}")))

@@ -158,7 +158,9 @@ fn sparse_products_do_not_allocate() {
     use faer::sparse::{SparseColMat, Triplet};
     let _serial = SERIAL.lock().unwrap();
     let n = 300;
-    let triplets: Vec<_> = (0..n).flat_map(|j| (0..20).map(move |t| Triplet::new(((j * 7 + t * 13) % n) as u32, j as u32, 1.0 + t as f64))).collect();
+    let triplets: Vec<_> = (0..n)
+        .flat_map(|j| (0..20).map(move |t| Triplet::new(((j * 7 + t * 13) % n) as u32, j as u32, 1.0 + t as f64)))
+        .collect();
     let csc = SparseColMat::<u32, f64>::try_new_from_triplets(n, n, &triplets).unwrap();
     let csr = csc.to_row_major().unwrap();
     let l = Sparse::new(&csr).compose(Sparse::new(&csc)).plus(Sparse::new(csc.as_ref()).scale(2.0));
@@ -188,11 +190,13 @@ fn sparse_products_do_not_allocate() {
                 // entering the pool: one job per threaded sparse product (three
                 // in each of the composite's products).
                 let sparse_products = 3 * 4 * rounds;
-                assert!(32 * count <= sparse_products, "k = {k}, {par:?}: {count} allocations in {sparse_products} sparse products");
+                assert!(
+                    32 * count <= sparse_products,
+                    "k = {k}, {par:?}: {count} allocations in {sparse_products} sparse products"
+                );
             }
         }
         let want = (csr.to_dense() * csc.to_dense() + csc.to_dense() * 2.0).transpose() * &x;
         assert!((&out - &want).norm_max() < 1e-9 * want.norm_max());
     }
 }
-

@@ -9,7 +9,9 @@ mod common;
 
 use common::{assert_close, check_op, check_parallel, product, reference};
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::sparse::{SparseColMat, SparseColMatRef, SparseRowMat, SymbolicSparseColMat, SymbolicSparseColMatRef, SymbolicSparseRowMat};
+use faer::sparse::{
+    SparseColMat, SparseColMatRef, SparseRowMat, SymbolicSparseColMat, SymbolicSparseColMatRef, SymbolicSparseRowMat,
+};
 use faer::{Index, Mat, MatRef, Par};
 use lazylinop::parallel::{Method, pmatmat};
 use lazylinop::prelude::*;
@@ -45,7 +47,7 @@ fn densify<T: Scalar>(format: Format, nrows: usize, ncols: usize, ptr: &[usize],
     for j in 0..ptr.len() - 1 {
         for p in ptr[j]..ptr[j + 1] {
             let (r, c) = if format == Format::Csr { (j, idx[p]) } else { (idx[p], j) };
-            d[(r, c)] = d[(r, c)].clone() + val[p].clone();
+            d[(r, c)] += val[p];
         }
     }
     d
@@ -55,8 +57,11 @@ fn cast<I: Index>(v: &[usize]) -> Vec<I> {
     v.iter().map(|&i| I::truncate(i)).collect()
 }
 
+/// A CSR and a CSC faer matrix, with their dense forms.
+type Fixture<I, T> = (SparseRowMat<I, T>, Mat<T>, SparseColMat<I, T>, Mat<T>);
+
 /// A CSR and a CSC faer matrix of shape `m × n`, with their dense forms.
-fn matrices<I: Index, T: Scalar>(m: usize, n: usize, per: usize, seed: u64) -> (SparseRowMat<I, T>, Mat<T>, SparseColMat<I, T>, Mat<T>) {
+fn matrices<I: Index, T: Scalar>(m: usize, n: usize, per: usize, seed: u64) -> Fixture<I, T> {
     let (ptr, idx, val) = raw::<T>(m, n, per, seed);
     let csr_dense = densify(Format::Csr, m, n, &ptr, &idx, &val);
     let csr = SparseRowMat::new(SymbolicSparseRowMat::new_unsorted_checked(m, n, cast(&ptr), None, cast(&idx)), val);
@@ -65,6 +70,9 @@ fn matrices<I: Index, T: Scalar>(m: usize, n: usize, per: usize, seed: u64) -> (
     let csc = SparseColMat::new(SymbolicSparseColMat::new_unsorted_checked(m, n, cast(&ptr), None, cast(&idx)), val);
     (csr, csr_dense, csc, csc_dense)
 }
+
+/// A sparse operator on a view.
+type ViewOp<'a, T> = Sparse<SparseView<'a, u32, T>>;
 
 const SHAPES: [(usize, usize); 8] = [(0, 0), (0, 4), (4, 0), (1, 1), (7, 5), (5, 9), (33, 70), (130, 41)];
 const WIDTHS: [usize; 12] = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 33, 40];
@@ -116,7 +124,7 @@ fn threaded_products_match() {
         let (m, n) = (2600, 2100);
         let (csr, csr_dense, csc, csc_dense) = matrices::<u32, T>(m, n, 80, 7);
         for (op, dense, what) in [
-            (&Sparse::new(csr.as_ref().into()) as &Sparse<SparseView<'_, u32, T>>, &csr_dense, "CSR"),
+            (&Sparse::new(csr.as_ref().into()) as &ViewOp<'_, T>, &csr_dense, "CSR"),
             (&Sparse::new(csc.as_ref().into()), &csc_dense, "CSC"),
         ] {
             for k in [1, 2, 5, 24] {
@@ -156,7 +164,7 @@ fn non_compact_faer_storage() {
         let row_idx = [8usize, 1, 99, 99, 0, 0, 7, 99, 99, 3, 4, 2, 5, 99, 99, 99];
         let nan = faer::traits::math_utils::nan::<T>();
         let x = random::mat::<T>(16, 1, 3);
-        let val: Vec<T> = (0..16).map(|p| if row_idx[p] == 99 { nan.clone() } else { x[(p, 0)].clone() }).collect();
+        let val: Vec<T> = (0..16).map(|p| if row_idx[p] == 99 { nan } else { x[(p, 0)] }).collect();
         let row_idx: Vec<usize> = row_idx.iter().map(|&i| i.min(m - 1)).collect();
         let sym = SymbolicSparseColMatRef::new_unsorted_checked(m, n, &col_ptr, Some(&col_nnz), &row_idx);
         let a = SparseColMatRef::new(sym, &val);
@@ -179,14 +187,18 @@ fn strided_and_transposed_views() {
         let (m, n) = (37, 29);
         let (csr, csr_dense, csc, csc_dense) = matrices::<u32, T>(m, n, 5, 11);
         let (csr, csc) = (Sparse::new(csr.as_ref().into()), Sparse::new(csc.as_ref().into()));
-        let ops: [(&Sparse<SparseView<'_, u32, T>>, &Mat<T>); 2] = [(&csr, &csr_dense), (&csc, &csc_dense)];
+        let ops: [(&ViewOp<'_, T>, &Mat<T>); 2] = [(&csr, &csr_dense), (&csc, &csc_dense)];
         for (op, dense) in ops {
             for k in [1, 3, 17] {
                 for mode in Mode::ALL {
                     let (rows, cols) = mode.dims_of(op);
                     let big = random::mat::<T>(cols + 5, k + 3, 1);
                     let row_major = random::mat::<T>(k, cols, 2);
-                    let operands = [big.as_ref().submatrix(2, 1, cols, k), row_major.transpose(), big.as_ref().subrows(0, cols).subcols(0, k).reverse_rows()];
+                    let operands = [
+                        big.as_ref().submatrix(2, 1, cols, k),
+                        row_major.transpose(),
+                        big.as_ref().subrows(0, cols).subcols(0, k).reverse_rows(),
+                    ];
                     for x in operands {
                         let want = reference(dense.as_ref(), mode, x);
                         for par in [Par::Seq, Par::rayon(2)] {
@@ -212,7 +224,10 @@ fn strided_and_transposed_views() {
                                 for c in 0..out.ncols() {
                                     for r in 0..out.nrows() {
                                         let inside = (3..3 + rows).contains(&r) && (1..1 + k).contains(&c);
-                                        assert!(inside || out[(r, c)] == fill[(r, c)], "{what}: entry ({r}, {c}) outside the output changed");
+                                        assert!(
+                                            inside || out[(r, c)] == fill[(r, c)],
+                                            "{what}: entry ({r}, {c}) outside the output changed"
+                                        );
                                     }
                                 }
                             }
@@ -309,7 +324,8 @@ fn algebra_and_pmatmat() {
         }
         #[cfg(unix)]
         with_deadline(30, {
-            let (l, dense) = (DynOp::new(Sparse::new(csr.clone()).compose(Sparse::new(csc.clone())).plus(d.clone())), dense.clone());
+            let (l, dense) =
+                (DynOp::new(Sparse::new(csr.clone()).compose(Sparse::new(csc.clone())).plus(d.clone())), dense.clone());
             move || {
                 for once in [false, true] {
                     let p = pmatmat(l.clone(), Method::Process { procs_created_once: once }, Some(2), false).unwrap();

@@ -334,15 +334,6 @@ impl<I: Index, E: Elem> WithSimd for Kernel<'_, '_, I, E> {
     }
 }
 
-/// Runs `walk` on `range` with rows of width `w` (1: scalar loops).
-fn kernel<I: Index, E: Elem>(arch: Arch, walk: Walk, a: Parts<'_, I, E>, conj: bool, range: Range<usize>, x: &[E], y: &mut [E], w: usize) {
-    match (walk, w) {
-        (Walk::Gather, 1) => gather1(a, conj, range, x, y),
-        (Walk::Scatter, 1) => scatter1(a, conj, range, x, y),
-        _ => arch.dispatch(Kernel { walk, a, conj, range, x, y, w }),
-    }
-}
-
 struct Lanes<E>(core::marker::PhantomData<E>);
 
 impl<E: Elem> WithSimd for Lanes<E> {
@@ -464,8 +455,26 @@ struct Ctx<'a, I, E> {
 }
 
 impl<I: Index, E: Elem> Ctx<'_, I, E> {
+    /// Runs `walk` on `range` with rows of width `self.w` (1: scalar loops).
+    fn kernel(self, walk: Walk, range: Range<usize>, x: &[E], y: &mut [E]) {
+        let Ctx { arch, a, conj, w } = self;
+        match (walk, w) {
+            (Walk::Gather, 1) => gather1(a, conj, range, x, y),
+            (Walk::Scatter, 1) => scatter1(a, conj, range, x, y),
+            _ => arch.dispatch(Kernel { walk, a, conj, range, x, y, w }),
+        }
+    }
+
     /// `out = A_mode · rhs`, panel after panel, each on `t` threads.
-    fn panels<T: Scalar>(self, plan: Plan, rhs: MatRef<'_, T>, out: MatMut<'_, T>, buf1: &mut [E], buf2: &mut [E], t: usize) {
+    fn panels<T: Scalar>(
+        self,
+        plan: Plan,
+        rhs: MatRef<'_, T>,
+        out: MatMut<'_, T>,
+        buf1: &mut [E],
+        buf2: &mut [E],
+        t: usize,
+    ) {
         let (k, mut out) = (rhs.ncols(), out);
         let mut c0 = 0;
         while c0 < k {
@@ -541,7 +550,15 @@ impl<I: Index, E: Elem> Ctx<'_, I, E> {
 
     /// [`Ctx::panels`] with whole panels shared out over `t` threads, each
     /// with its own scratch (one thread's share of `buf1` and `buf2`).
-    fn split_panels<T: Scalar>(self, plan: Plan, rhs: MatRef<'_, T>, out: MatMut<'_, T>, buf1: &mut [E], buf2: &mut [E], t: usize) {
+    fn split_panels<T: Scalar>(
+        self,
+        plan: Plan,
+        rhs: MatRef<'_, T>,
+        out: MatMut<'_, T>,
+        buf1: &mut [E],
+        buf2: &mut [E],
+        t: usize,
+    ) {
         if t > 1 {
             let panels = rhs.ncols().div_ceil(plan.w);
             let cut = (panels * (t / 2) / t).max(1) * plan.w;
@@ -578,7 +595,7 @@ impl<I: Index, E: Elem> Ctx<'_, I, E> {
         while r0 < rows.end {
             let len = BLOCK.min(rows.end - r0);
             let yb = &mut block[..len * self.w];
-            kernel(self.arch, Walk::Gather, self.a, self.conj, r0..r0 + len, xp, yb, self.w);
+            self.kernel(Walk::Gather, r0..r0 + len, xp, yb);
             copy_out(yb, self.w, y.rb_mut().subrows_mut(r0 - rows.start, len));
             r0 += len;
         }
@@ -613,7 +630,7 @@ impl<I: Index, E: Elem> Ctx<'_, I, E> {
             let len = BLOCK.min(outer.end - j0);
             let xb = &mut block[..len * self.w];
             copy_in(x.subrows(j0, len), xb, self.w);
-            kernel(self.arch, Walk::Scatter, self.a, self.conj, j0..j0 + len, xb, acc, self.w);
+            self.kernel(Walk::Scatter, j0..j0 + len, xb, acc);
             j0 += len;
         }
     }
@@ -687,7 +704,14 @@ fn copy_out<T: Scalar, E: Elem>(yp: &mut [E], w: usize, y: MatMut<'_, T>) {
 
 /// Rows `rows` of `y` (its first row is `rows.start`) = the sum of the
 /// accumulators in `accs` (each `acc_len` long, rows of `w`), on `t` threads.
-fn sum_out_par<T: Scalar, E: Elem>(y: MatMut<'_, T>, rows: Range<usize>, accs: &mut [E], acc_len: usize, w: usize, t: usize) {
+fn sum_out_par<T: Scalar, E: Elem>(
+    y: MatMut<'_, T>,
+    rows: Range<usize>,
+    accs: &mut [E],
+    acc_len: usize,
+    w: usize,
+    t: usize,
+) {
     let parts = accs.len() / acc_len.max(1);
     sum_rows_par(y, rows, accs, acc_len, w, parts, t)
 }

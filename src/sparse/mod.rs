@@ -168,7 +168,13 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     /// A [`SparseError`] unless `indptr` has `nrows + 1` non-decreasing
     /// entries ending within `indices`, `indices` and `values` have the
     /// same length, and every index used is below `ncols`.
-    pub fn csr(nrows: usize, ncols: usize, indptr: &'a [I], indices: &'a [I], values: &'a [T]) -> Result<Self, SparseError> {
+    pub fn csr(
+        nrows: usize,
+        ncols: usize,
+        indptr: &'a [I],
+        indices: &'a [I],
+        values: &'a [T],
+    ) -> Result<Self, SparseError> {
         check(nrows, ncols, indptr, indices, values.len())?;
         Ok(SparseView { format: Format::Csr, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values })
     }
@@ -178,7 +184,13 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     ///
     /// # Errors
     /// As [`SparseView::csr`], with `ncols + 1` offsets and indices below `nrows`.
-    pub fn csc(nrows: usize, ncols: usize, indptr: &'a [I], indices: &'a [I], values: &'a [T]) -> Result<Self, SparseError> {
+    pub fn csc(
+        nrows: usize,
+        ncols: usize,
+        indptr: &'a [I],
+        indices: &'a [I],
+        values: &'a [T],
+    ) -> Result<Self, SparseError> {
         check(ncols, nrows, indptr, indices, values.len())?;
         Ok(SparseView { format: Format::Csc, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values })
     }
@@ -379,7 +391,8 @@ pub fn matmul<I: Index, T: Scalar>(
     let plan = plan(a, mode, rhs.ncols(), par);
     let parts = a.parts();
     with_elem!(T, |E| {
-        let parts = Parts { ptr: parts.ptr, nnz: parts.nnz, idx: parts.idx, val: bytemuck::cast_slice::<T, E>(parts.val) };
+        let parts =
+            Parts { ptr: parts.ptr, nnz: parts.nnz, idx: parts.idx, val: bytemuck::cast_slice::<T, E>(parts.val) };
         kernel::run::<I, T, E>(plan, parts, mode.is_conj(), out, rhs, stack)
     })
 }
