@@ -667,8 +667,10 @@ fn copy_in<T: Scalar, E: Elem>(x: MatRef<'_, T>, xp: &mut [E], w: usize) {
         let xb = x.subrows(r0, len);
         let pb = &mut xp[r0 * w..(r0 + len) * w];
         for c in 0..xb.ncols() {
-            for (i, v) in xb.col(c).iter().enumerate() {
-                pb[i * w + c] = *v;
+            let col = xb.col(c);
+            match col.try_as_col_major() {
+                Some(col) => pb.chunks_exact_mut(w).zip(col.as_slice()).for_each(|(p, v)| p[c] = *v),
+                None => pb.chunks_exact_mut(w).zip(col.iter()).for_each(|(p, v)| p[c] = *v),
             }
         }
     }
@@ -696,8 +698,9 @@ fn copy_out<T: Scalar, E: Elem>(yp: &mut [E], w: usize, y: MatMut<'_, T>) {
     let yp = as_t::<E, T>(yp);
     let mut y = y;
     for c in 0..y.ncols() {
-        for (i, v) in y.rb_mut().col_mut(c).iter_mut().enumerate() {
-            *v = yp[i * w + c];
+        match y.rb_mut().col_mut(c).try_as_col_major_mut() {
+            Some(col) => col.as_slice_mut().iter_mut().zip(yp.chunks_exact(w)).for_each(|(v, p)| *v = p[c]),
+            None => y.rb_mut().col_mut(c).iter_mut().zip(yp.chunks_exact(w)).for_each(|(v, p)| *v = p[c]),
         }
     }
 }

@@ -26,17 +26,22 @@
 //! faer 0.24's sparse × dense product is a scalar loop that ignores its
 //! `Par`: the CSC walk re-reads the whole matrix once per column of the
 //! operand. The kernels here ([`matmul`]) walk the matrix once per *panel*
-//! of 8 to 32 columns (two SIMD vectors), with one vector multiply-add per
-//! stored entry and vector of the panel, and split the work over the
-//! threads of `Par::Rayon` — also for a single column. The instruction set
-//! (AVX-512, AVX2+FMA, or scalar) is chosen at run time by
-//! [pulp](https://docs.rs/pulp), faer's SIMD layer, so no `target-cpu`
-//! flag is needed. All four scalar types take the SIMD path (complex
-//! entries with pulp's complex vectors). The design is in the `kernel`
-//! module's source.
+//! of columns (two SIMD vectors wide: 16 `f64` with AVX-512), with one
+//! vector multiply-add per stored entry and vector of the panel, and split
+//! the work over the threads of `Par::Rayon` — also for a single column
+//! (SpMV). The instruction set (AVX-512, AVX2+FMA, or scalar) is chosen at
+//! run time by [pulp](https://docs.rs/pulp), faer's SIMD layer, so no
+//! `target-cpu` flag is needed. All four scalar types take the SIMD path
+//! (complex entries with pulp's complex vectors). How the walks, panels
+//! and threads fit together is written at the top of the `kernel` module's
+//! source.
 //!
 //! Inside `pmatmat`, workers call the operator with `Par::Seq`, so the
 //! two levels of parallelism do not oversubscribe.
+//!
+//! Measured (`cargo bench --bench sparse`, f64, 20000 × 20000, 40 entries a
+//! column, 2-core Zen 4 VM, one core): about 4× faer's product for 16 and
+//! 128 columns, on par with it for one column; two threads add 1.6–1.9×.
 //!
 //! # Raw slices
 //! [`SparseView::csr`] and [`SparseView::csc`] check compressed slices
@@ -48,8 +53,10 @@
 //!
 //! # Scratch and allocation
 //! A product takes its temporaries from the `MemStack` sized by the
-//! `*_scratch` methods (about `(n + threads·m)·w` elements, `w` the panel
-//! width) and allocates nothing.
+//! `*_scratch` methods (a row-major copy of one panel of the operand, or
+//! one accumulator of the output's panel per thread, plus small blocks)
+//! and allocates nothing (on threads, rayon may allocate a block of its
+//! job queue once in many products).
 
 mod kernel;
 
