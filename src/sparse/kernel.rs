@@ -368,9 +368,10 @@ impl Plan {
         let lanes = Arch::new().dispatch(Lanes::<E>(core::marker::PhantomData));
         let work = nnz.saturating_mul(k);
         let threads = par.degree().min(work / MIN_WORK_PER_THREAD).max(1);
-        // A scatter on threads gives each thread whole panels when there are
-        // enough; the panels narrow to one vector if that makes enough.
-        let by_panels = walk == Walk::Scatter && threads > 1 && k >= threads * lanes;
+        // Threads take whole panels when there are enough (the panels narrow
+        // to one vector if that makes enough): no accumulators to sum for
+        // the scatter, no barrier between panels for the gather.
+        let by_panels = threads > 1 && k >= threads * lanes;
         let w = match k {
             0 => 0,
             1 => 1,
@@ -384,7 +385,9 @@ impl Plan {
     fn sizes(&self) -> (usize, usize) {
         let (w, t) = (self.w, self.threads);
         match self.walk {
-            // The operand panel, shared; an output block per thread.
+            // The operand panel, shared (or one per thread taking whole
+            // panels); an output block per thread.
+            Walk::Gather if self.by_panels => (t * self.n * w, t * BLOCK * w),
             Walk::Gather => (self.n * w, t * BLOCK * w),
             // An accumulator per thread; an operand block per thread.
             Walk::Scatter => (t * self.m * w, t * BLOCK * w),
@@ -416,20 +419,23 @@ pub(super) fn run<I: Index, T: Scalar, E: Elem>(
     rhs: MatRef<'_, T>,
     stack: &mut MemStack,
 ) {
-    let (s1, s2) = plan.sizes();
-    let (mut buf1, stack) = stack.make_aligned_with::<E>(s1, ALIGN, |_| E::ZERO);
-    let (mut buf2, _) = stack.make_aligned_with::<E>(s2, ALIGN, |_| E::ZERO);
-    let (buf1, buf2) = (&mut *buf1, &mut *buf2);
     let ctx = Ctx { arch: Arch::new(), a, conj, w: plan.w };
     let body = move || {
         if plan.w == 1 {
-            // One column, stored contiguously (as usual): no staging.
+            // One column, stored contiguously (as usual): no staging, and
+            // scratch only for the scatter's other threads.
             let x = rhs.col(0).try_as_col_major().map(|c| bytemuck::cast_slice::<T, E>(c.as_slice()));
             if let (Some(x), Some(y)) = (x, out.rb_mut().col_mut(0).try_as_col_major_mut()) {
                 let y = bytemuck::cast_slice_mut::<T, E>(y.as_slice_mut());
-                return ctx.spmv(plan, x, y, buf1, plan.threads);
+                let accs = if plan.walk == Walk::Scatter { (plan.threads - 1) * plan.m } else { 0 };
+                let (mut accs, _) = stack.make_aligned_with::<E>(accs, ALIGN, |_| E::ZERO);
+                return ctx.spmv(plan, x, y, &mut accs, plan.threads);
             }
         }
+        let (s1, s2) = plan.sizes();
+        let (mut buf1, stack) = stack.make_aligned_with::<E>(s1, ALIGN, |_| E::ZERO);
+        let (mut buf2, _) = stack.make_aligned_with::<E>(s2, ALIGN, |_| E::ZERO);
+        let (buf1, buf2) = (&mut *buf1, &mut *buf2);
         if plan.by_panels {
             ctx.split_panels(plan, rhs, out, buf1, buf2, plan.threads)
         } else {
