@@ -26,8 +26,9 @@
 //! faer 0.24's sparse × dense product is a scalar loop that ignores its
 //! `Par`: the CSC walk re-reads the whole matrix once per column of the
 //! operand. The kernels here ([`matmul`]) walk the matrix once per *panel*
-//! of columns (two SIMD vectors wide: 16 `f64` with AVX-512), with one
-//! vector multiply-add per stored entry and vector of the panel, and split
+//! of columns (one or two SIMD vectors wide: 8 or 16 `f64` with AVX-512),
+//! with one vector multiply-add per stored entry and vector of the panel,
+//! and split
 //! the work over the threads of `Par::Rayon` — also for a single column
 //! (SpMV). The instruction set (AVX-512, AVX2+FMA, or scalar) is chosen at
 //! run time by [pulp](https://docs.rs/pulp), faer's SIMD layer, so no
