@@ -41,8 +41,11 @@
 //! two levels of parallelism do not oversubscribe.
 //!
 //! Measured (`cargo bench --bench sparse`, f64, 20000 × 20000, 40 entries a
-//! column, 2-core Zen 4 VM, one core): about 4× faer's product for 16 and
-//! 128 columns, on par with it for one column; two threads add 1.6–1.9×.
+//! column at random rows, on a shared 2-core Zen 4 VM, so ±20%): on one
+//! core, 3.2–4.2× faer's product for 16 and 128 columns, 1.1–1.35× for one
+//! column in CSR and about on par (0.6–1.2×, noisy) in CSC; two threads
+//! add 1.7–2.5× to that. `S₁·S₂ + D` with 128 columns: 2.8–3.5× faer's
+//! sparse matrices on one core.
 //!
 //! # Raw slices
 //! [`SparseView::csr`] and [`SparseView::csc`] check compressed slices
