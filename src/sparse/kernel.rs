@@ -512,7 +512,7 @@ impl<I: Index, E: Elem> Ctx<'_, I, E> {
                 Walk::Scatter => {
                     let accs = &mut buf1[..t * plan.m * w];
                     ctx.scatter_par(0..plan.n, x, accs, plan.m * w, blocks, t);
-                    sum_out_par(y, 0..plan.m, accs, plan.m * w, w, t);
+                    sum_out_par(y, 0..plan.m, accs, plan.m * w, w, t, t);
                 }
             }
             c0 += wc;
@@ -725,20 +725,9 @@ fn copy_out<T: Scalar, E: Elem>(yp: &mut [E], w: usize, y: MatMut<'_, T>) {
 }
 
 /// Rows `rows` of `y` (its first row is `rows.start`) = the sum of the
-/// accumulators in `accs` (each `acc_len` long, rows of `w`), on `t` threads.
+/// first `parts` accumulators in `accs` (each `acc_len` long, rows of `w`),
+/// on `t` threads.
 fn sum_out_par<T: Scalar, E: Elem>(
-    y: MatMut<'_, T>,
-    rows: Range<usize>,
-    accs: &mut [E],
-    acc_len: usize,
-    w: usize,
-    t: usize,
-) {
-    let parts = accs.len() / acc_len.max(1);
-    sum_rows_par(y, rows, accs, acc_len, w, parts, t)
-}
-
-fn sum_rows_par<T: Scalar, E: Elem>(
     y: MatMut<'_, T>,
     rows: Range<usize>,
     accs: &[E],
@@ -751,8 +740,8 @@ fn sum_rows_par<T: Scalar, E: Elem>(
         let cut = rows.start + rows.len() / 2;
         let (y0, y1) = y.split_at_row_mut(cut - rows.start);
         rayon::join(
-            || sum_rows_par(y0, rows.start..cut, accs, acc_len, w, parts, t / 2),
-            || sum_rows_par(y1, cut..rows.end, accs, acc_len, w, parts, t - t / 2),
+            || sum_out_par(y0, rows.start..cut, accs, acc_len, w, parts, t / 2),
+            || sum_out_par(y1, cut..rows.end, accs, acc_len, w, parts, t - t / 2),
         );
         return;
     }
