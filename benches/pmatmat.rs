@@ -104,13 +104,14 @@ fn sparse(n: usize, per_col: usize, seed: usize) -> SparseColMat<usize, f64> {
 }
 
 /// A lazy composite with no parallelism of its own: `S₁·S₂ + D` (sparse,
-/// sparse, diagonal), sequential against pmatmat thread.
+/// sparse, diagonal; the sparse factors as `Sparse` operators, so with this
+/// crate's kernel), sequential against pmatmat thread.
 fn composite(c: &mut Criterion) {
     let (n, k) = (20_000, 128);
     let s1 = sparse(n, 40, 1);
     let s2 = sparse(n, 40, 2);
     let d = diag(faer::Col::from_fn(n, |i| 1.0 + i as f64));
-    let l = (&s1).compose(&s2).plus(&d);
+    let l = Sparse::new(&s1).compose(Sparse::new(&s2)).plus(&d);
     let group = format!("composite_sparse_{n}_x_{k}");
     bench_op(c, &group, "seq", &l, k);
     bench_op(c, &group, "thread", &pmatmat(&l, Method::Thread, Some(nworkers()), false).unwrap(), k);

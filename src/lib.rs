@@ -32,6 +32,9 @@
 //!   whose product runs over blocks of columns on threads
 //!   ([`parallel::thread`]), forked processes (`parallel::process`, unix) or
 //!   MPI ranks (`parallel::pmatmat_mpi`, feature `mpi`).
+//! - [`sparse`]: [`Sparse`](sparse::Sparse), faer's CSR and CSC matrices
+//!   (or checked raw slices) as operators, with a multi-column SIMD kernel
+//!   that uses `Par`'s threads.
 //! - [`npz`]: one 2-D member of a numpy `.npz` file, read through a memory
 //!   map (row blocks viewed in place or copied), and [`npz::save`]; scipy
 //!   sparse `.npz` files (CSR, CSC) read by shares of their nonzeros
@@ -93,6 +96,7 @@ pub mod ops;
 pub mod parallel;
 pub mod random;
 mod scalar;
+pub mod sparse;
 
 pub use dottest::{DotTest, dottest};
 pub use scalar::{Dtype, Scalar};
@@ -108,5 +112,6 @@ pub mod prelude {
     pub use crate::dottest::dottest;
     pub use crate::ext::LinOpExt;
     pub use crate::ops::*;
+    pub use crate::sparse::Sparse;
     pub use crate::{BiLinOp, LinOp};
 }

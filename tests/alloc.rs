@@ -149,3 +149,54 @@ fn thread_backend_products_do_not_allocate_per_product() {
         assert!(32 * count <= products, "use_matvec {use_matvec}: {count} allocations in {products} products");
     }
 }
+
+/// Sparse operators (CSR and CSC, in a composite without dense parts, whose
+/// faer products allocate on several threads), on one thread and on two: no
+/// allocation per product beyond rayon's occasional job-queue block.
+#[test]
+fn sparse_products_do_not_allocate() {
+    use faer::sparse::{SparseColMat, Triplet};
+    let _serial = SERIAL.lock().unwrap();
+    let n = 300;
+    let triplets: Vec<_> = (0..n)
+        .flat_map(|j| (0..20).map(move |t| Triplet::new(((j * 7 + t * 13) % n) as u32, j as u32, 1.0 + t as f64)))
+        .collect();
+    let csc = SparseColMat::<u32, f64>::try_new_from_triplets(n, n, &triplets).unwrap();
+    let csr = csc.to_row_major().unwrap();
+    let l = Sparse::new(&csr).compose(Sparse::new(&csc)).plus(Sparse::new(csc.as_ref()).scale(2.0));
+    for k in [1, 5, 40] {
+        let x = random::mat::<f64>(n, k, 3);
+        let mut out = Mat::zeros(n, k);
+        for par in [Par::Seq, Par::rayon(2)] {
+            let mut buf = MemBuffer::new(l.apply_scratch(k, par).or(l.transpose_apply_scratch(k, par)));
+            let rounds = 50;
+            let products = |buf: &mut MemBuffer, out: &mut Mat<f64>| {
+                l.apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
+                l.conj_apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
+                l.transpose_apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
+                l.adjoint_apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
+            };
+            // Warm up (faer's dense kernels set themselves up once per process).
+            products(&mut buf, &mut out);
+            let count = allocations(|| {
+                for _ in 0..rounds {
+                    products(&mut buf, &mut out);
+                }
+            });
+            if par == Par::Seq {
+                assert_eq!(count, 0, "k = {k}: heap allocations inside sequential sparse products");
+            } else {
+                // rayon's job queue takes a block of 63 slots every 63 jobs
+                // entering the pool: one job per threaded sparse product (three
+                // in each of the composite's products).
+                let sparse_products = 3 * 4 * rounds;
+                assert!(
+                    32 * count <= sparse_products,
+                    "k = {k}, {par:?}: {count} allocations in {sparse_products} sparse products"
+                );
+            }
+        }
+        let want = (csr.to_dense() * csc.to_dense() + csc.to_dense() * 2.0).transpose() * &x;
+        assert!((&out - &want).norm_max() < 1e-9 * want.norm_max());
+    }
+}

@@ -1,0 +1,359 @@
+//! Sparse operators and their kernels: every product mode against the dense
+//! reference and against faer's own sparse product, for the four scalar
+//! types, CSR and CSC, two index types, unsorted and repeated indices,
+//! empty rows and columns, no entries, non-compact faer storage, strided
+//! and transposed views, threads; checked raw views; the algebra and
+//! pmatmat on threads and processes.
+
+mod common;
+
+use common::{assert_close, check_op, check_parallel, product, reference};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::sparse::{
+    SparseColMat, SparseColMatRef, SparseRowMat, SymbolicSparseColMat, SymbolicSparseColMatRef, SymbolicSparseRowMat,
+};
+use faer::{Index, Mat, MatRef, Par};
+use lazylinop::parallel::{Method, pmatmat};
+use lazylinop::prelude::*;
+use lazylinop::sparse::{Format, SparseError, SparseView, matmul, matmul_scratch};
+use lazylinop::{Scalar, random};
+
+/// Compressed arrays with `outer` offsets over `inner`: some outers empty,
+/// indices unsorted, some repeated. Returns `(ptr, idx, val)`.
+fn raw<T: Scalar>(outer: usize, inner: usize, per: usize, seed: u64) -> (Vec<usize>, Vec<usize>, Vec<T>) {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move |bound: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % bound.max(1)
+    };
+    let (mut ptr, mut idx) = (vec![0], vec![]);
+    for j in 0..outer {
+        // Every third outer is empty; the others have up to 2·per entries.
+        let count = if j % 3 == 1 || inner == 0 { 0 } else { next(2 * per + 1) };
+        for t in 0..count {
+            // Descending runs and a repeat now and then.
+            let i = if t > 0 && next(5) == 0 { idx[idx.len() - 1] } else { inner - 1 - next(inner) };
+            idx.push(i);
+        }
+        ptr.push(idx.len());
+    }
+    let val = random::mat::<T>(idx.len(), 1, seed).col(0).iter().copied().collect();
+    (ptr, idx, val)
+}
+
+/// The dense matrix of compressed arrays (repeats summed).
+fn densify<T: Scalar>(format: Format, nrows: usize, ncols: usize, ptr: &[usize], idx: &[usize], val: &[T]) -> Mat<T> {
+    let mut d = Mat::<T>::zeros(nrows, ncols);
+    for j in 0..ptr.len() - 1 {
+        for p in ptr[j]..ptr[j + 1] {
+            let (r, c) = if format == Format::Csr { (j, idx[p]) } else { (idx[p], j) };
+            d[(r, c)] += val[p];
+        }
+    }
+    d
+}
+
+fn cast<I: Index>(v: &[usize]) -> Vec<I> {
+    v.iter().map(|&i| I::truncate(i)).collect()
+}
+
+/// A CSR and a CSC faer matrix, with their dense forms.
+type Fixture<I, T> = (SparseRowMat<I, T>, Mat<T>, SparseColMat<I, T>, Mat<T>);
+
+/// A CSR and a CSC faer matrix of shape `m × n`, with their dense forms.
+fn matrices<I: Index, T: Scalar>(m: usize, n: usize, per: usize, seed: u64) -> Fixture<I, T> {
+    let (ptr, idx, val) = raw::<T>(m, n, per, seed);
+    let csr_dense = densify(Format::Csr, m, n, &ptr, &idx, &val);
+    let csr = SparseRowMat::new(SymbolicSparseRowMat::new_unsorted_checked(m, n, cast(&ptr), None, cast(&idx)), val);
+    let (ptr, idx, val) = raw::<T>(n, m, per, seed + 1);
+    let csc_dense = densify(Format::Csc, m, n, &ptr, &idx, &val);
+    let csc = SparseColMat::new(SymbolicSparseColMat::new_unsorted_checked(m, n, cast(&ptr), None, cast(&idx)), val);
+    (csr, csr_dense, csc, csc_dense)
+}
+
+/// A sparse operator on a view.
+type ViewOp<'a, T> = Sparse<SparseView<'a, u32, T>>;
+
+const SHAPES: [(usize, usize); 8] = [(0, 0), (0, 4), (4, 0), (1, 1), (7, 5), (5, 9), (33, 70), (130, 41)];
+const WIDTHS: [usize; 12] = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 33, 40];
+fn pars() -> [Par; 3] {
+    [Par::Seq, Par::rayon(2), Par::rayon(3)]
+}
+
+/// `op`'s four products, for every width and `Par`, against `dense` and
+/// against `faer_op` (faer's own sparse product).
+fn check_against<T: Scalar, L: BiLinOp<T>, F: BiLinOp<T>>(op: &L, faer_op: &F, dense: MatRef<'_, T>, what: &str) {
+    for (seed, k) in WIDTHS.into_iter().enumerate() {
+        for mode in Mode::ALL {
+            let x = random::mat::<T>(mode.dims_of(op).1, k, seed as u64);
+            let want = reference(dense, mode, x.as_ref());
+            let theirs = product(faer_op, mode, x.as_ref(), Par::Seq);
+            assert_close(theirs.as_ref(), want.as_ref(), &format!("{what}: faer itself, {mode:?}, k = {k}"));
+            for par in pars() {
+                let got = product(op, mode, x.as_ref(), par);
+                assert_close(got.as_ref(), want.as_ref(), &format!("{what}, {mode:?}, k = {k}, {par:?}"));
+            }
+        }
+    }
+}
+
+fn every_mode_matches<I: Index, T: Scalar>() {
+    for (s, (m, n)) in SHAPES.into_iter().enumerate() {
+        let (csr, csr_dense, csc, csc_dense) = matrices::<I, T>(m, n, 4, s as u64);
+        let what = |f: &str| format!("{f} {m}×{n} [{}]", std::any::type_name::<I>());
+        check_against(&Sparse::new(&csr), &csr, csr_dense.as_ref(), &what("CSR"));
+        check_against(&Sparse::new(&csc), &csc, csc_dense.as_ref(), &what("CSC"));
+        check_op(&Sparse::new(csr.as_ref()), csr_dense.as_ref(), &what("CSR ref"));
+        check_op(&Sparse::new(csc.as_ref()), csc_dense.as_ref(), &what("CSC ref"));
+    }
+}
+
+#[test]
+fn every_mode_matches_dense_and_faer() {
+    fn run<T: Scalar>() {
+        every_mode_matches::<u32, T>();
+        every_mode_matches::<usize, T>();
+    }
+    for_all_types!(run);
+}
+
+/// Large enough that `Par::rayon` really splits the work (odd parts too).
+#[test]
+fn threaded_products_match() {
+    fn run<T: Scalar>() {
+        let (m, n) = (2600, 2100);
+        let (csr, csr_dense, csc, csc_dense) = matrices::<u32, T>(m, n, 80, 7);
+        for (op, dense, what) in [
+            (&Sparse::new(csr.as_ref().into()) as &ViewOp<'_, T>, &csr_dense, "CSR"),
+            (&Sparse::new(csc.as_ref().into()), &csc_dense, "CSC"),
+        ] {
+            for k in [1, 2, 5, 24] {
+                for mode in Mode::ALL {
+                    let x = random::mat::<T>(mode.dims_of(op).1, k, k as u64);
+                    let want = reference(dense.as_ref(), mode, x.as_ref());
+                    for par in [Par::rayon(2), Par::rayon(3), Par::rayon(4)] {
+                        let got = product(op, mode, x.as_ref(), par);
+                        assert_close(got.as_ref(), want.as_ref(), &format!("{what}, {mode:?}, k = {k}, {par:?}"));
+                    }
+                }
+            }
+        }
+    }
+    for_all_types!(run);
+}
+
+#[test]
+fn no_entries() {
+    fn run<T: Scalar>() {
+        let (m, n) = (6, 4);
+        let ptr = vec![0u32; m + 1];
+        let a = SparseView::<u32, T>::csr(m, n, &ptr, &[], &[]).unwrap();
+        check_op(&Sparse::new(a), Mat::<T>::zeros(m, n).as_ref(), "no entries");
+    }
+    for_all_types!(run);
+}
+
+/// faer's non-compact storage: column `j` is `col_ptr[j]..col_ptr[j] + col_nnz[j]`,
+/// with unused entries (poisoned with NaN) between columns.
+#[test]
+fn non_compact_faer_storage() {
+    fn run<T: Scalar>() {
+        let (m, n) = (9, 5);
+        let col_ptr = [0usize, 4, 4, 9, 12, 16];
+        let col_nnz = [2usize, 0, 3, 3, 1];
+        let row_idx = [8usize, 1, 99, 99, 0, 0, 7, 99, 99, 3, 4, 2, 5, 99, 99, 99];
+        let nan = faer::traits::math_utils::nan::<T>();
+        let x = random::mat::<T>(16, 1, 3);
+        let val: Vec<T> = (0..16).map(|p| if row_idx[p] == 99 { nan } else { x[(p, 0)] }).collect();
+        let row_idx: Vec<usize> = row_idx.iter().map(|&i| i.min(m - 1)).collect();
+        let sym = SymbolicSparseColMatRef::new_unsorted_checked(m, n, &col_ptr, Some(&col_nnz), &row_idx);
+        let a = SparseColMatRef::new(sym, &val);
+        let dense = a.to_dense();
+        let nan_inside = (0..n).any(|j| (0..m).any(|i| faer::traits::math_utils::is_nan(&dense[(i, j)])));
+        assert!(!nan_inside, "the fixture's unused entries are outside the matrix");
+        check_against(&Sparse::new(a), &a, dense.as_ref(), "non-compact CSC");
+        check_against(&Sparse::new(a.transpose()), &a.transpose(), dense.transpose(), "non-compact CSR");
+    }
+    for_all_types!(run);
+}
+
+/// A column-major operand with padding, a transposed (row-major) operand,
+/// a reversed one (negative row stride), and outputs that are blocks of
+/// larger matrices (column-major, row-major, rows reversed), whose other
+/// entries stay untouched.
+#[test]
+fn strided_and_transposed_views() {
+    fn run<T: Scalar>() {
+        let (m, n) = (37, 29);
+        let (csr, csr_dense, csc, csc_dense) = matrices::<u32, T>(m, n, 5, 11);
+        let (csr, csc) = (Sparse::new(csr.as_ref().into()), Sparse::new(csc.as_ref().into()));
+        let ops: [(&ViewOp<'_, T>, &Mat<T>); 2] = [(&csr, &csr_dense), (&csc, &csc_dense)];
+        for (op, dense) in ops {
+            for k in [1, 3, 17] {
+                for mode in Mode::ALL {
+                    let (rows, cols) = mode.dims_of(op);
+                    let big = random::mat::<T>(cols + 5, k + 3, 1);
+                    let row_major = random::mat::<T>(k, cols, 2);
+                    let operands = [
+                        big.as_ref().submatrix(2, 1, cols, k),
+                        row_major.transpose(),
+                        big.as_ref().subrows(0, cols).subcols(0, k).reverse_rows(),
+                    ];
+                    for x in operands {
+                        let want = reference(dense.as_ref(), mode, x);
+                        for par in [Par::Seq, Par::rayon(2)] {
+                            for layout in 0..3 {
+                                let fill = random::mat::<T>(rows + 4, k + 2, 3);
+                                let mut big_out = if layout == 1 { fill.transpose().to_owned() } else { fill.clone() };
+                                {
+                                    let view = match layout {
+                                        0 => big_out.as_mut().submatrix_mut(3, 1, rows, k),
+                                        1 => big_out.as_mut().transpose_mut().submatrix_mut(3, 1, rows, k),
+                                        _ => big_out.as_mut().submatrix_mut(3, 1, rows, k).reverse_rows_mut(),
+                                    };
+                                    let mut buf = MemBuffer::new(mode.scratch(op, k, par));
+                                    mode.apply(op, view, x, par, MemStack::new(&mut buf));
+                                }
+                                let out = if layout == 1 { big_out.transpose().to_owned() } else { big_out };
+                                let mut got = out.as_ref().submatrix(3, 1, rows, k).to_owned();
+                                if layout == 2 {
+                                    got = got.as_ref().reverse_rows().to_owned();
+                                }
+                                let what = format!("strided, layout {layout}, {mode:?}, k = {k}, {par:?}");
+                                assert_close(got.as_ref(), want.as_ref(), &what);
+                                for c in 0..out.ncols() {
+                                    for r in 0..out.nrows() {
+                                        let inside = (3..3 + rows).contains(&r) && (1..1 + k).contains(&c);
+                                        assert!(
+                                            inside || out[(r, c)] == fill[(r, c)],
+                                            "{what}: entry ({r}, {c}) outside the output changed"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for_all_types!(run);
+}
+
+#[test]
+fn raw_views_are_checked() {
+    let v = [1.0f64; 4];
+    let ok = SparseView::<u32, f64>::csr(2, 3, &[0, 1, 4], &[2, 0, 1, 2], &v).unwrap();
+    assert_eq!((ok.nrows(), ok.ncols(), ok.format(), ok.nnz()), (2, 3, Format::Csr, 4));
+    assert_eq!(
+        SparseView::<u32, f64>::csr(3, 3, &[0, 1, 4], &[2, 0, 1, 2], &v).unwrap_err(),
+        SparseError::IndptrLength { expected: 4, found: 3 }
+    );
+    assert_eq!(
+        SparseView::<u32, f64>::csr(2, 3, &[0, 3, 2], &[2, 0, 1, 2], &v).unwrap_err(),
+        SparseError::IndptrDecreasing { at: 1 }
+    );
+    assert_eq!(
+        SparseView::<u32, f64>::csr(2, 3, &[0, 1, 5], &[2, 0, 1, 2], &v).unwrap_err(),
+        SparseError::IndptrPastEnd { end: 5, len: 4 }
+    );
+    assert_eq!(
+        SparseView::<u32, f64>::csr(2, 3, &[0, 1, 4], &[2, 0, 1], &v).unwrap_err(),
+        SparseError::LengthMismatch { indices: 3, values: 4 }
+    );
+    assert_eq!(
+        SparseView::<u32, f64>::csr(2, 3, &[0, 1, 4], &[2, 0, 3, 2], &v).unwrap_err(),
+        SparseError::IndexOutOfBounds { position: 2, index: 3, bound: 3 }
+    );
+    // CSC: indices are rows.
+    assert_eq!(
+        SparseView::<u32, f64>::csc(2, 3, &[0, 1, 2, 4], &[1, 0, 2, 1], &v).unwrap_err(),
+        SparseError::IndexOutOfBounds { position: 2, index: 2, bound: 2 }
+    );
+    // Indices outside the offsets' range are not part of the matrix and not checked.
+    let share = SparseView::<u32, f64>::csr(1, 3, &[1, 3], &[9, 0, 1, 9], &v).unwrap();
+    assert_eq!(share.nnz(), 2);
+    assert!(SparseError::IndptrDecreasing { at: 1 }.to_string().contains("decreases"));
+}
+
+/// A block of rows of a CSR matrix, viewed with the whole matrix's indices
+/// and values (offsets not from 0), equals those rows.
+#[test]
+fn a_row_block_of_raw_slices() {
+    fn run<T: Scalar>() {
+        let (m, n) = (40, 23);
+        let (ptr, idx, val) = raw::<T>(m, n, 6, 5);
+        let dense = densify(Format::Csr, m, n, &ptr, &idx, &val);
+        let (ptr, idx): (Vec<u64>, Vec<u64>) = (cast(&ptr), cast(&idx));
+        let (r0, r1) = (11, 30);
+        let block = SparseView::csr(r1 - r0, n, &ptr[r0..=r1], &idx, &val).unwrap();
+        check_op(&Sparse::new(block), dense.as_ref().subrows(r0, r1 - r0), "row block");
+        // The kernel entry itself, with its scratch.
+        let x = random::mat::<T>(n, 5, 1);
+        let mut out = Mat::<T>::zeros(r1 - r0, 5);
+        let mut buf = MemBuffer::new(matmul_scratch(block, Mode::Apply, 5, Par::rayon(2)));
+        matmul(out.as_mut(), block, Mode::Apply, x.as_ref(), Par::rayon(2), MemStack::new(&mut buf));
+        assert_close(out.as_ref(), (dense.as_ref().subrows(r0, r1 - r0) * &x).as_ref(), "matmul on a row block");
+    }
+    for_all_types!(run);
+}
+
+#[test]
+#[should_panic(expected = "the operator is 3×2")]
+fn a_shape_mismatch_panics_naming_the_shapes() {
+    let v = [1.0f64, 2.0];
+    let a = SparseView::<u32, f64>::csr(3, 2, &[0, 1, 1, 2], &[0, 1], &v).unwrap();
+    let x = Mat::<f64>::zeros(3, 1);
+    let _ = Sparse::new(a).matmat(&x);
+}
+
+/// Sparse operators inside the algebra and under pmatmat (threads, and
+/// processes where they exist).
+#[test]
+fn algebra_and_pmatmat() {
+    fn run<T: Scalar>() {
+        let n = 45;
+        let (csr, csr_dense, csc, csc_dense) = matrices::<u32, T>(n, n, 5, 3);
+        let d = random::mat::<T>(n, n, 9);
+        let l = Sparse::new(&csr).compose(Sparse::new(&csc)).plus(&d);
+        let dense = &csr_dense * &csc_dense + &d;
+        check_op(&l, dense.as_ref(), "S₁·S₂ + D");
+        for w in [1, 2, 3] {
+            check_parallel(pmatmat(&l, Method::Thread, Some(w), false).unwrap(), dense.as_ref(), "thread");
+            check_parallel(pmatmat(&l, Method::Thread, Some(w), true).unwrap(), dense.as_ref(), "thread matvec");
+        }
+        #[cfg(unix)]
+        with_deadline(30, {
+            let (l, dense) =
+                (DynOp::new(Sparse::new(csr.clone()).compose(Sparse::new(csc.clone())).plus(d.clone())), dense.clone());
+            move || {
+                for once in [false, true] {
+                    let p = pmatmat(
+                        l.clone(),
+                        if once { Method::process_pool() } else { Method::process() },
+                        Some(2),
+                        false,
+                    )
+                    .unwrap();
+                    check_parallel(p, dense.as_ref(), "process");
+                }
+            }
+        });
+    }
+    for_all_types!(run);
+}
+
+/// Runs `f` on a thread; panics if it has not finished after `secs` seconds
+/// (a hang becomes a failure) or if it panicked.
+fn with_deadline(secs: u64, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(()) => handle.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(handle.join().unwrap_err()),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("did not finish within {secs} s"),
+    }
+}
