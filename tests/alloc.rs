@@ -1,8 +1,10 @@
 //! No heap allocation inside a product once the scratch buffer exists,
-//! counted by a global allocator.
+//! counted by a global allocator. The counter sees every thread, so the
+//! checks run one after the other in one test: the test harness's own
+//! threads (starting other tests) would be counted otherwise.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use faer::dyn_stack::{MemBuffer, MemStack};
@@ -14,15 +16,11 @@ struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-/// Tests in this binary count one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 // SAFETY: forwards every call to the system allocator; counting has no effect on memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -31,9 +29,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -41,6 +37,27 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+thread_local! {
+    /// Counting on this thread only (a const initializer: no allocation).
+    static COUNTING_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) || COUNTING_HERE.try_with(Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Heap allocations made by `f` on this thread: for sequential products,
+/// while other threads (rayon's, the harness's) do what they do.
+fn allocations_here(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING_HERE.with(|c| c.set(true));
+    f();
+    COUNTING_HERE.with(|c| c.set(false));
+    ALLOCATIONS.load(Ordering::SeqCst)
+}
 
 /// Heap allocations made by `f`, on any thread.
 fn allocations(f: impl FnOnce()) -> usize {
@@ -79,9 +96,7 @@ fn composite(a: &Mat<f64>, b: &Mat<f64>) -> impl BiLinOp<f64> + Send + Sync + 's
     vstack(vec![DynOp::new(kron), DynOp::new(bottom)]).minus(zeros(3 * n, n))
 }
 
-#[test]
 fn composite_products_do_not_allocate() {
-    let _serial = SERIAL.lock().unwrap();
     let n = 40;
     let a = random::mat::<f64>(n, n, 1);
     let b = random::mat::<f64>(n, n, 2);
@@ -96,7 +111,7 @@ fn composite_products_do_not_allocate() {
     // faer's first matrix product in a process sets up its kernels (about 500
     // allocations, once): warm up, then count.
     l.apply(out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
-    let count = allocations(|| {
+    let count = allocations_here(|| {
         l.apply(out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
         l.conj_apply(out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
         l.adjoint_apply(out_t.as_mut(), y.as_ref(), Par::Seq, MemStack::new(&mut buf));
@@ -114,9 +129,7 @@ fn composite_products_do_not_allocate() {
     assert!((&out_t - &want).norm_max() < 1e-10 * want.norm_max());
 }
 
-#[test]
 fn thread_backend_products_do_not_allocate_per_product() {
-    let _serial = SERIAL.lock().unwrap();
     let n = 40;
     let a = random::mat::<f64>(n, n, 1);
     let b = random::mat::<f64>(n, n, 2);
@@ -153,10 +166,8 @@ fn thread_backend_products_do_not_allocate_per_product() {
 /// Sparse operators (CSR and CSC, in a composite without dense parts, whose
 /// faer products allocate on several threads), on one thread and on two: no
 /// allocation per product beyond rayon's occasional job-queue block.
-#[test]
 fn sparse_products_do_not_allocate() {
     use faer::sparse::{SparseColMat, Triplet};
-    let _serial = SERIAL.lock().unwrap();
     let n = 300;
     let triplets: Vec<_> = (0..n)
         .flat_map(|j| (0..20).map(move |t| Triplet::new(((j * 7 + t * 13) % n) as u32, j as u32, 1.0 + t as f64)))
@@ -178,11 +189,12 @@ fn sparse_products_do_not_allocate() {
             };
             // Warm up (faer's dense kernels set themselves up once per process).
             products(&mut buf, &mut out);
-            let count = allocations(|| {
+            let run = || {
                 for _ in 0..rounds {
                     products(&mut buf, &mut out);
                 }
-            });
+            };
+            let count = if par == Par::Seq { allocations_here(run) } else { allocations(run) };
             if par == Par::Seq {
                 assert_eq!(count, 0, "k = {k}: heap allocations inside sequential sparse products");
             } else {
@@ -199,4 +211,11 @@ fn sparse_products_do_not_allocate() {
         let want = (csr.to_dense() * csc.to_dense() + csc.to_dense() * 2.0).transpose() * &x;
         assert!((&out - &want).norm_max() < 1e-9 * want.norm_max());
     }
+}
+
+#[test]
+fn products_do_not_allocate() {
+    composite_products_do_not_allocate();
+    thread_backend_products_do_not_allocate_per_product();
+    sparse_products_do_not_allocate();
 }
