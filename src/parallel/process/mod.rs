@@ -56,19 +56,21 @@
 //!   flush of buffers inherited from the parent.
 
 pub mod fork;
+mod keeper;
 pub mod pool;
+mod protocol;
 pub mod shm;
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use faer::dyn_stack::MemStack;
+use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{MatMut, MatRef};
-use nix::sys::wait::WaitStatus;
 
 pub use shm::SharedMat;
 
-use super::{Error, ProcessOptions, Scalar, Work};
+use super::{Error, ProcessOptions, Scalar, Work, split};
 use crate::BiLinOp;
 
 /// Set in forked workers only.
@@ -95,11 +97,6 @@ fn silence_panics_in_workers() {
     });
 }
 
-/// First thing a forked child does.
-fn enter_child() {
-    IN_WORKER.store(true, Ordering::Relaxed);
-}
-
 /// The message of a panic payload.
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
     payload
@@ -109,15 +106,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("(a panic with a non-string payload)")
 }
 
-/// How a child ended, for messages.
-fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
-        WaitStatus::Signaled(_, sig, core) => {
-            format!("was killed by signal {}{}", sig.as_str(), if core { " (core dumped)" } else { "" })
-        }
-        other => format!("ended ({other:?})"),
-    }
+/// A failed system call.
+pub(crate) fn os(what: &'static str, source: std::io::Error) -> Error {
+    Error::Os { what, source }
 }
 
 /// The workers of a process-backend operator.
@@ -135,9 +126,9 @@ impl Processes {
     ) -> Result<Self, Error> {
         silence_panics_in_workers();
         Ok(if options.procs_created_once {
-            Processes::Pool(pool::Pool::new(op, nworkers)?)
+            Processes::Pool(pool::Pool::new(op, nworkers, options.deadline)?)
         } else {
-            Processes::PerProduct(fork::PerProduct::new(nworkers))
+            Processes::PerProduct(fork::PerProduct::new(nworkers, options.deadline)?)
         })
     }
 
@@ -155,16 +146,32 @@ impl Processes {
         }
     }
 
+    /// Whether this is the process that built the operator: elsewhere (a
+    /// worker, a process the program forked) its workers, maps and thread
+    /// belong to another process.
+    fn owned_here(&self) -> bool {
+        match self {
+            Processes::PerProduct(p) => p.owned_here(),
+            Processes::Pool(p) => p.owned_here(),
+        }
+    }
+
     pub(crate) fn run<T: Scalar, L: BiLinOp<T>>(
         &self,
         work: Work<'_, L>,
-        out: MatMut<'_, T>,
+        mut out: MatMut<'_, T>,
         rhs: MatRef<'_, T>,
         nblocks: usize,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
-        if nblocks <= 1 {
-            work.block(out, rhs, stack);
+        if nblocks <= 1 || !self.owned_here() {
+            // The blocks in turn, here (the scratch is sized for one block).
+            let k = rhs.ncols();
+            for i in 0..nblocks.max(1) {
+                let cols = split::block(k, nblocks.max(1), i);
+                let out = out.rb_mut().subcols_mut(cols.start, cols.len());
+                work.block(out, rhs.rb().subcols(cols.start, cols.len()), stack);
+            }
             return Ok(());
         }
         match self {
@@ -173,9 +180,12 @@ impl Processes {
         }
     }
 
+    /// A new pool of workers forked from this process and this operator
+    /// (the old one is stopped; in another process than the one that built
+    /// it, only let go).
     pub(crate) fn rebuild<T: Scalar, L: BiLinOp<T>>(&mut self, op: &L) -> Result<(), Error> {
         if let Processes::Pool(p) = self {
-            *p = pool::Pool::new(op, p.nworkers())?;
+            *p = pool::Pool::new(op, p.nworkers(), p.deadline())?;
         }
         Ok(())
     }
