@@ -553,7 +553,12 @@ fn wrong_products(l: &impl BiLinOp<f64>, a: &Mat<f64>, r: u64, k: usize) -> usiz
         .filter(|&s| {
             let x = random::mat::<f64>(a.ncols(), k, s);
             let mut out = Mat::zeros(a.nrows(), k);
-            l.apply(out.as_mut(), x.as_ref(), Par::Seq, faer::dyn_stack::MemStack::new(&mut faer::dyn_stack::MemBuffer::new(l.apply_scratch(k, Par::Seq))));
+            l.apply(
+                out.as_mut(),
+                x.as_ref(),
+                Par::Seq,
+                faer::dyn_stack::MemStack::new(&mut faer::dyn_stack::MemBuffer::new(l.apply_scratch(k, Par::Seq))),
+            );
             (out - a * &x).norm_max() > 1e-10
         })
         .count()
@@ -608,9 +613,8 @@ fn a_pool_built_on_a_thread_that_exits_keeps_its_workers() {
     within(120, move || {
         let a = random::mat::<f64>(30, 20, 0);
         let b = a.clone();
-        let mut l = std::thread::spawn(move || pmatmat(b, Method::process_pool(), Some(3), false).unwrap())
-            .join()
-            .unwrap();
+        let mut l =
+            std::thread::spawn(move || pmatmat(b, Method::process_pool(), Some(3), false).unwrap()).join().unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(wrong_products(&l, &a, 10, 7), 0, "built on a thread that exited");
         // Rebuilt on a scoped thread that exits, too.
@@ -636,10 +640,24 @@ impl<T: faer::traits::ComplexField> LinOp<T> for Accumulates<T> {
         self.0.ncols()
     }
     fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, _: &mut faer::dyn_stack::MemStack) {
-        faer::linalg::matmul::matmul(out, faer::Accum::Add, &self.0, rhs, faer::traits::math_utils::one::<T>(), Par::Seq)
+        faer::linalg::matmul::matmul(
+            out,
+            faer::Accum::Add,
+            &self.0,
+            rhs,
+            faer::traits::math_utils::one::<T>(),
+            Par::Seq,
+        )
     }
     fn conj_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, _: &mut faer::dyn_stack::MemStack) {
-        faer::linalg::matmul::matmul(out, faer::Accum::Add, self.0.conjugate(), rhs, faer::traits::math_utils::one::<T>(), Par::Seq)
+        faer::linalg::matmul::matmul(
+            out,
+            faer::Accum::Add,
+            self.0.conjugate(),
+            rhs,
+            faer::traits::math_utils::one::<T>(),
+            Par::Seq,
+        )
     }
 }
 
@@ -648,10 +666,24 @@ impl<T: faer::traits::ComplexField> BiLinOp<T> for Accumulates<T> {
         faer::dyn_stack::StackReq::EMPTY
     }
     fn transpose_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, _: &mut faer::dyn_stack::MemStack) {
-        faer::linalg::matmul::matmul(out, faer::Accum::Add, self.0.transpose(), rhs, faer::traits::math_utils::one::<T>(), Par::Seq)
+        faer::linalg::matmul::matmul(
+            out,
+            faer::Accum::Add,
+            self.0.transpose(),
+            rhs,
+            faer::traits::math_utils::one::<T>(),
+            Par::Seq,
+        )
     }
     fn adjoint_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, _: &mut faer::dyn_stack::MemStack) {
-        faer::linalg::matmul::matmul(out, faer::Accum::Add, self.0.adjoint(), rhs, faer::traits::math_utils::one::<T>(), Par::Seq)
+        faer::linalg::matmul::matmul(
+            out,
+            faer::Accum::Add,
+            self.0.adjoint(),
+            rhs,
+            faer::traits::math_utils::one::<T>(),
+            Par::Seq,
+        )
     }
 }
 
@@ -670,7 +702,8 @@ fn accumulating_three_times<T: Scalar>() {
                         let mut out = Mat::<T>::zeros(m, 7);
                         p.apply(&l, out.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf));
                         let want = common::reference(a.as_ref(), p, x.as_ref());
-                        let what = format!("once {once}, {nworkers} workers, use_matvec {use_matvec}, {p:?}, round {round}");
+                        let what =
+                            format!("once {once}, {nworkers} workers, use_matvec {use_matvec}, {p:?}, round {round}");
                         assert_close(out.as_ref(), want.as_ref(), &what);
                     }
                 }
@@ -972,21 +1005,22 @@ fn a_worker_that_cannot_map_shared_memory_breaks_the_pool() {
     })
 }
 
-/// Whether the memory at `addr` is marked `MADV_DONTFORK` (flag `dd`).
+/// Whether the memory at `addr` is marked `MADV_DONTFORK` (flag `dc`, "do not copy on fork").
 fn dont_fork(addr: usize) -> bool {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let mut inside = false;
     for line in smaps.lines() {
         if let Some((range, _)) = line.split_once(' ')
+            && !range.ends_with(':')
             && let Some((lo, hi)) = range.split_once('-')
             && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
         {
             inside = lo <= addr && addr < hi;
         } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
-            return flags.split_whitespace().any(|f| f == "dd");
+            return flags.split_whitespace().any(|f| f == "dc");
         }
     }
-    panic!("no mapping holds {addr:#x}")
+    panic!("no mapping holds {addr:#x}:\n{smaps}")
 }
 
 #[test]

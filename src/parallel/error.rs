@@ -88,7 +88,10 @@ impl fmt::Display for Error {
                 write!(f, "process worker {worker} (pid {pid}) {how} during a product")
             }
             Error::DeadlineExceeded { worker, pid, deadline } => {
-                write!(f, "process worker {worker} (pid {pid}) gave no answer within the deadline of {deadline:?} and was killed")
+                write!(
+                    f,
+                    "process worker {worker} (pid {pid}) gave no answer within the deadline of {deadline:?} and was killed"
+                )
             }
             Error::PoolBroken(why) => {
                 write!(f, "the process pool is broken ({why}); rebuild it with Pmatmat::rebuild_pool")

@@ -1,9 +1,9 @@
 //! Workers forked for each product (`procs_created_once = false`).
 //!
-//! Each child gets its own socket and sends one [`Report`] as soon as its
+//! Each child gets its own socket and sends one `Report` as soon as its
 //! block is written, then leaves; the parent does not wait for the child's
 //! exit (tearing down its copy of the address space costs as much as the
-//! fork): the operator's [`Keeper`] thread reaps it when it ends. A child
+//! fork): the operator's `Keeper` thread reaps it when it ends. A child
 //! that dies without reporting is seen through its pidfd and reaped at once.
 
 use std::os::fd::OwnedFd;
@@ -179,6 +179,12 @@ impl DontFork {
         if start >= end {
             return None;
         }
+        // Someone else (the program, an RDMA library) may have marked some
+        // of these pages already; `Drop` could not tell them from ours: leave
+        // such memory as it is.
+        if !none_dont_fork(start, end)? {
+            return None;
+        }
         // SAFETY: the pages hold entries of `m` only, which this product
         // borrows mutably and which outlive this guard; only the children's
         // view of them changes, and the children never touch them (they
@@ -190,7 +196,35 @@ impl DontFork {
 
 impl Drop for DontFork {
     fn drop(&mut self) {
-        // SAFETY: undoes `new` on the same pages.
+        // SAFETY: undoes `new` on the same pages, which were not marked
+        // before `new` marked them.
         unsafe { libc::madvise(self.0 as *mut libc::c_void, self.1 - self.0, libc::MADV_DOFORK) };
     }
+}
+
+/// Whether no mapping overlapping the bytes `[start, end)` is marked
+/// `MADV_DONTFORK` (flag `dc` in `/proc/self/smaps`); `None` if unknown.
+fn none_dont_fork(start: usize, end: usize) -> Option<bool> {
+    use std::io::BufRead;
+    let smaps = std::io::BufReader::new(std::fs::File::open("/proc/self/smaps").ok()?);
+    let mut overlaps = false;
+    for line in smaps.lines() {
+        let line = line.ok()?;
+        let range = line.split_once(' ').map_or(line.as_str(), |(r, _)| r);
+        if !range.ends_with(':')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            if lo >= end {
+                break;
+            }
+            overlaps = lo < end && start < hi;
+        } else if overlaps
+            && let Some(flags) = line.strip_prefix("VmFlags:")
+            && flags.split_whitespace().any(|f| f == "dc")
+        {
+            return Some(false);
+        }
+    }
+    Some(true)
 }

@@ -80,10 +80,18 @@ impl Keeper {
     /// Calling `entry(arg, index, sock)` in the forked child must be sound
     /// given the parent's memory as it is while this function runs (if `arg`
     /// is an address, what it points to must be alive until this returns).
-    pub(crate) unsafe fn fork(&self, entry: Entry, arg: usize, index: usize, sock: OwnedFd) -> Result<Arc<Child>, Error> {
+    pub(crate) unsafe fn fork(
+        &self,
+        entry: Entry,
+        arg: usize,
+        index: usize,
+        sock: OwnedFd,
+    ) -> Result<Arc<Child>, Error> {
         let (done, result) = sync_channel(1);
         self.send(Job::Fork { entry, arg, index, sock, done });
-        result.recv().unwrap_or_else(|_| Err(os("forking on the process backend's thread", std::io::ErrorKind::BrokenPipe.into())))
+        result.recv().unwrap_or_else(|_| {
+            Err(os("forking on the process backend's thread", std::io::ErrorKind::BrokenPipe.into()))
+        })
     }
 }
 

@@ -1,11 +1,11 @@
 //! Workers forked once, when the operator is built (`procs_created_once`).
 //!
-//! The workers are forked by the operator's [`Keeper`] thread, which lives
+//! The workers are forked by the operator's `Keeper` thread, which lives
 //! as long as the pool (so `PR_SET_PDEATHSIG` ties them to the process, not
 //! to the thread that built the pool) and reaps a worker as soon as it dies.
 //! Each worker keeps only its socket and the standard streams of the
 //! parent's descriptors, ignores the signals a terminal sends to the whole
-//! process group, and answers [`Request`]s with [`Report`]s. A worker that
+//! process group, and answers [`Request`]s with `Report`s. A worker that
 //! cannot map a new shared buffer reports that it cannot go on and leaves:
 //! the pool is then broken until rebuilt.
 
@@ -60,9 +60,14 @@ pub(crate) struct Pool {
 impl Pool {
     /// Forks `nworkers - 1` workers, each with a snapshot of `op`; the
     /// parent is the last worker.
-    pub(crate) fn new<T: Scalar, L: BiLinOp<T>>(op: &L, nworkers: usize, deadline: Option<Duration>) -> Result<Self, Error> {
+    pub(crate) fn new<T: Scalar, L: BiLinOp<T>>(
+        op: &L,
+        nworkers: usize,
+        deadline: Option<Duration>,
+    ) -> Result<Self, Error> {
         let keeper = Keeper::new()?;
-        let mut state = State { workers: Vec::with_capacity(nworkers), input: None, output: None, broken: None, owned: true };
+        let mut state =
+            State { workers: Vec::with_capacity(nworkers), input: None, output: None, broken: None, owned: true };
         for index in 0..nworkers - 1 {
             let (ours, theirs) = socket_pair()?;
             // SAFETY: `worker_start::<T, L>` reads `op` through the address
@@ -127,7 +132,15 @@ impl Pool {
         let mut sent = 0;
         for i in 0..nworkers {
             let cols = split::block(k, nblocks, i);
-            let block = Block { mode: work.mode, use_matvec: work.use_matvec, m, n, k: kw, start: cols.start, width: cols.len() };
+            let block = Block {
+                mode: work.mode,
+                use_matvec: work.use_matvec,
+                m,
+                n,
+                k: kw,
+                start: cols.start,
+                width: cols.len(),
+            };
             if let Err(e) = send(&st.workers[i].sock, &Request::new(Command::Product(block)), None) {
                 result = Err(st.lost_on_send(i, e));
                 break;
@@ -295,8 +308,16 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
                     Some(fd) => SharedBuf::from_fd(fd, bytes).map_err(|e| e.to_string()),
                     None => Err("no memfd came with the request".to_owned()),
                 };
-                let map = map.map_err(|e| cannot.get_or_insert(format!("could not map a shared buffer of {bytes} bytes: {e}")).clone()).ok();
-                if is_input { input = map } else { output = map }
+                let map = map
+                    .map_err(|e| {
+                        cannot.get_or_insert(format!("could not map a shared buffer of {bytes} bytes: {e}")).clone()
+                    })
+                    .ok();
+                if is_input {
+                    input = map
+                } else {
+                    output = map
+                }
                 continue;
             }
             Ok((Command::Product(b), _)) => match (&cannot, &input, &mut output) {

@@ -193,8 +193,7 @@ impl Child {
                 Some(libc::EINTR) => continue,
                 // Reaped by the system: this process ignores SIGCHLD.
                 Some(libc::ECHILD) => {
-                    break "ended (how is not known: this process ignores SIGCHLD, so the system reaped it)"
-                        .to_owned();
+                    break "ended (how is not known: this process ignores SIGCHLD, so the system reaped it)".to_owned();
                 }
                 _ => break format!("ended (waitid failed: {})", std::io::Error::last_os_error()),
             }
@@ -221,7 +220,8 @@ fn describe(code: i32, status: i32) -> String {
 
 /// A connected pair of sockets, one message per request or report.
 pub(crate) fn socket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
-    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).map_err(|e| os("socketpair", e.into()))
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| os("socketpair", e.into()))
 }
 
 /// What the parent asks a pool worker.
@@ -306,7 +306,15 @@ impl Request {
                     x => return Err(format!("use_matvec is {x}")),
                 };
                 let [m, n, k, start, width] = [self.m, self.n, self.k, self.start, self.width];
-                let b = Block { mode, use_matvec, m: size(m)?, n: size(n)?, k: size(k)?, start: size(start)?, width: size(width)? };
+                let b = Block {
+                    mode,
+                    use_matvec,
+                    m: size(m)?,
+                    n: size(n)?,
+                    k: size(k)?,
+                    start: size(start)?,
+                    width: size(width)?,
+                };
                 if b.start.checked_add(b.width).is_none_or(|end| end > b.k) {
                     return Err(format!("block {}..+{} outside {} columns", b.start, b.width, b.k));
                 }
@@ -515,10 +523,8 @@ pub(crate) fn wait_reports(workers: &[(&OwnedFd, &Child)], deadline: Option<Dead
                 continue;
             }
         }
-        let ready: Vec<(bool, bool)> = fds
-            .chunks(2)
-            .map(|p| (p[0].any().unwrap_or(true), p[1].any().unwrap_or(true)))
-            .collect();
+        let ready: Vec<(bool, bool)> =
+            fds.chunks(2).map(|p| (p[0].any().unwrap_or(true), p[1].any().unwrap_or(true))).collect();
         drop(fds);
         for (&i, (sock_ready, ended)) in pending.iter().zip(ready) {
             if !sock_ready && !ended {
