@@ -601,6 +601,16 @@ fn operators_used_in_a_process_that_forked_on_its_own_compute_correctly() {
             assert_eq!(busy.join().unwrap(), 0, "the parent's products, once {once}");
             child.unwrap_or_else(|e| panic!("the forked program's products, once {once}: {e}"));
             assert_eq!(wrong_products(&*l, &a, 5, 9), 0, "after the fork, once {once}");
+            // A forked process that drops its copy of an operator leaves the
+            // workers to the process that built them.
+            let mine = std::cell::RefCell::new(Some(pmatmat(a.clone(), procs(once), Some(3), false).unwrap()));
+            in_own_fork(60, || {
+                drop(mine.borrow_mut().take());
+                true
+            })
+            .unwrap();
+            let mine = mine.into_inner().unwrap();
+            assert_eq!(wrong_products(&mine, &a, 5, 9), 0, "after a forked process dropped its copy, once {once}");
         }
         return;
     }

@@ -5,7 +5,7 @@
 //! to the thread that built the pool) and reaps a worker as soon as it dies.
 //! Each worker keeps only its socket and the standard streams of the
 //! parent's descriptors, ignores the signals a terminal sends to the whole
-//! process group, and answers [`Request`]s with `Report`s. A worker that
+//! process group, and answers `Request`s with `Report`s. A worker that
 //! cannot map a new shared buffer reports that it cannot go on and leaves:
 //! the pool is then broken until rebuilt.
 
@@ -43,8 +43,8 @@ struct State {
     output: Option<SharedBuf>,
     /// Why the pool cannot serve products any more.
     broken: Option<String>,
-    /// Whether this process owns the workers (see `Drop`).
-    owned: bool,
+    /// The process that forked the workers (see `Drop`).
+    owner: nix::unistd::Pid,
 }
 
 /// A pool of forked workers.
@@ -66,8 +66,13 @@ impl Pool {
         deadline: Option<Duration>,
     ) -> Result<Self, Error> {
         let keeper = Keeper::new()?;
-        let mut state =
-            State { workers: Vec::with_capacity(nworkers), input: None, output: None, broken: None, owned: true };
+        let mut state = State {
+            workers: Vec::with_capacity(nworkers),
+            input: None,
+            output: None,
+            broken: None,
+            owner: nix::unistd::getpid(),
+        };
         for index in 0..nworkers - 1 {
             let (ours, theirs) = socket_pair()?;
             // SAFETY: `worker_start::<T, L>` reads `op` through the address
@@ -98,9 +103,7 @@ impl Pool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.owned = self.owned_here();
-        st
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `work`: blocks `0..nblocks - 1` on the workers (with their snapshot
@@ -253,7 +256,7 @@ impl Drop for State {
     /// another process (forked by the program) the workers are not this
     /// process's: only its copies of the sockets and maps are let go.
     fn drop(&mut self) {
-        if !self.owned {
+        if nix::unistd::getpid() != self.owner {
             return;
         }
         for w in &self.workers {
