@@ -50,6 +50,9 @@ impl Keeper {
         let (jobs, todo) = channel();
         let thread = std::thread::Builder::new()
             .name("lazylinop-keeper".into())
+            // Pool workers run the operator on a copy of this thread's stack:
+            // give it a main thread's 8 MiB (untouched pages cost nothing).
+            .stack_size(8 << 20)
             .spawn(move || run(wake_read, todo))
             .map_err(|e| os("starting the process backend's thread", e))?;
         Ok(Self { owner: nix::unistd::getpid(), jobs, wake, thread: Some(thread) })
@@ -118,7 +121,7 @@ fn run(wake: OwnedFd, jobs: Receiver<Job>) {
     loop {
         watched.retain(|c| !c.is_reaped());
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-        fds.extend(watched.iter().map(|c| PollFd::new(c.pidfd(), PollFlags::POLLIN)));
+        fds.extend(watched.iter().filter_map(|c| c.pidfd()).map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         let _ = poll(&mut fds, PollTimeout::NONE);
         let ended: Vec<bool> = fds[1..].iter().map(|f| f.any().unwrap_or(true)).collect();
         let woken = fds[0].any().unwrap_or(true);

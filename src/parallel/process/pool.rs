@@ -265,10 +265,12 @@ impl Drop for State {
         let deadline = Instant::now() + Duration::from_secs(1);
         for w in &self.workers {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut fds = [PollFd::new(w.child.pidfd(), PollFlags::POLLIN)];
-            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
-            if !matches!(poll(&mut fds, timeout), Ok(1)) {
-                w.child.kill();
+            if let Some(pidfd) = w.child.pidfd() {
+                let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+                let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
+                if !matches!(poll(&mut fds, timeout), Ok(1)) {
+                    w.child.kill();
+                }
             }
             w.child.reap();
         }

@@ -47,7 +47,8 @@ pub(crate) enum Keep {
 /// signals a terminal or a service manager sends to a whole process group
 /// (the program decides; the child dies with it), die with the parent
 /// process (`PR_SET_PDEATHSIG`; the parent is gone already: leave), and
-/// close the descriptors it must not keep.
+/// close the descriptors it must not keep. Only for a child just forked
+/// by `parent` (it closes descriptors other code of this process owns).
 pub(crate) fn enter_child(parent: Pid, keep: Keep) {
     super::IN_WORKER.store(true, std::sync::atomic::Ordering::Relaxed);
     faer::set_global_parallelism(faer::Par::Seq);
@@ -102,7 +103,9 @@ pub(crate) fn exit_child(code: ExitCode) -> ! {
 #[derive(Debug)]
 pub(crate) struct Child {
     pid: Pid,
-    pidfd: OwnedFd,
+    /// `None` if it was gone before the pidfd could be opened (reaped by
+    /// the system: the program ignores SIGCHLD).
+    pidfd: Option<OwnedFd>,
     /// How it ended, once reaped. Reaping happens under this lock only.
     ended: Mutex<Option<String>>,
 }
@@ -113,6 +116,10 @@ impl Child {
     pub(crate) fn new(pid: Pid) -> Result<Self, Error> {
         // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            // Our own child cannot have been reaped by us yet: the system did.
+            return Ok(Self { pid, pidfd: None, ended: Mutex::new(Some(IGNORED.to_owned())) });
+        }
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -121,7 +128,7 @@ impl Child {
         }
         // SAFETY: the kernel just gave this process this descriptor.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        Ok(Self { pid, pidfd, ended: Mutex::new(None) })
+        Ok(Self { pid, pidfd: Some(pidfd), ended: Mutex::new(None) })
     }
 
     /// Its process id.
@@ -129,9 +136,9 @@ impl Child {
         self.pid.as_raw()
     }
 
-    /// Readable once the child ended.
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+    /// Readable once the child ended; `None` if it was reaped already.
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().filter(|_| !self.is_reaped()).map(|fd| fd.as_fd())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
@@ -146,12 +153,12 @@ impl Child {
     /// Kills it (SIGKILL), unless it ended already.
     pub(crate) fn kill(&self) {
         let ended = self.lock();
-        if ended.is_none() {
+        if let (None, Some(pidfd)) = (&*ended, &self.pidfd) {
             // SAFETY: pidfd_send_signal takes integers and a null siginfo.
             unsafe {
                 libc::syscall(
                     libc::SYS_pidfd_send_signal,
-                    self.pidfd.as_raw_fd(),
+                    pidfd.as_raw_fd(),
                     libc::SIGKILL,
                     std::ptr::null::<libc::siginfo_t>(),
                     0,
@@ -175,12 +182,13 @@ impl Child {
         if let Some(how) = &*ended {
             return Some(how.clone());
         }
+        let Some(pidfd) = &self.pidfd else { return Some(IGNORED.to_owned()) };
         let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
         let how = loop {
             // SAFETY: all zeros is a valid siginfo_t; waitid writes into it.
             let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
             // SAFETY: waitid writes the siginfo_t it is given.
-            let r = unsafe { libc::waitid(libc::P_PIDFD, self.pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
+            let r = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
             if r == 0 {
                 // SAFETY: waitid filled a SIGCHLD siginfo (or left zeros: WNOHANG, still running).
                 let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
@@ -192,9 +200,7 @@ impl Child {
             match std::io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) => continue,
                 // Reaped by the system: this process ignores SIGCHLD.
-                Some(libc::ECHILD) => {
-                    break "ended (how is not known: this process ignores SIGCHLD, so the system reaped it)".to_owned();
-                }
+                Some(libc::ECHILD) => break IGNORED.to_owned(),
                 _ => break format!("ended (waitid failed: {})", std::io::Error::last_os_error()),
             }
         };
@@ -202,6 +208,9 @@ impl Child {
         Some(how)
     }
 }
+
+/// How a child reaped by the system ended.
+const IGNORED: &str = "ended (how is not known: this process ignores SIGCHLD, so the system reaped it)";
 
 /// How a child ended, from waitid's `si_code` and `si_status`.
 fn describe(code: i32, status: i32) -> String {
@@ -510,9 +519,15 @@ pub(crate) fn wait_reports(workers: &[(&OwnedFd, &Child)], deadline: Option<Dead
             .iter()
             .flat_map(|&i| {
                 let (sock, child) = workers[i];
-                [PollFd::new(sock.as_fd(), PollFlags::POLLIN), PollFd::new(child.pidfd(), PollFlags::POLLIN)]
+                // A child reaped already: its pidfd slot is a dummy, and it counts as ended.
+                let ended = child
+                    .pidfd()
+                    .map_or(PollFd::new(sock.as_fd(), PollFlags::empty()), |fd| PollFd::new(fd, PollFlags::POLLIN));
+                [PollFd::new(sock.as_fd(), PollFlags::POLLIN), ended]
             })
             .collect();
+        let reaped = pending.iter().any(|&i| workers[i].1.is_reaped());
+        let timeout = if reaped { PollTimeout::ZERO } else { timeout };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
@@ -523,8 +538,11 @@ pub(crate) fn wait_reports(workers: &[(&OwnedFd, &Child)], deadline: Option<Dead
                 continue;
             }
         }
-        let ready: Vec<(bool, bool)> =
-            fds.chunks(2).map(|p| (p[0].any().unwrap_or(true), p[1].any().unwrap_or(true))).collect();
+        let ready: Vec<(bool, bool)> = fds
+            .chunks(2)
+            .zip(&pending)
+            .map(|(p, &i)| (p[0].any().unwrap_or(true), workers[i].1.is_reaped() || p[1].any().unwrap_or(true)))
+            .collect();
         drop(fds);
         for (&i, (sock_ready, ended)) in pending.iter().zip(ready) {
             if !sock_ready && !ended {
