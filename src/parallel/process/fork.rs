@@ -18,7 +18,8 @@ use nix::unistd::{ForkResult, fork};
 
 use super::keeper::Keeper;
 use super::protocol::{
-    Child, Deadline, ExitCode, Keep, Lost, Outcome, Report, enter_child, exit_child, send, socket_pair, wait_reports,
+    Child, Deadline, ExitCode, GroupSignalsBlocked, Keep, Lost, Outcome, Report, enter_child, exit_child, send,
+    socket_pair, wait_reports,
 };
 use super::shm::{SharedBuf, is_shared};
 use super::{os, panic_message};
@@ -81,12 +82,14 @@ impl PerProduct {
         for i in 0..nchildren {
             let cols = split::block(k, nblocks, i);
             let (ours, theirs) = socket_pair()?;
+            let blocked = GroupSignalsBlocked::new();
             // SAFETY: see the module docs of `process`: the child runs the
             // operator with Par::Seq, never enters rayon, takes no lock shared
             // with other threads but glibc's malloc (reset by fork), reports
             // on its socket, and leaves with `exit_child`.
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
+                    core::mem::forget(blocked);
                     enter_child(parent, Keep::All);
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let rhs = rhs.subcols(cols.start, cols.len());
@@ -108,7 +111,7 @@ impl PerProduct {
                     exit_child(ExitCode::Done)
                 }
                 Ok(ForkResult::Parent { child }) => {
-                    drop(theirs);
+                    drop((blocked, theirs));
                     let child = Arc::new(Child::new(child)?);
                     children.0.push((ours, child));
                 }

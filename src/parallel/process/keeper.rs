@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
 use super::os;
-use super::protocol::{Child, Keep, enter_child};
+use super::protocol::{Child, GroupSignalsBlocked, Keep, enter_child};
 use crate::parallel::Error;
 
 /// The entry point of a worker forked by [`Keeper::fork`]: `(arg, index,
@@ -116,6 +116,9 @@ impl Drop for Keeper {
 
 /// The keeper's loop: wait for a job or a child's end.
 fn run(wake: OwnedFd, jobs: Receiver<Job>) {
+    // For good: the program's signals go to its other threads, and a worker
+    // forked here starts with them blocked until it ignores them.
+    core::mem::forget(GroupSignalsBlocked::new());
     let parent = nix::unistd::getpid();
     let mut watched: Vec<Arc<Child>> = Vec::new();
     loop {

@@ -52,10 +52,13 @@ pub(crate) enum Keep {
 pub(crate) fn enter_child(parent: Pid, keep: Keep) {
     super::IN_WORKER.store(true, std::sync::atomic::Ordering::Relaxed);
     faer::set_global_parallelism(faer::Par::Seq);
-    for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGTERM] {
+    for sig in GROUP_SIGNALS {
         // SAFETY: SIG_IGN installs no handler.
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigIgn) };
     }
+    // They were blocked across the fork (see `GroupSignalsBlocked`): one
+    // that came meanwhile is now discarded, not fatal.
+    let _ = group_signals().thread_unblock();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != parent {
         exit_child(ExitCode::ParentGone);
@@ -70,6 +73,35 @@ pub(crate) fn enter_child(parent: Pid, keep: Keep) {
                 libc::close_range(3, fd - 1, 0);
             }
             libc::close_range(fd.max(2) + 1, u32::MAX, 0);
+        }
+    }
+}
+
+/// The signals a terminal or a service manager sends to a whole process
+/// group, which workers ignore.
+const GROUP_SIGNALS: [Signal; 4] = [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGTERM];
+
+fn group_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    GROUP_SIGNALS.into_iter().for_each(|s| set.add(s));
+    set
+}
+
+/// [`GROUP_SIGNALS`] blocked in this thread while it lives: hold one
+/// across a `fork`, so that a Ctrl-C that comes before the child ignores
+/// them does not kill it (the child unblocks them in [`enter_child`]).
+pub(crate) struct GroupSignalsBlocked(Option<nix::sys::signal::SigSet>);
+
+impl GroupSignalsBlocked {
+    pub(crate) fn new() -> Self {
+        Self(group_signals().thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK).ok())
+    }
+}
+
+impl Drop for GroupSignalsBlocked {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            let _ = old.thread_set_mask();
         }
     }
 }
