@@ -42,6 +42,19 @@ pub enum Error {
         /// How it ended, e.g. "was killed by signal SIGKILL".
         how: String,
     },
+    /// A worker process did not answer within
+    /// [`ProcessOptions::deadline`](super::ProcessOptions::deadline): it was
+    /// killed and reaped (a pool that lost it answers [`Error::PoolBroken`]
+    /// until rebuilt). A worker blocked on a lock another thread held when
+    /// it was forked ends this way.
+    DeadlineExceeded {
+        /// The worker's index.
+        worker: usize,
+        /// Its process id.
+        pid: i32,
+        /// The deadline it missed.
+        deadline: std::time::Duration,
+    },
     /// A pool of processes lost a worker earlier; rebuild it with
     /// [`Pmatmat::rebuild_pool`](super::Pmatmat::rebuild_pool).
     PoolBroken(String),
@@ -77,6 +90,12 @@ impl fmt::Display for Error {
             }
             Error::WorkerDied { worker, pid, how } => {
                 write!(f, "process worker {worker} (pid {pid}) {how} during a product")
+            }
+            Error::DeadlineExceeded { worker, pid, deadline } => {
+                write!(
+                    f,
+                    "process worker {worker} (pid {pid}) gave no answer within the deadline of {deadline:?} and was killed"
+                )
             }
             Error::PoolBroken(why) => {
                 write!(f, "the process pool is broken ({why}); rebuild it with Pmatmat::rebuild_pool")

@@ -64,7 +64,10 @@ pub struct ProcessOptions {
     /// (`true`), or fork new workers at each product (`false`, the default).
     pub procs_created_once: bool,
     /// How long a product may wait for its workers; `None` (the default) is
-    /// no limit.
+    /// no limit. A worker that has not answered by then (blocked on a lock
+    /// another thread held when it was forked, say) is killed, reaped and
+    /// reported as [`Error::DeadlineExceeded`]; a pool is then broken until
+    /// rebuilt.
     pub deadline: Option<Duration>,
 }
 

@@ -27,6 +27,11 @@ pub(crate) enum Backend {
 /// An operator whose products run in parallel over blocks of columns: see
 /// the [module docs](super) and [`pmatmat`](fn@super::pmatmat).
 ///
+/// With a process pool ([`Method::process_pool`]), the workers compute with
+/// a snapshot of the operator taken when it was built: refresh it with
+/// [`Pmatmat::rebuild_pool`] after changing an operator that has interior
+/// mutability.
+///
 /// The `par` argument of its products is ignored: the parallelism is the
 /// one chosen when it was built (`nworkers`), and the wrapped operator
 /// always runs with `Par::Seq` inside a worker, so that workers do not
@@ -113,9 +118,9 @@ impl<T, L> Pmatmat<T, L> {
         }
     }
 
-    /// The process ids of a pool's forked workers (`procs_created_once`:
-    /// `nworkers - 1` of them, this process being the last worker); empty for
-    /// other methods.
+    /// The process ids of a pool's forked workers that are still running
+    /// (`procs_created_once`: `nworkers - 1` of them, this process being the
+    /// last worker; a lost worker is left out); empty for other methods.
     pub fn worker_pids(&self) -> Vec<i32> {
         match &self.backend {
             #[cfg(unix)]
@@ -191,7 +196,11 @@ impl<T: Scalar, L: BiLinOp<T>> Pmatmat<T, L> {
 
     /// Replaces the workers of a process pool (`procs_created_once`) with new
     /// ones forked from this process: after a worker died, or to give the
-    /// workers a fresh snapshot. Does nothing for other methods.
+    /// workers a fresh snapshot of the operator. **A pool's workers compute
+    /// with the operator as it was when they were forked**: after changing an
+    /// operator with interior mutability, call this, or the workers' columns
+    /// come from the old operator and the parent's from the new one (see
+    /// [`process`](super::process#snapshots)). Does nothing for other methods.
     ///
     /// # Errors
     /// [`Error::Os`] if the new workers cannot be forked.

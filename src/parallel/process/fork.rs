@@ -1,92 +1,53 @@
 //! Workers forked for each product (`procs_created_once = false`).
 //!
-//! A child reports on a pipe as soon as its block is written (4 bytes:
-//! its index and whether it panicked) and then leaves; the parent does not
-//! wait for the child's exit (tearing down its copy of the address space
-//! costs as much as the fork): a reaper thread owned by the operator waits
-//! for children that reported, so none stays a zombie. A child that dies
-//! without reporting is found by `waitpid` (polled every 20 ms while reports
-//! are missing) and reaped at once.
+//! Each child gets its own socket and sends one `Report` as soon as its
+//! block is written, then leaves; the parent does not wait for the child's
+//! exit (tearing down its copy of the address space costs as much as the
+//! fork): the operator's `Keeper` thread reaps it when it ends. A child
+//! that dies without reporting is seen through its pidfd and reaped at once.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Mutex;
-use std::sync::mpsc::{Sender, channel};
-use std::thread::JoinHandle;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use faer::dyn_stack::MemStack;
 use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::traits::math_utils::zero;
 use faer::{MatMut, MatRef};
-use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, poll};
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, pipe2};
+use nix::unistd::{ForkResult, fork};
 
-use super::shm::{SharedBuf, is_shared, os};
-use super::{describe, enter_child, panic_message};
+use super::keeper::Keeper;
+use super::protocol::{
+    Child, Deadline, ExitCode, GroupSignalsBlocked, Keep, Lost, Outcome, Report, enter_child, exit_child, send,
+    socket_pair, wait_reports,
+};
+use super::shm::{SharedBuf, is_shared};
+use super::{os, panic_message};
 use crate::BiLinOp;
 use crate::parallel::{Error, Scalar, Work, split};
 
-/// Where a child leaves its panic message: one slot per child at the start
-/// of the shared buffer, `[len: u32][message bytes]`.
-const SLOT: usize = 1024;
-
 /// The per-product backend: a worker count, the shared buffer the children
-/// write into (kept from one product to the next), and the reaper of the
-/// children that reported.
+/// write into (kept from one product to the next), and the thread that
+/// reaps the children.
 #[derive(Debug)]
 pub(crate) struct PerProduct {
     nworkers: usize,
+    deadline: Option<Duration>,
     shared: Mutex<Option<SharedBuf>>,
-    reaper: Reaper,
-}
-
-/// A thread that reaps the children it is given, as they exit.
-#[derive(Debug)]
-struct Reaper {
-    pids: Option<Sender<Pid>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Reaper {
-    fn new() -> Self {
-        let (pids, todo) = channel::<Pid>();
-        let thread = std::thread::Builder::new().name("lazylinop-reaper".into()).spawn(move || {
-            for pid in todo {
-                let _ = reap(pid);
-            }
-        });
-        // Without a thread, `reap` below waits for each child itself.
-        match thread {
-            Ok(thread) => Self { pids: Some(pids), thread: Some(thread) },
-            Err(_) => Self { pids: None, thread: None },
-        }
-    }
-
-    fn reap(&self, pid: Pid) {
-        if self.pids.as_ref().is_none_or(|pids| pids.send(pid).is_err()) {
-            let _ = reap(pid);
-        }
-    }
-}
-
-impl Drop for Reaper {
-    /// Waits until every child given to it is reaped.
-    fn drop(&mut self) {
-        drop(self.pids.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    keeper: Keeper,
 }
 
 impl PerProduct {
-    pub(crate) fn new(nworkers: usize) -> Self {
-        Self { nworkers, shared: Mutex::new(None), reaper: Reaper::new() }
+    pub(crate) fn new(nworkers: usize, deadline: Option<Duration>) -> Result<Self, Error> {
+        Ok(Self { nworkers, deadline, shared: Mutex::new(None), keeper: Keeper::new()? })
     }
 
     pub(crate) fn nworkers(&self) -> usize {
         self.nworkers
+    }
+
+    pub(crate) fn owned_here(&self) -> bool {
+        self.keeper.owned_here()
     }
 
     /// `work`: blocks `0..nblocks - 1` in forked children, the last one here.
@@ -98,82 +59,108 @@ impl PerProduct {
         nblocks: usize,
         stack: &mut MemStack,
     ) -> Result<(), Error> {
+        let deadline = Deadline::start(self.deadline);
         let (m, k) = (out.nrows(), out.ncols());
         let nchildren = nblocks - 1;
         let child_cols = split::block(k, nblocks, nchildren).start;
         let in_place = is_shared(out.rb());
         // One product at a time uses the shared buffer.
         let mut guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let data_at = (nchildren * SLOT).next_multiple_of(64);
-        let needed = data_at + if in_place { 0 } else { m * child_cols * size_of::<T>() };
+        let needed = if in_place { 0 } else { m * child_cols * size_of::<T>() };
         if guard.as_ref().is_none_or(|b| b.len() < needed) {
             *guard = None; // unmap the old one first
             *guard = Some(SharedBuf::new(needed.next_power_of_two())?);
         }
         let shared = guard.as_mut().expect("just made");
-        shared.bytes_mut()[..data_at].fill(0);
-        let (reports, report) = pipe2(OFlag::O_CLOEXEC).map_err(|e| os("pipe", e.into()))?;
         // The children never touch the caller's output (unless it is shared
         // memory): keep its pages out of their copy of the address space, so
         // that the parent writes them without copy-on-write faults.
         let _not_forked = (!in_place).then(|| DontFork::new(out.rb()));
 
-        let mut children = Children(Vec::with_capacity(nchildren));
+        let parent = nix::unistd::getpid();
+        let mut children = Forked(Vec::with_capacity(nchildren));
         for i in 0..nchildren {
             let cols = split::block(k, nblocks, i);
+            let (ours, theirs) = socket_pair()?;
+            let blocked = GroupSignalsBlocked::new();
             // SAFETY: see the module docs of `process`: the child runs the
             // operator with Par::Seq, never enters rayon, takes no lock shared
             // with other threads but glibc's malloc (reset by fork), reports
-            // through shared memory and a pipe, and leaves with `_exit`.
+            // on its socket, and leaves with `exit_child`.
             match unsafe { fork() } {
                 Ok(ForkResult::Child) => {
-                    enter_child();
+                    core::mem::forget(blocked);
+                    enter_child(parent, Keep::All);
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let rhs = rhs.subcols(cols.start, cols.len());
                         let target = if in_place {
                             out.rb_mut().subcols_mut(cols.start, cols.len())
                         } else {
-                            shared.mat_mut_at::<T>(data_at, m, child_cols).subcols_mut(cols.start, cols.len())
+                            // Zeroed: the map holds the last product's data.
+                            let mut t = shared.mat_mut::<T>(m, child_cols).subcols_mut(cols.start, cols.len());
+                            t.fill(zero());
+                            t
                         };
                         work.block(target, rhs, stack);
                     }));
-                    let panicked = match result {
-                        Ok(()) => 0,
-                        Err(payload) => {
-                            let msg = panic_message(&*payload).as_bytes();
-                            let slot = &mut shared.bytes_mut()[i * SLOT..(i + 1) * SLOT];
-                            let len = msg.len().min(SLOT - 4);
-                            slot[..4].copy_from_slice(&(len as u32).to_ne_bytes());
-                            slot[4..4 + len].copy_from_slice(&msg[..len]);
-                            1
-                        }
+                    let outcome = match result {
+                        Ok(()) => Outcome::Done,
+                        Err(payload) => Outcome::Panicked(panic_message(&*payload).to_owned()),
                     };
-                    let _ = nix::unistd::write(&report, &((i as u32) << 1 | panicked).to_ne_bytes());
-                    // SAFETY: leaving the child without running anything inherited from the parent.
-                    unsafe { libc::_exit(panicked as i32) }
+                    let _ = send(&theirs, &Report::new(i, &outcome), None);
+                    exit_child(ExitCode::Done)
                 }
-                Ok(ForkResult::Parent { child }) => children.0.push((child, i)),
+                Ok(ForkResult::Parent { child }) => {
+                    drop((blocked, theirs));
+                    let child = Arc::new(Child::new(child)?);
+                    children.0.push((ours, child));
+                }
                 Err(e) => return Err(os("fork", e.into())),
             }
         }
-        drop(report);
         // The last block, here, straight into the caller's output. If it
         // panics, `children` kills and reaps the children on the way out.
         let last = split::block(k, nblocks, nchildren);
         work.block(out.rb_mut().subcols_mut(last.start, last.len()), rhs.subcols(last.start, last.len()), stack);
-        let shared = guard.as_ref().expect("made above");
-        let outcome = children.wait_reports(&reports, shared.bytes());
-        match outcome {
-            Ok(()) => children.0.drain(..).for_each(|(pid, _)| self.reaper.reap(pid)),
-            Err(e) => {
-                children.reap_all();
-                return Err(e);
+        let pairs: Vec<(&OwnedFd, &Child)> = children.0.iter().map(|(s, c)| (s, &**c)).collect();
+        let outcomes = wait_reports(&pairs, deadline);
+        let mut result = Ok(());
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let pid = children.0[i].1.pid();
+            let err = match outcome {
+                Ok(Outcome::Done) => continue,
+                Ok(Outcome::Panicked(message)) => Error::WorkerPanicked { worker: i, pid, message },
+                Ok(Outcome::Broken(how)) | Err(Lost::Died(how) | Lost::Garbled(how)) => {
+                    Error::WorkerDied { worker: i, pid, how }
+                }
+                Err(Lost::Deadline(deadline)) => Error::DeadlineExceeded { worker: i, pid, deadline },
+            };
+            if result.is_ok() {
+                result = Err(err);
             }
         }
+        // Every child reported or ended: the keeper reaps those still exiting.
+        for (_, child) in children.0.drain(..) {
+            self.keeper.watch(child);
+        }
+        result?;
         if !in_place {
-            out.subcols_mut(0, child_cols).copy_from(shared.mat_at::<T>(data_at, m, child_cols));
+            out.subcols_mut(0, child_cols).copy_from(shared.mat::<T>(m, child_cols));
         }
         Ok(())
+    }
+}
+
+/// The children of a product, with their sockets. Dropping it (the parent's
+/// block panicked) kills and reaps them: no zombie, whatever happens.
+struct Forked(Vec<(OwnedFd, Arc<Child>)>);
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        for (_, child) in &self.0 {
+            child.kill();
+            child.reap();
+        }
     }
 }
 
@@ -195,6 +182,12 @@ impl DontFork {
         if start >= end {
             return None;
         }
+        // Someone else (the program, an RDMA library) may have marked some
+        // of these pages already; `Drop` could not tell them from ours: leave
+        // such memory as it is.
+        if !none_dont_fork(start, end)? {
+            return None;
+        }
         // SAFETY: the pages hold entries of `m` only, which this product
         // borrows mutably and which outlive this guard; only the children's
         // view of them changes, and the children never touch them (they
@@ -206,112 +199,35 @@ impl DontFork {
 
 impl Drop for DontFork {
     fn drop(&mut self) {
-        // SAFETY: undoes `new` on the same pages.
+        // SAFETY: undoes `new` on the same pages, which were not marked
+        // before `new` marked them.
         unsafe { libc::madvise(self.0 as *mut libc::c_void, self.1 - self.0, libc::MADV_DOFORK) };
     }
 }
 
-/// Forked children not reaped yet, with their block index. Dropping it
-/// kills and reaps them: no zombie, whatever happens to the parent.
-struct Children(Vec<(Pid, usize)>);
-
-impl Children {
-    /// Waits until every child reported, or one failed. A child that dies
-    /// without reporting is seen by `waitpid` and reaped here.
-    fn wait_reports(&mut self, reports: &OwnedFd, slots: &[u8]) -> Result<(), Error> {
-        let mut reported = vec![false; self.0.len()];
-        let mut pending = self.0.len();
-        let mut buf = [0u8; 4];
-        let mut have = 0;
-        while pending > 0 {
-            let mut fds = [PollFd::new(reports.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, 20u16) {
-                Ok(n) if n > 0 => match nix::unistd::read(reports, &mut buf[have..]) {
-                    Ok(0) => {} // every child has exited; waitpid below says how
-                    Ok(got) => {
-                        have += got;
-                        if have == 4 {
-                            have = 0;
-                            let record = u32::from_ne_bytes(buf);
-                            let i = (record >> 1) as usize;
-                            if record & 1 == 1 {
-                                let (pid, _) = self.0[i];
-                                let _ = super::fork::reap(pid);
-                                self.0[i].0 = Pid::from_raw(0);
-                                return Err(panicked(i, pid, slots));
-                            }
-                            if !reported[i] {
-                                reported[i] = true;
-                                pending -= 1;
-                            }
-                        }
-                        continue;
-                    }
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(os("reading the workers' reports", e.into())),
-                },
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(os("poll", e.into())),
+/// Whether no mapping overlapping the bytes `[start, end)` is marked
+/// `MADV_DONTFORK` (flag `dc` in `/proc/self/smaps`); `None` if unknown.
+fn none_dont_fork(start: usize, end: usize) -> Option<bool> {
+    use std::io::BufRead;
+    let smaps = std::io::BufReader::new(std::fs::File::open("/proc/self/smaps").ok()?);
+    let mut overlaps = false;
+    for line in smaps.lines() {
+        let line = line.ok()?;
+        let range = line.split_once(' ').map_or(line.as_str(), |(r, _)| r);
+        if !range.ends_with(':')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            if lo >= end {
+                break;
             }
-            // No report for a while (or none coming): has a silent child died?
-            for ((pid, i), done) in self.0.iter_mut().zip(reported.iter_mut()) {
-                let (child, i) = (*pid, *i);
-                if *done || child.as_raw() <= 0 {
-                    continue;
-                }
-                let status = match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => continue,
-                    Ok(status) => status,
-                    Err(e) => return Err(os("waitpid", e.into())),
-                };
-                *pid = Pid::from_raw(0); // reaped
-                match status {
-                    // Exited 0 after reporting: the report is still in the pipe.
-                    WaitStatus::Exited(_, 0) => {
-                        *done = true;
-                        pending -= 1;
-                    }
-                    WaitStatus::Exited(_, 1) => return Err(panicked(i, child, slots)),
-                    status => return Err(Error::WorkerDied { worker: i, pid: child.as_raw(), how: describe(status) }),
-                }
-            }
-        }
-        // Children already reaped above are not finished children any more.
-        self.0.retain(|&(pid, _)| pid.as_raw() > 0);
-        Ok(())
-    }
-
-    /// Kills (if still running) and reaps every child.
-    fn reap_all(&mut self) {
-        for (pid, _) in self.0.drain(..) {
-            if pid.as_raw() > 0 {
-                let _ = kill(pid, Signal::SIGKILL);
-                let _ = reap(pid);
-            }
+            overlaps = lo < end && start < hi;
+        } else if overlaps
+            && let Some(flags) = line.strip_prefix("VmFlags:")
+            && flags.split_whitespace().any(|f| f == "dc")
+        {
+            return Some(false);
         }
     }
-}
-
-fn panicked(i: usize, pid: Pid, slots: &[u8]) -> Error {
-    let slot = &slots[i * SLOT..(i + 1) * SLOT];
-    let len = u32::from_ne_bytes(slot[..4].try_into().unwrap()) as usize;
-    let message = String::from_utf8_lossy(&slot[4..4 + len.min(SLOT - 4)]).into_owned();
-    Error::WorkerPanicked { worker: i, pid: pid.as_raw(), message }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.reap_all();
-    }
-}
-
-/// `waitpid` until the child is gone, through interruptions.
-pub(crate) fn reap(pid: Pid) -> nix::Result<WaitStatus> {
-    loop {
-        match waitpid(pid, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Ok(WaitStatus::Stopped(..) | WaitStatus::Continued(_)) => continue,
-            other => return other,
-        }
-    }
+    Some(true)
 }

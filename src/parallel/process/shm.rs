@@ -14,6 +14,7 @@ use faer::{MatMut, MatRef};
 use memmap2::{MmapMut, MmapOptions};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
+use super::os;
 use crate::parallel::{Error, Scalar};
 
 /// A shared, zero-filled buffer of bytes: a memfd and its `MAP_SHARED` map.
@@ -52,26 +53,6 @@ impl SharedBuf {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map[..self.len]
-    }
-
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map[..self.len]
-    }
-
-    /// `nrows · ncols` elements from byte `at` (a multiple of 64) as a column-major matrix.
-    pub(crate) fn mat_at<T: Scalar>(&self, at: usize, nrows: usize, ncols: usize) -> MatRef<'_, T> {
-        let data: &[T] = bytemuck::cast_slice(&self.map[at..at + nrows * ncols * size_of::<T>()]);
-        MatRef::from_column_major_slice(data, nrows, ncols)
-    }
-
-    /// `nrows · ncols` elements from byte `at` (a multiple of 64) as a mutable column-major matrix.
-    pub(crate) fn mat_mut_at<T: Scalar>(&mut self, at: usize, nrows: usize, ncols: usize) -> MatMut<'_, T> {
-        let data: &mut [T] = bytemuck::cast_slice_mut(&mut self.map[at..at + nrows * ncols * size_of::<T>()]);
-        MatMut::from_column_major_slice_mut(data, nrows, ncols)
     }
 
     fn elements<T: Scalar>(&self, n: usize) -> &[T] {
@@ -207,8 +188,4 @@ impl<T> Drop for SharedMat<T> {
         let start = self.buf.map.as_ptr() as usize;
         registry().retain(|&(s, _)| s != start);
     }
-}
-
-pub(crate) fn os(what: &'static str, source: std::io::Error) -> Error {
-    Error::Os { what, source }
 }
