@@ -60,8 +60,8 @@
 //! # What the CRC-32 covers
 //! Each zip entry records the CRC-32 of the member's bytes (its `.npy` header and data).
 //! - [`NpzMatrix::read_rows`] verifies it whenever it reads all the rows (`0..nrows`), stored or
-//!   deflated, and when it reads rows up to the last of a deflated member (which streams every
-//!   byte): a damaged byte anywhere in the member is then an [`NpzErrorKind::Crc`] error.
+//!   deflated, and whenever a read streams a deflated member to its end (rows up to the last):
+//!   a damaged byte anywhere in the member is then an [`NpzErrorKind::Crc`] error.
 //!   Reading other rows verifies nothing (the check needs every byte).
 //! - [`NpzMatrix::view_rows`] verifies nothing. A holder of views checks a stored member with
 //!   [`NpzMatrix::crc32_of`] over byte ranges of [`NpzMatrix::crc_span`] and
@@ -536,8 +536,8 @@ impl NpzMatrix {
     /// the declared shape before the data is there.
     ///
     /// Reading all the rows (`0..nrows`) verifies the member's CRC-32 (over its every byte);
-    /// so does reading rows up to the last of a compressed member, which streams it all.
-    /// Reading other rows verifies nothing.
+    /// so does any read of a compressed member that streams it to its end (rows up to the
+    /// last, or a member smaller than one read chunk). Other reads verify nothing.
     ///
     /// # Errors
     /// [`NpzErrorKind::DtypeMismatch`] if the member's dtype is not `T::DTYPE`,
