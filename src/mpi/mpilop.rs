@@ -13,7 +13,6 @@ use super::collective::{
     Fault, Pieces, as_contiguous, broadcast, caught, gather, reduce_sum, temp_slice, temp_slice_scratch,
 };
 use super::comm::{Comm, Session};
-use super::pmatmat::mode_code;
 use crate::Scalar;
 use crate::npz::NpzMatrix;
 use crate::ops::{Mode, ModeOp, impl_bilinop};
@@ -258,7 +257,7 @@ impl<T: Scalar> MpiLop<T> {
             ("the output's rows", m as u64),
             ("the operand's rows", n as u64),
             ("the number of columns", k as u64),
-            ("the product (0 L, 1 conj(L), 2 Lᵀ, 3 Lᴴ)", mode_code(mode)),
+            ("the product (0 L, 1 conj(L), 2 Lᵀ, 3 Lᴴ)", u64::from(mode.code())),
             ("gather (0 Root, 1 All)", u64::from(gather_to == Gather::All)),
             ("max_message_bytes", self.options.max_message_bytes as u64),
             ("bcast_op", u64::from(self.bcast_op)),

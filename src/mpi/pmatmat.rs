@@ -10,8 +10,8 @@ use mpi::traits::Communicator;
 use super::collective::{Pieces, as_contiguous, caught, gather, temp_slice, temp_slice_scratch};
 use super::comm::Comm;
 use crate::BiLinOp;
+use crate::Scalar;
 use crate::parallel::{Error, Gather, MpiOptions, Work, split};
-use crate::{Scalar, ops::Mode};
 
 /// The ranks of a communicator (its duplicate), as the workers of a `Pmatmat`.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ impl Ranks {
             ("the output's rows", m as u64),
             ("the operand's rows", n as u64),
             ("the number of columns", k as u64),
-            ("the product (0 L, 1 conj(L), 2 Lᵀ, 3 Lᴴ)", mode_code(work.mode)),
+            ("the product (0 L, 1 conj(L), 2 Lᵀ, 3 Lᴴ)", u64::from(work.mode.code())),
             ("gather (0 Root, 1 All)", u64::from(gather_to == Gather::All)),
             ("max_message_bytes", self.options.max_message_bytes as u64),
             ("min_parallel_work", min_parallel_work as u64),
@@ -115,9 +115,4 @@ impl Ranks {
             }
         })
     }
-}
-
-/// The product's wire code.
-pub(crate) fn mode_code(mode: Mode) -> u64 {
-    u64::from(mode.code())
 }
