@@ -636,6 +636,435 @@ fn lsmr_runs_on_every_rank_with_an_mpilop(world: &SimpleCommunicator) {
     assert!((&x - &want).norm_max() < 1e-8 * want.norm_max(), "LSMR on MpiLop: {}", (&x - &want).norm_max());
 }
 
+// ---------------------------------------------------------------------------------------------
+// Sparse MpiLop (issue 14): the scipy sparse fixtures of `tests/data/sparse/` (written by
+// `scripts/make_sparse_fixtures.py`, whose manifest carries each matrix densely), and files
+// written by `lazylinop::npz::save_sparse`.
+// ---------------------------------------------------------------------------------------------
+
+fn sparse_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sparse").join(name)
+}
+
+fn sparse_manifest() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(sparse_fixture("manifest.json")).unwrap()).unwrap()
+}
+
+/// The scalar types, built exactly from the sparse manifest's numbers.
+trait Exact: Scalar {
+    fn from_pair(re: f64, im: f64) -> Self;
+}
+impl Exact for f32 {
+    fn from_pair(re: f64, _: f64) -> Self {
+        re as f32
+    }
+}
+impl Exact for f64 {
+    fn from_pair(re: f64, _: f64) -> Self {
+        re
+    }
+}
+impl Exact for faer::c32 {
+    fn from_pair(re: f64, im: f64) -> Self {
+        faer::c32::new(re as f32, im as f32)
+    }
+}
+impl Exact for faer::c64 {
+    fn from_pair(re: f64, im: f64) -> Self {
+        faer::c64::new(re, im)
+    }
+}
+
+/// `(nrows, ncols)` of a manifest entry.
+fn manifest_shape(e: &serde_json::Value) -> (usize, usize) {
+    let s = e["shape"].as_array().unwrap();
+    (s[0].as_u64().unwrap() as usize, s[1].as_u64().unwrap() as usize)
+}
+
+/// The manifest's dense matrix (row-major, complex entries as `[re, im]`), as `T`.
+fn manifest_dense<T: Exact>(e: &serde_json::Value) -> Mat<T> {
+    let (m, n) = manifest_shape(e);
+    let rows = e["dense"].as_array().unwrap();
+    Mat::from_fn(m, n, |i, j| {
+        let x = &rows[i][j];
+        match x.as_array() {
+            Some(pair) => T::from_pair(pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap()),
+            None => T::from_pair(x.as_f64().unwrap(), 0.0),
+        }
+    })
+}
+
+/// Every rank's `values`, in rank order.
+fn all_gather_u64<const N: usize>(world: &SimpleCommunicator, values: [u64; N]) -> Vec<[u64; N]> {
+    let mut all = vec![0u64; N * world.size() as usize];
+    world.all_gather_into(&values[..], &mut all[..]);
+    all.chunks_exact(N).map(|c| c.try_into().unwrap()).collect()
+}
+
+/// FNV-1a of `s`: to compare the ranks' messages with one all-gather.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Asserts that the ranges tile `0..n`: every index in exactly one of them.
+#[track_caller]
+fn assert_tiles(ranges: &[std::ops::Range<usize>], n: usize, what: &str) {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_by_key(|r| (r.start, r.end));
+    assert!(sorted.iter().all(|r| r.start <= r.end), "{what}: {ranges:?}");
+    assert_eq!(sorted.first().map_or(0, |r| r.start), 0, "{what}: {ranges:?} do not start at 0");
+    assert_eq!(sorted.last().map_or(0, |r| r.end), n, "{what}: {ranges:?} do not end at {n}");
+    for w in sorted.windows(2) {
+        assert_eq!(w[0].end, w[1].start, "{what}: {ranges:?} overlap or leave a gap");
+    }
+}
+
+/// The layout of a sparse operator across the ranks: its format, the blocks of the matrix the
+/// ranks hold tile it without overlap (all the columns of a CSR, all the rows of a CSC), their
+/// nonzeros add up to `nnz` and each rank's share is at most the ideal share plus the largest
+/// row (column): `indptr` is the file's.
+fn check_sparse_layout<T: Scalar>(
+    world: &SimpleCommunicator,
+    l: &MpiLop<T>,
+    format: lazylinop::sparse::Format,
+    indptr: &[u64],
+    what: &str,
+) {
+    use lazylinop::sparse::Format;
+    let (m, n) = (l.nrows(), l.ncols());
+    let p = world.size() as usize;
+    assert_eq!(l.format(), Some(format), "{what}: format");
+    assert!(l.local_dense().is_none(), "{what}: a sparse operator has no dense block");
+    let (rows, cols) = (l.local_rows(), l.local_cols());
+    let nnz_here = l.local_nnz().unwrap_or_else(|| panic!("{what}: a sparse operator counts its nonzeros"));
+    let all = all_gather_u64(world, [rows.start, rows.end, cols.start, cols.end, nnz_here].map(|v| v as u64));
+    let all_rows: Vec<_> = all.iter().map(|a| a[0] as usize..a[1] as usize).collect();
+    let all_cols: Vec<_> = all.iter().map(|a| a[2] as usize..a[3] as usize).collect();
+    let (major, minor) = match format {
+        Format::Csr => (&all_rows, &all_cols),
+        Format::Csc => (&all_cols, &all_rows),
+    };
+    let (major_dim, minor_dim) = if format == Format::Csr { (m, n) } else { (n, m) };
+    assert_tiles(
+        major,
+        major_dim,
+        &format!("{what}: the ranks' {}", if format == Format::Csr { "rows" } else { "columns" }),
+    );
+    assert!(
+        minor.iter().all(|r| *r == (0..minor_dim)),
+        "{what}: every rank holds the whole other dimension: {minor:?}"
+    );
+    assert_eq!(indptr.len(), major_dim + 1, "{what}: the manifest's indptr");
+    let nnz = indptr[major_dim];
+    let shares: Vec<u64> = all.iter().map(|a| a[4]).collect();
+    assert_eq!(shares.iter().sum::<u64>(), nnz, "{what}: the ranks' nonzeros {shares:?} add up to nnz");
+    let widest = indptr.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    for (r, (share, block)) in shares.iter().zip(major).enumerate() {
+        assert_eq!(*share, indptr[block.end] - indptr[block.start], "{what}: rank {r}'s nonzeros for {block:?}");
+        assert!(
+            *share as f64 <= nnz as f64 / p as f64 + widest as f64,
+            "{what}: rank {r} holds {share} of {nnz} nonzeros ({p} ranks, widest {widest}): {shares:?}"
+        );
+    }
+}
+
+fn sparse_case<T: Exact>(world: &SimpleCommunicator, e: &serde_json::Value) {
+    use lazylinop::sparse::Format;
+    let rank = world.rank() as usize;
+    let file = e["file"].as_str().unwrap();
+    let (m, n) = manifest_shape(e);
+    let dense = manifest_dense::<T>(e);
+    let format = if e["format"] == "csr" { Format::Csr } else { Format::Csc };
+    let indptr: Vec<u64> = e["indptr"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let path = sparse_fixture(file);
+    for bcast_op in [true, false] {
+        for gather in [Gather::Root, Gather::All] {
+            for max_message in [usize::MAX, 5] {
+                let bytes = max_message.saturating_mul(size_of::<T>());
+                let what = format!("sparse MpiLop {file} {m}×{n}, bcast_op {bcast_op}, {gather:?}, max {max_message}");
+                let l = MpiLop::<T>::new(world, &path, None, bcast_op, Some((m, n)))
+                    .unwrap_or_else(|err| panic!("{what}: {err}"))
+                    .with_options(MpiOptions::default().gather(gather).max_message_bytes(bytes));
+                assert_eq!((l.nrows(), l.ncols()), (m, n), "{what}");
+                if bcast_op && gather == Gather::Root && max_message == usize::MAX {
+                    check_sparse_layout(world, &l, format, &indptr, &what);
+                    // Views into the map only where the members are stored, aligned, native.
+                    if e["compressed"] == true || e["big_endian"] == true {
+                        assert!(!l.is_mapped(), "{what}: deflated or big-endian members are copied");
+                    }
+                    if e["aligned"] == true {
+                        assert!(l.is_mapped(), "{what}: stored, aligned members are viewed in place");
+                    }
+                }
+                check_mpilop(&l, dense.as_ref(), gather == Gather::All || rank == 0, bcast_op, &what);
+            }
+        }
+    }
+}
+
+/// Every valid sparse fixture, every product, both gathers, both `bcast_op`, whole and
+/// chunked messages, against the manifest's dense matrix; the ranks' blocks.
+fn sparse_mpilop_products_match_the_manifest(world: &SimpleCommunicator) {
+    let manifest = sparse_manifest();
+    let valid = manifest["valid"].as_array().unwrap();
+    assert!(valid.len() >= 56, "the manifest lists {} valid files", valid.len());
+    for e in valid {
+        match e["dtype"].as_str().unwrap() {
+            "float32" => sparse_case::<f32>(world, e),
+            "float64" => sparse_case::<f64>(world, e),
+            "complex64" => sparse_case::<faer::c32>(world, e),
+            "complex128" => sparse_case::<faer::c64>(world, e),
+            other => panic!("unexpected dtype {other} in the sparse manifest"),
+        }
+    }
+}
+
+/// What the message of the error for a malformed fixture must say, by the manifest's reason.
+fn malformed_needles(reason: &str) -> Vec<String> {
+    let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
+    match reason {
+        // Another rank's view of an `indptr` fault may name another entry: the member and an entry.
+        "indptr_not_monotonic" | "indptr_last_exceeds_nnz" | "indptr_entry_exceeds_nnz" | "indptr_last_below_nnz" => {
+            v(&["member indptr", "indptr["])
+        }
+        "indptr_first_nonzero" => v(&["member indptr", "indptr[0] = 1", "must be 0"]),
+        "index_out_of_range" => v(&["member indices", "out of range"]),
+        "negative_index" => v(&["member indices", "= -1 is out of range"]),
+        "data_indices_length_mismatch" => v(&["indices holds", "but data"]),
+        "shape_indptr_mismatch" => v(&["indptr has 14 entries", "shape"]),
+        "shape_not_2d" | "negative_shape" => v(&["member shape"]),
+        "data_not_1d" => v(&["member data", "1-D"]),
+        "index_dtype:int8" | "index_dtype:float64" => v(&["index dtype", "int32 or int64"]),
+        "index_dtype_mismatch" => v(&["indices are int32 but indptr is int64"]),
+        "bad_crc" => v(&["member data", "CRC-32"]),
+        "truncated" => v(&["truncated"]),
+        _ => {
+            if let Some(member) = reason.strip_prefix("missing_member:") {
+                vec![format!("member {member}"), "no such member".into()]
+            } else if reason.starts_with("data_dtype:") {
+                v(&["member data", "unsupported dtype"])
+            } else if let Some(name) = reason.strip_prefix("unknown_format:") {
+                vec![format!("{name:?}"), "only csr and csc".into()]
+            } else if let Some(name) = reason.strip_prefix("unsupported_format:") {
+                vec![format!("sparse format {name}"), ".tocsr()".into()]
+            } else {
+                panic!("unknown reason {reason} in the sparse manifest")
+            }
+        }
+    }
+}
+
+/// `MpiLop::new` on `path` fails on every rank with the same [`Error::Rank`] (same rank, same
+/// message), whose message names the file and holds every needle; the failing rank keeps the
+/// typed error. Returns the failing rank.
+#[track_caller]
+fn sparse_fails_everywhere(
+    world: &SimpleCommunicator,
+    path: &std::path::Path,
+    needles: &[String],
+    what: &str,
+) -> usize {
+    let err = match MpiLop::<f64>::new(world, path, None, true, None) {
+        Ok(l) => panic!("{what}: opened as a {}×{} operator", l.nrows(), l.ncols()),
+        Err(err) => err,
+    };
+    let Error::Rank { rank, message, source } = &err else { panic!("{what}: not a rank's error: {err}") };
+    let all = all_gather_u64(world, [*rank as u64, fnv(message)]);
+    assert!(all.iter().all(|a| *a == all[0]), "{what}: the ranks report different errors ({all:?}); here: {err}");
+    assert!(*rank < world.size() as usize, "{what}: {err}");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(message.contains(name), "{what}: {err}: the message does not name the file");
+    for needle in needles {
+        assert!(message.contains(needle.as_str()), "{what}: {err}: no {needle:?}");
+    }
+    if world.rank() as usize == *rank {
+        let npz = source.as_ref().unwrap_or_else(|| panic!("{what}: the failing rank keeps the typed error: {err}"));
+        assert_eq!(npz.to_string(), *message, "{what}");
+    } else {
+        assert!(source.is_none(), "{what}: {err}: only the failing rank has the typed error");
+    }
+    *rank
+}
+
+/// Every malformed sparse fixture is the same error on every rank, naming the file and the
+/// reason (other scipy formats: the format and `.tocsr()`); no hang, no panic, and the ranks
+/// still work together afterwards.
+fn sparse_malformed_files_fail_on_every_rank(world: &SimpleCommunicator) {
+    let manifest = sparse_manifest();
+    let malformed = manifest["malformed"].as_array().unwrap();
+    assert!(malformed.len() >= 33, "the manifest lists {} malformed files", malformed.len());
+    let mut reasons = std::collections::BTreeSet::new();
+    for e in malformed {
+        let (file, reason) = (e["file"].as_str().unwrap(), e["reason"].as_str().unwrap());
+        let what = format!("{file} ({reason})");
+        let failing = sparse_fails_everywhere(world, &sparse_fixture(file), &malformed_needles(reason), &what);
+        reasons.insert(reason.split(':').next().unwrap().to_owned());
+        if world.rank() == 0 && std::env::var_os("LAZYLINOP_TEST_VERBOSE").is_some() {
+            println!("  {what}: rank {failing}");
+        }
+    }
+    assert!(reasons.contains("unsupported_format") && reasons.contains("bad_crc"), "{reasons:?}");
+    // A sparse file takes no member name (its members are scipy's).
+    let good = sparse_fixture("csr_float64_int32_aligned.npz");
+    let err = MpiLop::<f64>::new(world, &good, Some("data"), true, None).map(|_| ()).unwrap_err();
+    let all = all_gather_u64(world, [fnv(&err.to_string())]);
+    assert!(all.iter().all(|a| *a == all[0]), "a member for a sparse file: the ranks differ ({err})");
+    assert!(err.to_string().contains("csr_float64_int32_aligned.npz"), "{err}");
+    // A shape other than the file's, and a dtype other than T's: the same error everywhere.
+    for (l, needles) in [
+        (MpiLop::<f64>::new(world, &good, None, true, Some((11, 13))).map(|_| ()), ["13×11", "11×13"]),
+        (MpiLop::<f32>::new(world, &good, None, true, None).map(|_| ()), ["float64", "float32"]),
+    ] {
+        let err = l.unwrap_err();
+        let Error::Rank { message, .. } = &err else { panic!("{err}") };
+        let all = all_gather_u64(world, [fnv(message)]);
+        assert!(all.iter().all(|a| *a == all[0]), "the ranks differ ({err})");
+        for needle in needles {
+            assert!(
+                message.contains(needle) && message.contains("csr_float64_int32_aligned.npz"),
+                "{err}: no {needle}"
+            );
+        }
+    }
+    // Trusted: the damaged member is not checksummed.
+    let trusted = MpiLop::<f64>::new_trusted(world, sparse_fixture("bad_crc.npz"), None, true, None).unwrap();
+    assert_eq!((trusted.nrows(), trusted.ncols()), (13, 11));
+    // Still fine afterwards.
+    let l = MpiLop::<f64>::new(world, &good, None, true, None)
+        .unwrap()
+        .with_options(MpiOptions::default().gather(Gather::All));
+    let x = random::mat::<f64>(l.ncols(), 3, 0);
+    let _ = l.matmat(&x);
+}
+
+/// LSMR on every rank on a sparse `MpiLop` inside a lazy Tikhonov composition,
+/// `min ‖[A; λI]·x - [b; 0]‖`, against a dense solve of the normal equations
+/// `(AᴴA + λ²I)·x = Aᴴb`, for a CSR and a CSC fixture.
+fn lsmr_runs_on_every_rank_with_a_sparse_mpilop(world: &SimpleCommunicator) {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::solvers::Solve;
+    use faer::matrix_free::IdentityPrecond;
+    use faer::matrix_free::lsmr::{LsmrParams, lsmr, lsmr_scratch};
+    let manifest = sparse_manifest();
+    for file in ["csr_float64_int32_aligned.npz", "csc_float64_int64_deflated.npz", "csr_skewed.npz"] {
+        let e = manifest["valid"].as_array().unwrap().iter().find(|e| e["file"] == file).unwrap();
+        let (m, n) = manifest_shape(e);
+        let dense = manifest_dense::<f64>(e);
+        let a = MpiLop::<f64>::new(world, sparse_fixture(file), None, false, None)
+            .unwrap()
+            .with_options(MpiOptions::default().gather(Gather::All));
+        assert!(a.format().is_some(), "{file} is sparse");
+        let lambda = 0.5;
+        let l = vstack(vec![DynOp::new(a), DynOp::new(eye(n, n, 0).scale(lambda))]);
+        let mut b = Mat::zeros(m + n, 1);
+        b.as_mut().subrows_mut(0, m).copy_from(random::mat::<f64>(m, 1, 5));
+        let precond = IdentityPrecond { dim: n };
+        let mut x = Mat::zeros(n, 1);
+        let params = LsmrParams { abs_tolerance: 0.0, rel_tolerance: 1e-13, max_iters: 500, ..Default::default() };
+        let mut buf = MemBuffer::new(lsmr_scratch(precond, &l, 1, Par::Seq));
+        lsmr(x.as_mut(), precond, &l, b.as_ref(), params, |_| {}, Par::Seq, MemStack::new(&mut buf))
+            .unwrap_or_else(|e| panic!("LSMR on {file}: {e:?}"));
+        let normal = dense.adjoint() * &dense + Mat::<f64>::identity(n, n) * (lambda * lambda);
+        let want = normal.partial_piv_lu().solve(dense.adjoint() * b.subrows(0, m));
+        let err = (&x - &want).norm_max() / want.norm_max();
+        assert!(want.norm_max() > 0.0 && err < 1e-8, "LSMR on the sparse MpiLop of {file}: relative error {err:e}");
+        // Every rank has the solution, the same one.
+        let all =
+            all_gather_u64(world, [fnv(&format!("{:?}", x.col(0).iter().map(|v| v.to_bits()).collect::<Vec<_>>()))]);
+        assert!(all.iter().all(|a| *a == all[0]), "{file}: the ranks' LSMR solutions differ");
+    }
+}
+
+/// A random `m × n` sparse matrix with unsorted and repeated indices in some rows, empty
+/// rows, as CSR compressed slices `(indptr, indices, values)` and its dense matrix.
+fn random_csr<T: Scalar, I: lazylinop::npz::SparseIndex>(
+    m: usize,
+    n: usize,
+    seed: u64,
+) -> (Vec<I>, Vec<I>, Vec<T>, Mat<T>) {
+    let values = random::mat::<T>(m * 8 + 1, 1, seed);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let (mut ptr, mut idx, mut val) = (vec![I::truncate(0)], Vec::new(), Vec::new());
+    let mut dense = Mat::<T>::zeros(m, n);
+    for i in 0..m {
+        let count = if n == 0 || i % 5 == 3 { 0 } else { next() % 8 };
+        for _ in 0..count {
+            let j = next() % n;
+            let v = values[(val.len(), 0)];
+            idx.push(I::truncate(j));
+            val.push(v);
+            dense[(i, j)] += v;
+        }
+        ptr.push(I::truncate(idx.len()));
+    }
+    (ptr, idx, val, dense)
+}
+
+/// `save_sparse` writes a CSR (or CSC) file that every rank maps without a copy, and whose
+/// products are the matrix's.
+fn saved_round_trip<T: Scalar, I: lazylinop::npz::SparseIndex>(
+    world: &SimpleCommunicator,
+    format: lazylinop::sparse::Format,
+    (m, n): (usize, usize),
+) {
+    use faer::sparse::{SparseColMatRef, SparseRowMatRef, SymbolicSparseColMatRef, SymbolicSparseRowMatRef};
+    use lazylinop::sparse::Format;
+    use mpi::traits::Root;
+    let rank = world.rank() as usize;
+    let seed = (m * 31 + n) as u64;
+    // A CSC matrix is the CSR of its transpose.
+    let (major, minor) = if format == Format::Csr { (m, n) } else { (n, m) };
+    let (ptr, idx, val, dense_major) = random_csr::<T, I>(major, minor, seed);
+    let dense = if format == Format::Csr { dense_major } else { dense_major.transpose().to_owned() };
+    let mut pid = std::process::id();
+    world.process_at_rank(0).broadcast_into(&mut pid);
+    let name = format!("lazylinop-mpi-{pid}-saved-{format:?}-{}-{}-{m}x{n}.npz", T::DTYPE, I::DTYPE);
+    let path = std::env::temp_dir().join(name);
+    if rank == 0 {
+        match format {
+            Format::Csr => {
+                let s = SymbolicSparseRowMatRef::new_unsorted_checked(m, n, &ptr, None, &idx);
+                lazylinop::npz::save_sparse(&path, SparseRowMatRef::new(s, &val)).unwrap();
+            }
+            Format::Csc => {
+                let s = SymbolicSparseColMatRef::new_unsorted_checked(m, n, &ptr, None, &idx);
+                lazylinop::npz::save_sparse(&path, SparseColMatRef::new(s, &val)).unwrap();
+            }
+        }
+    }
+    world.barrier();
+    let what = format!("save_sparse {format:?} {}×{} {} {}", m, n, T::DTYPE, I::DTYPE);
+    for gather in [Gather::Root, Gather::All] {
+        let l = MpiLop::<T>::new(world, &path, None, true, Some((m, n)))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .with_options(MpiOptions::default().gather(gather));
+        assert!(l.is_mapped(), "{what}: save_sparse's members are viewed in place on rank {rank}");
+        let indptr: Vec<u64> = ptr.iter().map(|v| v.zx() as u64).collect();
+        check_sparse_layout(world, &l, format, &indptr, &what);
+        check_mpilop(&l, dense.as_ref(), gather == Gather::All || rank == 0, true, &format!("{what}, {gather:?}"));
+    }
+    world.barrier();
+    if rank == 0 {
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+fn save_sparse_round_trips_through_mpilop_in_place(world: &SimpleCommunicator) {
+    use lazylinop::sparse::Format;
+    for format in [Format::Csr, Format::Csc] {
+        for shape in [(37, 23), (2, 9), (0, 4)] {
+            saved_round_trip::<f64, u32>(world, format, shape);
+            saved_round_trip::<faer::c64, u64>(world, format, shape);
+        }
+        saved_round_trip::<f32, u64>(world, format, (19, 30));
+        saved_round_trip::<faer::c32, u32>(world, format, (30, 19));
+    }
+}
+
 /// Seed of a fixture array, from the manifest.
 fn seed_of(file: &str, member: &str) -> u64 {
     fixtures_of("float64").into_iter().find(|a| a.0 == file && a.1 == member).expect("fixture in the manifest").3
@@ -768,6 +1197,10 @@ fn main() {
             ("mpilop_errors_are_collective", mpilop_errors_are_collective, 60),
             ("a_damaged_member_is_an_error_on_every_rank", a_damaged_member_is_an_error_on_every_rank, 60),
             ("lsmr_runs_on_every_rank_with_an_mpilop", lsmr_runs_on_every_rank_with_an_mpilop, 120),
+            ("sparse_mpilop_products_match_the_manifest", sparse_mpilop_products_match_the_manifest, 600),
+            ("sparse_malformed_files_fail_on_every_rank", sparse_malformed_files_fail_on_every_rank, 120),
+            ("lsmr_runs_on_every_rank_with_a_sparse_mpilop", lsmr_runs_on_every_rank_with_a_sparse_mpilop, 120),
+            ("save_sparse_round_trips_through_mpilop_in_place", save_sparse_round_trips_through_mpilop_in_place, 300),
         ],
         "multiple" => {
             assert_eq!(level, mpi::Threading::Multiple, "this MPI does not provide Threading::Multiple");
@@ -783,7 +1216,10 @@ fn main() {
         }
         _ => unreachable!("filtered above"),
     };
-    for &(name, test, secs) in tests {
+    // `LAZYLINOP_MPI_FILTER=text` runs only the tests whose name contains `text`.
+    let filter = std::env::var("LAZYLINOP_MPI_FILTER").unwrap_or_default();
+    let tests: Vec<_> = tests.iter().filter(|t| t.0.contains(filter.as_str())).collect();
+    for &&(name, test, secs) in &tests {
         let deadline = watchdog(name, secs);
         test(&world);
         drop(deadline);
