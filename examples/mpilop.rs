@@ -1,11 +1,15 @@
-//! A matrix stored in a numpy `.npz` file, distributed by rows over MPI
-//! ranks, as Python lazylinop's `MPILop`: products and adjoint products,
-//! checked on rank 0 against the matrix read whole from the file.
+//! A matrix stored in a numpy `.npz` file, distributed over MPI ranks, as
+//! Python lazylinop's `MPILop`: products and adjoint products, checked on
+//! rank 0 against the matrix read whole from the file.
 //!
 //! ```text
 //! cargo build --release --features mpi --example mpilop
 //! mpirun -n 2 target/release/examples/mpilop [file.npz | m n]
 //! ```
+//! The file holds a float64 matrix: a dense array (`np.savez`, the first
+//! member), or a scipy sparse CSR or CSC matrix (`scipy.sparse.save_npz`),
+//! which the operator tells from the members: a dense matrix is split by
+//! rows, a CSR by rows and a CSC by columns, balanced by nonzeros.
 //! Without a file, rank 0 writes an `m × n` float64 matrix (3000×2000 by
 //! default) to a temporary `.npz` first (`lazylinop::npz::save`, which numpy
 //! reads too).
@@ -15,7 +19,7 @@ use std::time::Instant;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, Par};
 use lazylinop::mpi::MpiLop;
-use lazylinop::npz::NpzMatrix;
+use lazylinop::npz::{IndexDtype, NpzLayout, NpzMatrix, SparseNpz};
 use lazylinop::prelude::*;
 use lazylinop::random;
 use mpi::traits::{Communicator, CommunicatorCollectives};
@@ -51,11 +55,15 @@ fn main() {
         }
     };
     let (m, n) = (l.nrows(), l.ncols());
+    let what = match l.format() {
+        None => format!("dense, member {}", l.member()),
+        Some(format) => format!("sparse {format:?}, {} nonzeros here", l.local_nnz().unwrap_or(0)),
+    };
     println!(
-        "rank {rank}/{size}: rows {:?} of {m}×{n} from {} (member {}), {}",
+        "rank {rank}/{size}: rows {:?}, columns {:?} of {m}×{n} from {} ({what}), {}",
         l.local_rows(),
+        l.local_cols(),
         path.display(),
-        l.member(),
         if l.is_mapped() { "viewed in place" } else { "copied" }
     );
 
@@ -74,11 +82,31 @@ fn main() {
 
     if rank == 0 {
         // The dense reference, read whole from the file here only.
-        let dense = NpzMatrix::open(&path, None).unwrap().read_rows::<f64>(0..m).unwrap();
+        let dense = read_whole(&path);
         let e1 = (&lx - &dense * &x).norm_max() / lx.norm_max().max(1.0);
         let e2 = (&lhy - dense.adjoint() * &y).norm_max() / lhy.norm_max().max(1.0);
         println!("L·X  ({m}×{n} @ {n}×{k}): {:.1} ms, max relative difference {e1:.1e}", t_apply * 1e3);
         println!("Lᴴ·Y ({n}×{m} @ {m}×{k}): {:.1} ms, max relative difference {e2:.1e}", t_adjoint * 1e3);
         assert!(e1 < 1e-12 && e2 < 1e-12, "the distributed products disagree with the file");
+    }
+}
+
+/// The whole matrix of the file, dense or sparse, as a dense matrix.
+fn read_whole(path: &std::path::Path) -> Mat<f64> {
+    if lazylinop::npz::detect(path).unwrap() == NpzLayout::Dense {
+        let npz = NpzMatrix::open(path, None).unwrap();
+        return npz.read_rows::<f64>(0..npz.shape().0).unwrap();
+    }
+    let npz = SparseNpz::open(path).unwrap();
+    let all = 0..npz.major();
+    match npz.index_dtype() {
+        IndexDtype::Int32 => {
+            let part = npz.part::<f64, u32>(all).unwrap();
+            part.as_csr().map_or_else(|| part.as_csc().unwrap().to_dense(), |a| a.to_dense())
+        }
+        IndexDtype::Int64 => {
+            let part = npz.part::<f64, u64>(all).unwrap();
+            part.as_csr().map_or_else(|| part.as_csc().unwrap().to_dense(), |a| a.to_dense())
+        }
     }
 }

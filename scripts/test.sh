@@ -47,8 +47,11 @@ for n in 1 2 3; do
     done
     echo "-- mpirun -n $n examples (small sizes)"
     mpirun_n "$n" "$examples/pmatmat_mpi" 300 40
+    mpirun_n "$n" "$examples/pmatmat_mpi" tests/data/sparse/csc_float64_int64_stored.npz 40
     mpirun_n "$n" "$examples/mpilop" 300 200
+    mpirun_n "$n" "$examples/mpilop" tests/data/sparse/csr_float64_int32_aligned.npz
     mpirun_n "$n" "$examples/bm_mpilop" 300 32 2
+    mpirun_n "$n" "$examples/bm_mpilop" sparse 3000 16 2 20
 done
 
 step "all checks passed"
