@@ -103,9 +103,9 @@ fn run<L: BiLinOp<f64>>(world: &SimpleCommunicator, l: &L, label: &str, k: usize
         let diff = (&y - &reference).norm_max() / reference.norm_max().max(f64::MIN_POSITIVE);
         println!("{label}, operand {n}×{k}, f64");
         let gflops = flops_per_column * k as f64 * 1e-9;
-        println!("sequential, one process: {:8.1} ms ({:.1} GFLOP/s)", seq * 1e3, gflops / seq);
+        println!("sequential, one process: {:8.3} ms ({:.1} GFLOP/s)", seq * 1e3, gflops / seq);
         println!(
-            "pmatmat_mpi, {size} ranks:    {:8.1} ms ({:.1} GFLOP/s), speedup {:.2}, gathered on rank 0",
+            "pmatmat_mpi, {size} ranks:    {:8.3} ms ({:.1} GFLOP/s), speedup {:.2}, gathered on rank 0",
             best * 1e3,
             gflops / best,
             seq / best
