@@ -808,13 +808,17 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
     }
 
     /// The part as the crate's sparse view (of [`shape`](Self::shape)), what the kernels of
-    /// [`crate::sparse`] read. Checked again, as [`as_csr`](Self::as_csr) (a pass over
-    /// `indptr` and `indices`).
+    /// [`crate::sparse`] read. When `indices` is a view into the map, checked again, as
+    /// [`as_csr`](Self::as_csr) (a pass over `indptr` and `indices`); a copy, checked when it
+    /// was read, is not.
     ///
     /// # Panics
     /// Only if the file was changed in place while mapped (see [`SparseNpz`]).
     pub fn view(&self) -> SparseView<'_, I, T> {
         let (m, n) = self.shape();
+        if let Slice::Owned(indices) = &self.indices {
+            return SparseView::prechecked(self.format, (m, n), &self.indptr, indices, self.data());
+        }
         let view = match self.format {
             Format::Csr => SparseView::csr(m, n, &self.indptr, self.indices(), self.data()),
             Format::Csc => SparseView::csc(m, n, &self.indptr, self.indices(), self.data()),
