@@ -56,7 +56,7 @@ fn main() {
     };
     let (m, n) = (l.nrows(), l.ncols());
     let what = match l.format() {
-        None => format!("dense, member {}", l.member()),
+        None => format!("dense, member {}", l.member().unwrap_or_default()),
         Some(format) => format!("sparse {format:?}, {} nonzeros here", l.local_nnz().unwrap_or(0)),
     };
     println!(
