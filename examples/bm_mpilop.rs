@@ -11,8 +11,11 @@
 //!
 //! The sparse case, `sparse` first: a scipy sparse float64 file (CSR or
 //! CSC, `scipy.sparse.save_npz`), or without a file a random square CSR
-//! matrix of `rows` rows (10⁶) with about `per_row` nonzeros a row (20),
-//! generated with a fixed seed and written by rank 0 with
+//! matrix of `rows` rows (10⁶) with about `per_row` nonzeros a row (20) at
+//! random columns (within `band` columns of the diagonal if given: the
+//! operand's rows a row reads are then near each other, as in a mesh's
+//! matrix, while anywhere each entry reads a random row of the operand and
+//! the product is bound by memory), generated with a fixed seed and written by rank 0 with
 //! `lazylinop::npz::save_sparse` (aligned, stored members: every rank maps
 //! its share in place). It times `k` columns (64) through one process
 //! running the crate's sparse kernel ([`Sparse`]) on the whole matrix
@@ -22,7 +25,7 @@
 //! `nnz·(value + index size)` plus its share of `indptr`:
 //!
 //! ```text
-//! mpirun -n 2 target/release/examples/bm_mpilop sparse [rows k reps [per_row]]
+//! mpirun -n 2 target/release/examples/bm_mpilop sparse [rows k reps [per_row [band]]]
 //! mpirun -n 2 target/release/examples/bm_mpilop sparse file.npz [k reps]
 //! ```
 
@@ -162,9 +165,12 @@ fn memory() -> [u64; 2] {
 }
 
 /// A random square CSR matrix, `rows × rows`, with `per_row ± 5` nonzeros a
-/// row at distinct sorted columns (one in each of as many equal column
-/// buckets), values in `[-1, 1)`; a fixed 64-bit LCG, so the same on every run.
-fn random_csr(rows: usize, per_row: usize) -> (Vec<u32>, Vec<u32>, Vec<f64>) {
+/// row at distinct sorted columns (one in each of as many equal buckets of a
+/// window of `band` columns around the diagonal, or of the whole row when
+/// `band` is 0), values in `[-1, 1)`; a fixed 64-bit LCG, so the same on
+/// every run.
+fn random_csr(rows: usize, per_row: usize, band: usize) -> (Vec<u32>, Vec<u32>, Vec<f64>) {
+    let window = if band == 0 { rows } else { band.min(rows) };
     assert!(rows <= i32::MAX as usize, "rows must fit int32 indices");
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
@@ -173,12 +179,13 @@ fn random_csr(rows: usize, per_row: usize) -> (Vec<u32>, Vec<u32>, Vec<f64>) {
     };
     let (mut ptr, mut idx, mut val) = (Vec::with_capacity(rows + 1), Vec::new(), Vec::new());
     ptr.push(0u32);
-    for _ in 0..rows {
-        let count = (per_row.saturating_sub(5) + (next() % 11) as usize).min(rows);
+    for i in 0..rows {
+        let count = (per_row.saturating_sub(5) + (next() % 11) as usize).min(window);
+        let first = i.saturating_sub(window / 2).min(rows - window);
         if count > 0 {
-            let width = rows / count;
+            let width = window / count;
             for b in 0..count {
-                idx.push((b * width + (next() % width as u64) as usize) as u32);
+                idx.push((first + b * width + (next() % width as u64) as usize) as u32);
                 val.push((next() % (1 << 40)) as f64 / (1u64 << 39) as f64 - 1.0);
             }
         }
@@ -188,30 +195,43 @@ fn random_csr(rows: usize, per_row: usize) -> (Vec<u32>, Vec<u32>, Vec<f64>) {
     (ptr, idx, val)
 }
 
+/// Writes every page of the scratch and the outputs (freshly allocated
+/// memory is mapped at its first write): the first product then measures the
+/// operator, not the page faults of the caller's new buffers.
+fn touch(buf: &mut MemBuffer, out: &mut Mat<f64>, out_adj: &mut Mat<f64>) {
+    buf.iter_mut().step_by(4096).for_each(|b| {
+        b.write(0);
+    });
+    out.as_mut().fill(0.0);
+    out_adj.as_mut().fill(0.0);
+}
+
 /// The sparse case (see the top of the file).
 fn sparse(world: &SimpleCommunicator, args: &[String]) {
     use faer::sparse::{SparseRowMatRef, SymbolicSparseRowMatRef};
     use mpi::traits::Root;
     let (rank, size) = (world.rank(), world.size());
-    let usage = "usage: bm_mpilop sparse [rows k reps [per_row] | file.npz [k reps]]";
+    let usage = "usage: bm_mpilop sparse [rows k reps [per_row [band]]] | file.npz [k reps]]";
     let given = args.first().filter(|a| a.ends_with(".npz")).map(std::path::PathBuf::from);
     let numbers: Vec<usize> = args.iter().skip(usize::from(given.is_some())).map(|a| a.parse().expect(usage)).collect();
     let number = |i: usize, default: usize| numbers.get(i).copied().unwrap_or(default);
     let (path, k, reps) = match &given {
         Some(path) => (path.clone(), number(0, 64), number(1, 5)),
         None => {
-            let (rows, per_row) = (number(0, 1_000_000), number(3, 20));
+            let (rows, per_row, band) = (number(0, 1_000_000), number(3, 20), number(4, 0));
             let mut pid = std::process::id();
             world.process_at_rank(0).broadcast_into(&mut pid);
-            let path = std::env::temp_dir().join(format!("lazylinop-bm-mpilop-sparse-{rows}x{per_row}-{pid}.npz"));
+            let path =
+                std::env::temp_dir().join(format!("lazylinop-bm-mpilop-sparse-{rows}x{per_row}-{band}-{pid}.npz"));
             if rank == 0 {
                 let start = Instant::now();
-                let (ptr, idx, val) = random_csr(rows, per_row);
+                let (ptr, idx, val) = random_csr(rows, per_row, band);
                 let s = SymbolicSparseRowMatRef::new_checked(rows, rows, &ptr, None, &idx);
                 lazylinop::npz::save_sparse(&path, SparseRowMatRef::new(s, &val)).expect("write the matrix");
                 println!(
-                    "generated and saved a random {rows}×{rows} CSR matrix, {} nonzeros, in {:.1} s",
+                    "generated and saved a random {rows}×{rows} CSR matrix, {} nonzeros, {}, in {:.1} s",
                     val.len(),
+                    if band == 0 { "columns anywhere".to_string() } else { format!("columns within a band of {band}") },
                     start.elapsed().as_secs_f64()
                 );
             }
@@ -288,6 +308,7 @@ fn sparse(world: &SimpleCommunicator, args: &[String]) {
             let mut out = Mat::zeros(m, k);
             let mut out_adj = Mat::zeros(n, k);
             let mut buf = MemBuffer::new(op.apply_scratch(k, Par::Seq).or(op.transpose_apply_scratch(k, Par::Seq)));
+            touch(&mut buf, &mut out, &mut out_adj);
             let mut time = |adjoint: bool, out: &mut Mat<f64>| {
                 let start = Instant::now();
                 let stack = MemStack::new(&mut buf);
@@ -344,6 +365,7 @@ fn sparse(world: &SimpleCommunicator, args: &[String]) {
         let mut out = Mat::zeros(m, k);
         let mut out_adj = Mat::zeros(n, k);
         let mut buf = MemBuffer::new(l.apply_scratch(k, Par::Seq).or(l.transpose_apply_scratch(k, Par::Seq)));
+        touch(&mut buf, &mut out, &mut out_adj);
         let mut apply = |adjoint: bool| {
             timed(world, || {
                 let stack = MemStack::new(&mut buf);

@@ -1074,6 +1074,80 @@ fn save_sparse_round_trips_through_mpilop_in_place(world: &SimpleCommunicator) {
     }
 }
 
+/// Offset of `needle` in `hay` (the first one).
+fn find_bytes(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).position(|w| w == needle).expect("the bytes are in the file")
+}
+
+/// A damaged sparse member is the same error on every rank, whichever rank's share holds the
+/// damage: a flipped bit of an index that stays in range (only the CRC-32 can tell) and of a
+/// value, in stored members viewed in place; and a flipped byte in a deflated member (the
+/// rank that streams it to its end verifies it).
+fn a_damaged_sparse_member_is_an_error_on_every_rank(world: &SimpleCommunicator) {
+    use faer::sparse::{SparseRowMatRef, SymbolicSparseRowMatRef};
+    use mpi::traits::Root;
+    let (m, n) = (40, 30);
+    let (ptr, idx, val, _) = random_csr::<f64, u32>(m, n, 7);
+    let mut pid = std::process::id();
+    world.process_at_rank(0).broadcast_into(&mut pid);
+    let good = std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-sparse-good.npz"));
+    if world.rank() == 0 {
+        let s = SymbolicSparseRowMatRef::new_unsorted_checked(m, n, &ptr, None, &idx);
+        lazylinop::npz::save_sparse(&good, SparseRowMatRef::new(s, &val)).unwrap();
+    }
+    world.barrier();
+    let bytes = std::fs::read(&good).unwrap();
+    let l = MpiLop::<f64>::new(world, &good, None, true, None).unwrap();
+    assert!(l.is_mapped());
+    // Entries at the start, the middle and the end: in the first, a middle and the last rank's share.
+    let nnz = val.len();
+    for e in [0, nnz / 2, nnz - 1] {
+        // The index's low bit, where the flipped index stays below n.
+        let at = find_bytes(&bytes, bytemuck::cast_slice(&idx)) + 4 * e;
+        let flip = if (idx[e] ^ 1) < n as u32 { 1 } else { 2 };
+        let value_at = find_bytes(&bytes, bytemuck::cast_slice(&val)) + 8 * e;
+        for (at, bit, member) in [(at, flip, "indices"), (value_at, 0x01, "data")] {
+            let mut bad = bytes.clone();
+            bad[at] ^= bit;
+            let path = std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-sparse-{member}-{e}.npz"));
+            if world.rank() == 0 {
+                std::fs::write(&path, bad).unwrap();
+            }
+            world.barrier();
+            let what = format!("{member} entry {e} of {nnz} flipped");
+            let needles = [format!("member {member}"), "CRC-32".to_string()];
+            sparse_fails_everywhere(world, &path, &needles, &what);
+        }
+    }
+    // A deflated data member (scipy's compressed file, data last), one byte flipped near its end.
+    let bytes = std::fs::read(sparse_fixture("csr_float64_int32_deflated.npz")).unwrap();
+    let central = find_bytes(&bytes, b"PK\x01\x02");
+    for back in [8, 40] {
+        let path = damaged_copy(world, &bytes, central - back, &format!("sparse-deflated-{back}.npz"));
+        let err = MpiLop::<f64>::new(world, &path, None, true, None).map(|_| ()).unwrap_err();
+        let Error::Rank { rank, message, .. } = &err else { panic!("{err}") };
+        let all = all_gather_u64(world, [*rank as u64, fnv(message)]);
+        assert!(all.iter().all(|a| *a == all[0]), "deflated, {back} bytes from the end: the ranks differ ({err})");
+        assert!(message.contains("member data"), "{err}");
+    }
+    world.barrier();
+    if world.rank() == 0 {
+        let _ = std::fs::remove_file(&good);
+        for e in [0, nnz / 2, nnz - 1] {
+            for member in ["indices", "data"] {
+                let _ = std::fs::remove_file(
+                    std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-sparse-{member}-{e}.npz")),
+                );
+            }
+        }
+        for back in [8, 40] {
+            let _ = std::fs::remove_file(
+                std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-sparse-deflated-{back}.npz")),
+            );
+        }
+    }
+}
+
 /// Seed of a fixture array, from the manifest.
 fn seed_of(file: &str, member: &str) -> u64 {
     fixtures_of("float64").into_iter().find(|a| a.0 == file && a.1 == member).expect("fixture in the manifest").3
@@ -1210,6 +1284,11 @@ fn main() {
             ("sparse_malformed_files_fail_on_every_rank", sparse_malformed_files_fail_on_every_rank, 120),
             ("lsmr_runs_on_every_rank_with_a_sparse_mpilop", lsmr_runs_on_every_rank_with_a_sparse_mpilop, 120),
             ("save_sparse_round_trips_through_mpilop_in_place", save_sparse_round_trips_through_mpilop_in_place, 300),
+            (
+                "a_damaged_sparse_member_is_an_error_on_every_rank",
+                a_damaged_sparse_member_is_an_error_on_every_rank,
+                120,
+            ),
         ],
         "multiple" => {
             assert_eq!(level, mpi::Threading::Multiple, "this MPI does not provide Threading::Multiple");
