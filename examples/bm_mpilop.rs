@@ -182,8 +182,7 @@ fn random_csr(rows: usize, per_row: usize, band: usize) -> (Vec<u32>, Vec<u32>, 
     for i in 0..rows {
         let count = (per_row.saturating_sub(5) + (next() % 11) as usize).min(window);
         let first = i.saturating_sub(window / 2).min(rows - window);
-        if count > 0 {
-            let width = window / count;
+        if let Some(width) = window.checked_div(count) {
             for b in 0..count {
                 idx.push((first + b * width + (next() % width as u64) as usize) as u32);
                 val.push((next() % (1 << 40)) as f64 / (1u64 << 39) as f64 - 1.0);
