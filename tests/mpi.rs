@@ -809,6 +809,15 @@ fn sparse_case<T: Exact>(world: &SimpleCommunicator, e: &serde_json::Value) {
                     }
                 }
                 check_mpilop(&l, dense.as_ref(), gather == Gather::All || rank == 0, bcast_op, &what);
+                if !bcast_op && gather == Gather::All && max_message == usize::MAX {
+                    // The local products on two threads of each rank (the sparse kernel's own split).
+                    for p in Mode::ALL {
+                        let x = random::mat::<T>(p.dims((m, n)).1, 16, 9);
+                        let got = product(&l, p, x.as_ref(), Par::rayon(2));
+                        let want = reference(dense.as_ref(), p, x.as_ref());
+                        assert_close(got.as_ref(), want.as_ref(), &format!("{what}, {p:?}, Par::rayon(2)"));
+                    }
+                }
             }
         }
     }
