@@ -227,7 +227,7 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     }
 
     fn parts(&self) -> Parts<'a, I, T> {
-        Parts { ptr: self.ptr, nnz: self.nnz, idx: self.idx, val: self.val }
+        Parts::of(*self)
     }
 }
 
@@ -402,8 +402,7 @@ pub fn matmul<I: Index, T: Scalar>(
     let plan = plan(a, mode, rhs.ncols(), par);
     let parts = a.parts();
     with_elem!(T, |E| {
-        let parts =
-            Parts { ptr: parts.ptr, nnz: parts.nnz, idx: parts.idx, val: bytemuck::cast_slice::<T, E>(parts.val) };
+        let parts = parts.cast::<E>();
         kernel::run::<I, T, E>(plan, parts, mode.is_conj(), out, rhs, stack)
     })
 }
