@@ -52,7 +52,7 @@ fn main() {
     };
     let (m, n) = (l.nrows(), l.ncols());
     println!(
-        "rank {rank}/{size}: rows {:?} of {m}×{n} from {} (member {}), {}",
+        "rank {rank}/{size}: rows {:?} of {m}×{n} from {} (member {:?}), {}",
         l.local_rows(),
         path.display(),
         l.member(),

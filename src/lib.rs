@@ -41,7 +41,7 @@
 //!   ([`npz::SparseNpz`]), and [`npz::save_sparse`].
 //! - `mpi` (feature `mpi`): MPI's one home: the communicator each operator
 //!   duplicates, the rules of collective products, and `MpiLop`, a matrix
-//!   from a `.npz` distributed by rows over MPI ranks.
+//!   from a `.npz` (dense, or scipy csr/csc) distributed over MPI ranks.
 //! - [`Scalar`]: the four scalar types (`f32`, `f64`, `c32`, `c64`) that
 //!   shared memory, MPI and `.npz` files carry, and their [`Dtype`].
 //! - [`dottest()`]: checks that an operator's adjoint matches its product.

@@ -1417,9 +1417,10 @@ mod sparse {
     use faer::{Mat, c32, c64};
     use lazylinop::Scalar;
     use lazylinop::npz::{
-        Dtype, IndexDtype, NpzError, NpzErrorKind, NpzLayout, SparseFormat, SparseIndex, SparseMember, SparseNpz,
-        SparsePart, detect, save_sparse, split_nnz,
+        Dtype, IndexDtype, NpzError, NpzErrorKind, NpzLayout, SparseIndex, SparseMember, SparseNpz, SparsePart, detect,
+        save_sparse, split_nnz,
     };
+    use lazylinop::sparse::Format;
     use serde_json::Value;
 
     use super::bounded;
@@ -1482,18 +1483,18 @@ mod sparse {
         for k in 0..part.range().len() {
             for e in ptr[k].zx()..ptr[k + 1].zx() {
                 let (i, j) = match part.format() {
-                    SparseFormat::Csr => (k, idx[e].zx()),
-                    SparseFormat::Csc => (idx[e].zx(), k),
+                    Format::Csr => (k, idx[e].zx()),
+                    Format::Csc => (idx[e].zx(), k),
                 };
                 block[(i, j)] += val[e];
             }
         }
         let faer_dense = match part.format() {
-            SparseFormat::Csr => {
+            Format::Csr => {
                 assert!(part.as_csc().is_none());
                 part.as_csr().unwrap().to_dense()
             }
-            SparseFormat::Csc => {
+            Format::Csc => {
                 assert!(part.as_csr().is_none());
                 part.as_csc().unwrap().to_dense()
             }
@@ -1503,8 +1504,8 @@ mod sparse {
         for i in 0..block.nrows() {
             for j in 0..block.ncols() {
                 let (oi, oj) = match part.format() {
-                    SparseFormat::Csr => (r.start + i, j),
-                    SparseFormat::Csc => (i, r.start + j),
+                    Format::Csr => (r.start + i, j),
+                    Format::Csc => (i, r.start + j),
                 };
                 out[(oi, oj)] += block[(i, j)];
             }
@@ -1558,7 +1559,7 @@ mod sparse {
         let file = e["file"].as_str().unwrap();
         let npz = SparseNpz::open(data(file)).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(detect(data(file)).unwrap(), NpzLayout::Sparse);
-        let format = if e["format"] == "csr" { SparseFormat::Csr } else { SparseFormat::Csc };
+        let format = if e["format"] == "csr" { Format::Csr } else { Format::Csc };
         assert_eq!(npz.format(), format, "{file}");
         assert_eq!((npz.dtype(), npz.index_dtype()), (T::DTYPE, I::DTYPE), "{file}");
         assert_eq!(npz.nnz() as u64, e["nnz"].as_u64().unwrap(), "{file}");
@@ -1881,21 +1882,21 @@ mod sparse {
         use faer::sparse::{SparseColMatRef, SparseRowMatRef, SymbolicSparseColMatRef, SymbolicSparseRowMatRef};
         let (ptr, idx, val, dense) = noncanonical::<T, I>();
         let path = dir.join(format!("sparse_{}_{}_{}.npz", T::DTYPE, I::DTYPE, std::process::id()));
-        for format in [SparseFormat::Csr, SparseFormat::Csc] {
+        for format in [Format::Csr, Format::Csc] {
             match format {
-                SparseFormat::Csr => {
+                Format::Csr => {
                     let s = SymbolicSparseRowMatRef::new_unsorted_checked(5, 4, &ptr, None, &idx);
                     save_sparse(&path, SparseRowMatRef::new(s, &val)).unwrap();
                 }
-                SparseFormat::Csc => {
+                Format::Csc => {
                     // The same arrays as a CSC matrix: the transpose.
                     let s = SymbolicSparseColMatRef::new_unsorted_checked(4, 5, &ptr, None, &idx);
                     save_sparse(&path, SparseColMatRef::new(s, &val)).unwrap();
                 }
             }
             let want = match format {
-                SparseFormat::Csr => dense.clone(),
-                SparseFormat::Csc => dense.transpose().to_owned(),
+                Format::Csr => dense.clone(),
+                Format::Csc => dense.transpose().to_owned(),
             };
             let npz = SparseNpz::open(&path).unwrap();
             assert_eq!((npz.format(), npz.dtype(), npz.index_dtype()), (format, T::DTYPE, I::DTYPE));
@@ -1916,7 +1917,7 @@ mod sparse {
 
     /// Loads `path` with `scipy.sparse.load_npz` and compares it with `want`, when python3 and
     /// scipy are installed (CI has no scipy: then it says so and checks nothing).
-    fn scipy_check<T: Exact>(path: &Path, format: SparseFormat, want: &Mat<T>) {
+    fn scipy_check<T: Exact>(path: &Path, format: Format, want: &Mat<T>) {
         let script = "import sys, json, scipy.sparse as sp\n\
                       a = sp.load_npz(sys.argv[1]); a.check_format(full_check=True)\n\
                       d = a.toarray()\n\
@@ -1934,7 +1935,7 @@ mod sparse {
             }
         };
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v[0], if format == SparseFormat::Csr { "csr" } else { "csc" });
+        assert_eq!(v[0], if format == Format::Csr { "csr" } else { "csc" });
         let got = Mat::<T>::from_fn(want.nrows(), want.ncols(), |i, j| {
             let x = &v[1][i][j];
             T::from_pair(x[0].as_f64().unwrap(), x[1].as_f64().unwrap())

@@ -8,7 +8,7 @@
 //! | `comm` | an operator's communicator: a duplicate of the user's, the thread checks, the one road to MPI |
 //! | `collective` | the agreement every product starts with; chunked broadcast, gather and sum |
 //! | `pmatmat` | the `pmatmat` backend: column blocks over ranks |
-//! | `mpilop` | [`MpiLop`]: a `.npz` matrix distributed by rows |
+//! | `mpilop` | [`MpiLop`]: a `.npz` matrix (dense, or scipy csr/csc) distributed by rows or columns |
 //!
 //! # A communicator of its own
 //! Every operator duplicates the communicator it is given, once,

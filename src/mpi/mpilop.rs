@@ -1,10 +1,12 @@
-//! [`MpiLop`]: a distributed dense operator whose matrix lives in a numpy
-//! `.npz` file, as Python lazylinop's `MPILop`.
+//! [`MpiLop`]: a distributed operator whose matrix lives in a `.npz` file,
+//! dense (numpy) or sparse (scipy's `save_npz`), as Python lazylinop's
+//! `MPILop`.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use faer::dyn_stack::{MemStack, StackReq};
+use faer::matrix_free::BiLinOp;
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 use mpi::traits::{Communicator, CommunicatorCollectives};
@@ -14,65 +16,101 @@ use super::collective::{
 };
 use super::comm::{Comm, Session};
 use crate::Scalar;
-use crate::npz::NpzMatrix;
+use crate::npz::{
+    IndexDtype, NpzError, NpzLayout, NpzMatrix, SparseIndex, SparseMember, SparseNpz, SparsePart, detect, split_nnz,
+};
 use crate::ops::{Mode, ModeOp, impl_bilinop};
 use crate::parallel::{Error, Gather, MpiOptions, split};
+use crate::sparse::{Format, Sparse};
 
-/// Verifies a stored member's CRC-32 with every rank reading a contiguous
-/// share of its bytes: the shares' CRC-32s are gathered on every rank and
-/// combined, so that every rank returns the same verdict. A deflated member
-/// is verified by the rank whose rows reach its end, which streams it all
-/// ([`NpzMatrix::read_rows`]).
-fn verify_crc(s: &Session<'_>, npz: &NpzMatrix) -> Result<(), Error> {
-    let Some(span) = npz.crc_span() else { return Ok(()) };
-    let (p, r) = (s.size() as u64, s.rank() as u64);
-    // In u128: span · (i + 1) cannot overflow.
-    let at = |i: u64| (u128::from(span) * u128::from(i) / u128::from(p)) as u64;
-    let share = |i: u64| at(i)..at(i + 1);
-    let mine = caught("checking the file's CRC-32", || npz.crc32_of(share(r)).map_err(Fault::from));
+/// Verifies a stored member's CRC-32 (of `span` bytes, `None` when it is
+/// deflated) with every rank reading a contiguous share of its bytes
+/// (`share(rank)`, the shares in rank order covering `0..span`): the shares'
+/// CRC-32s are gathered on every rank and combined by `verify`, so that
+/// every rank returns the same verdict. The ranks first agree on `span`.
+fn verify_crc(
+    s: &Session<'_>,
+    span: Option<u64>,
+    share: impl Fn(usize) -> Range<u64>,
+    crc32_of: impl FnOnce(Range<u64>) -> Result<u32, NpzError>,
+    verify: impl FnOnce(&mut dyn Iterator<Item = (u32, u64)>) -> Result<(), NpzError>,
+) -> Result<(), Error> {
+    s.agree(&[("the size of the checksummed member (u64::MAX: deflated)", span.unwrap_or(u64::MAX))], None)?;
+    if span.is_none() {
+        return Ok(());
+    }
+    let p = s.size();
+    let mine = caught("checking the file's CRC-32", || crc32_of(share(s.rank())).map_err(Fault::from));
     let mine = s.outcome(mine)?;
-    let mut all = vec![0u32; p as usize];
+    let mut all = vec![0u32; p];
     s.mpi(|c| c.all_gather_into(&mine, &mut all[..]));
-    let parts = all.iter().enumerate().map(|(i, &crc)| (crc, share(i as u64).end - share(i as u64).start));
-    let verdict = npz.verify_crc(parts).map_err(Fault::from);
+    let mut parts = all.iter().enumerate().map(|(i, &crc)| (crc, share(i).end - share(i).start));
+    let verdict = caught("checking the file's CRC-32", || verify(&mut parts).map_err(Fault::from));
     s.outcome(verdict)
 }
 
-/// This rank's rows of the matrix.
+/// What this rank holds of the matrix.
 #[derive(Debug)]
-enum Rows<T> {
-    /// A zero-copy view into the file's map, taken again at each product.
+enum Local<T> {
+    /// Dense rows: a zero-copy view into the file's map, taken again at each
+    /// product.
     Mapped(NpzMatrix),
-    /// A copy (compressed, unaligned or big-endian data).
+    /// Dense rows, copied (compressed, unaligned or big-endian data).
     Copied(Mat<T>),
+    /// Sparse rows (CSR) or columns (CSC), int32 indices.
+    Sparse32(SparsePart<T, u32>),
+    /// Sparse rows (CSR) or columns (CSC), int64 indices.
+    Sparse64(SparsePart<T, u64>),
 }
 
-/// A matrix stored in a `.npz` file, distributed by rows over the ranks of a
+/// Everything construction reads, agreed on every rank.
+struct Opened<T> {
+    local: Local<T>,
+    parts: Vec<Range<usize>>,
+    shape: (usize, usize),
+    member: Option<String>,
+    format: Option<Format>,
+}
+
+/// A matrix stored in a `.npz` file, distributed over the ranks of a
 /// communicator: an `m × n` faer operator whose products run on every rank.
 ///
-/// Each rank memory-maps the file, reads the member's header, and keeps
-/// only its own block of rows (split as [`split::block`] splits columns):
-/// a zero-copy strided view into the map when the data is stored, aligned
-/// for `T` and in the machine's byte order, otherwise a copy of its rows
-/// only (`np.savez` does not align member data: expect the copy for `f64`
-/// and `c64`). No rank holds the whole matrix unless it is alone.
+/// Each rank memory-maps the file and keeps only its own block of the
+/// matrix; no rank holds the whole matrix unless it is alone. The file is
+/// either of:
+/// - **dense** (`np.save`/`np.savez` arrays): a block of rows (split as
+///   [`split::block`] splits columns), a zero-copy strided view into the map
+///   when the data is stored, aligned for `T` and in the machine's byte
+///   order, otherwise a copy of its rows only (`np.savez` does not align
+///   member data: expect the copy for `f64` and `c64`);
+/// - **sparse** (`scipy.sparse.save_npz`, csr or csc, int32 or int64
+///   indices, told from its members): a CSR file is split by rows, a CSC
+///   file by columns, into contiguous blocks of about equal numbers of
+///   stored entries ([`split_nnz`] on the file's `indptr`). Each rank reads
+///   and checks only its share of `indices` and `data` ([`SparseNpz::part`]:
+///   a view into the map when the member is stored, aligned and native,
+///   as [`save_sparse`](crate::npz::save_sparse) writes; a copy of the share
+///   otherwise), and multiplies with the kernels of [`crate::sparse`].
 ///
-/// - `L·A`: with `bcast_op`, `A` is broadcast from rank 0 (the other ranks'
+/// The products follow the split: the rank's block times the operand gives
+/// either a block of the output (rows of `L·X` for a row split, rows of
+/// `Lᴴ·Y` for a column split), and the blocks are *gathered*, or a full-size
+/// partial result from its block of the operand (`Lᴴ·Y` for a row split,
+/// `L·X` for a column split), and the partial results are *summed* with a
+/// reduce. The matrix is never distributed a second time.
+/// - Operand: with `bcast_op`, it is broadcast from rank 0 (the other ranks'
 ///   operand only gives the shape); without it, each rank uses its own
-///   (identical) operand. Each rank multiplies its rows, and the row blocks
-///   are gathered on rank 0 or on every rank ([`MpiOptions::gather`]).
-/// - `Lᴴ·Y`, `Lᵀ·Y`: each rank multiplies its rows' adjoint by its own rows
-///   of `Y` (broadcast from rank 0 with `bcast_op`), and the partial results
-///   are summed with a reduce, on rank 0 or on every rank. The matrix is not
-///   distributed a second time.
-/// - The local products use the `par` given to the product (faer's own
-///   parallelism inside each rank).
+///   (identical) operand.
+/// - Result: on rank 0 or on every rank ([`MpiOptions::gather`]); with
+///   [`Gather::Root`] (the default, as Python lazylinop) the other ranks'
+///   output is not written.
+/// - The local products use the `par` given to the product (faer's or the
+///   sparse kernel's threads inside each rank).
 ///
-/// With [`Gather::Root`] (the default, as Python lazylinop) the other ranks'
-/// output is not written. Products are collective: every rank calls the same
-/// products in the same order, with operands of the same shape and the same
-/// settings (checked: a mismatch is the same error on every rank, not a
-/// hang); see [the module docs](super) for threads and finalization.
+/// Products are collective: every rank calls the same products in the same
+/// order, with operands of the same shape and the same settings (checked: a
+/// mismatch is the same error on every rank, not a hang); see [the module
+/// docs](super) for threads and finalization.
 ///
 /// # Examples
 /// See `examples/mpilop.rs`, run with `mpirun -n 2`.
@@ -80,33 +118,46 @@ enum Rows<T> {
 pub struct MpiLop<T> {
     comm: Comm,
     path: PathBuf,
-    member: String,
+    member: Option<String>,
     nrows: usize,
     ncols: usize,
-    rows: Range<usize>,
-    local: Rows<T>,
+    format: Option<Format>,
+    /// Every rank's range of the split dimension: rows (dense, CSR) or
+    /// columns (CSC).
+    parts: Vec<Range<usize>>,
+    local: Local<T>,
     bcast_op: bool,
     options: MpiOptions,
 }
 
 impl<T: Scalar> MpiLop<T> {
-    /// Opens member `member` (`None`: the first array in the archive, as
-    /// Python lazylinop) of the `.npz` file at `path` on every rank of
-    /// `comm`; each rank keeps its own rows. Collective: the operator works
-    /// on its own duplicate of `comm`. Products use
-    /// [`MpiOptions::default`]; see [`MpiLop::with_options`].
+    /// Opens the `.npz` file at `path` on every rank of `comm`; each rank
+    /// keeps its own block. A scipy sparse file (csr or csc) is told from
+    /// its members; otherwise member `member` (`None`: the first array in
+    /// the archive, as Python lazylinop) is read as a dense matrix.
+    /// Collective: the operator works on its own duplicate of `comm`.
+    /// Products use [`MpiOptions::default`]; see [`MpiLop::with_options`].
     ///
-    /// `shape`, when given, is checked against the file.
+    /// `shape`, when given, is checked against the file. Every member read
+    /// is checked against its CRC-32, each rank reading a share (see
+    /// [`MpiLop::new_trusted`]).
     ///
     /// # Errors
-    /// When any rank fails (file missing on one rank, not a zip, member
-    /// missing, truncated data, a dtype other than `T`'s, big-endian data
-    /// that cannot be read, not a 2-D array, a shape other than `shape`, a
-    /// header that lies about its size), every rank returns the same
-    /// [`Error::Rank`], naming the lowest failing rank and, in its message,
-    /// the path and the reason; on the failing rank its `source` is the
-    /// typed [`NpzError`](crate::npz::NpzError). [`Error::Mpi`] if MPI is
-    /// not initialized, or the ranks read different shapes.
+    /// When any rank fails, every rank returns the same [`Error::Rank`],
+    /// naming the lowest failing rank and, in its message, the path and the
+    /// reason; on the failing rank its `source` is the typed
+    /// [`NpzError`]. Reasons: the file missing on one rank, not a zip,
+    /// truncated or damaged data (CRC-32), a dtype other than `T`'s; for a
+    /// dense file a missing member, big-endian data that cannot be read, not
+    /// a 2-D array, a header that lies about its size; for a sparse file a
+    /// `member` given (a sparse file has none to choose), another scipy
+    /// format than csr and csc (convert it with `.tocsr()`), a missing or
+    /// ill-typed member, and any structure a kernel could not read (an
+    /// `indptr` that decreases or leaves its member, an index out of range,
+    /// lengths that disagree with each other or with `shape`), each checked
+    /// by the rank that reads it; and a shape other than `shape`.
+    /// [`Error::Mpi`] if MPI is not initialized, or the ranks read different
+    /// files (shapes, formats, splits).
     pub fn new<C: Communicator + ?Sized>(
         comm: &C,
         path: impl AsRef<Path>,
@@ -117,10 +168,12 @@ impl<T: Scalar> MpiLop<T> {
         Self::open(comm, path.as_ref(), member, bcast_op, shape, true)
     }
 
-    /// As [`MpiLop::new`], without verifying the member's CRC-32: for files
-    /// the caller trusts, to save the checksum's pass over the member at
-    /// construction (each rank reads `1/p` of it; see BENCHMARKS.md for its
-    /// cost).
+    /// As [`MpiLop::new`], without verifying the members' CRC-32 where that
+    /// costs a pass over them: for files the caller trusts, to save that
+    /// pass at construction (each rank reads `1/p` of a member; see
+    /// BENCHMARKS.md for its cost). Members read whole anyway (a sparse
+    /// file's `indptr`, `format` and `shape`, a deflated member streamed to
+    /// its end) are still verified.
     ///
     /// # Errors
     /// As [`MpiLop::new`], but for the checksum.
@@ -144,51 +197,19 @@ impl<T: Scalar> MpiLop<T> {
     ) -> Result<Self, Error> {
         let comm = Comm::new(comm)?;
         let path = path.to_owned();
-        let (p, r) = (comm.size(), comm.rank());
-        let (local, rows, nrows, ncols, member) = comm.collective(&[], |s| {
-            let opened =
-                caught("reading the file", || NpzMatrix::open(&path, member).map_err(Fault::from)).and_then(|npz| {
-                    let found = npz.shape();
-                    match shape {
-                        Some(want) if want != found => Err(Fault::new(format!(
-                            "{}: member {} has shape {}×{}, expected {}×{}",
-                            path.display(),
-                            npz.member(),
-                            found.0,
-                            found.1,
-                            want.0,
-                            want.1
-                        ))),
-                        _ => Ok(npz),
-                    }
-                });
-            let npz = s.outcome(opened)?;
-            if verify {
-                verify_crc(s, &npz)?;
+        let opened = comm.collective(&[], |s| {
+            let layout = caught("reading the file", || detect(&path).map_err(Fault::from));
+            let layout = s.outcome(layout)?;
+            let sparse = layout == NpzLayout::Sparse;
+            s.agree(&[("the file's layout (0 dense, 1 sparse)", u64::from(sparse))], None)?;
+            if sparse {
+                open_sparse(s, &path, member, shape, verify)
+            } else {
+                open_dense(s, &path, member, shape, verify)
             }
-            let (m, n) = npz.shape();
-            let member = npz.member().to_owned();
-            s.agree(
-                &[("the matrix's rows in the file", m as u64), ("the matrix's columns in the file", n as u64)],
-                None,
-            )?;
-            // This rank's rows: a view into the map where possible, else a copy of them only.
-            let rows = split::block(m, p, r);
-            let local = caught("reading the file", || match npz.view_rows::<T>(rows.clone()) {
-                Ok(Some(view)) => {
-                    // Read this rank's rows once now, so that their pages are mapped
-                    // before the first product rather than during it.
-                    core::hint::black_box(view.norm_max());
-                    Ok(None)
-                }
-                Ok(None) => npz.read_rows::<T>(rows.clone()).map(Some).map_err(Fault::from),
-                Err(e) => Err(Fault::from(e)),
-            })
-            .map(|copied| copied.map_or(Rows::Mapped(npz), Rows::Copied));
-            let local = s.outcome(local)?;
-            Ok((local, rows, m, n, member))
         })?;
-        Ok(Self { comm, path, member, nrows, ncols, rows, local, bcast_op, options: MpiOptions::default() })
+        let Opened { local, parts, shape: (nrows, ncols), member, format } = opened;
+        Ok(Self { comm, path, member, nrows, ncols, format, parts, local, bcast_op, options: MpiOptions::default() })
     }
 
     /// Sets where products' results go and how messages are split
@@ -209,20 +230,49 @@ impl<T: Scalar> MpiLop<T> {
         &self.path
     }
 
-    /// The member read (numpy's name, without `.npy`).
-    pub fn member(&self) -> &str {
-        &self.member
+    /// The member read from a dense file (numpy's name, without `.npy`);
+    /// `None` for a sparse file.
+    pub fn member(&self) -> Option<&str> {
+        self.member.as_deref()
     }
 
-    /// This rank's rows of the matrix.
+    /// `Some(Csr)` or `Some(Csc)` for a scipy sparse file, `None` for a
+    /// dense one.
+    pub fn format(&self) -> Option<Format> {
+        self.format
+    }
+
+    /// The rows of the block of the matrix this rank holds: its share of the
+    /// rows for a dense or CSR file, all rows for a CSC file.
     pub fn local_rows(&self) -> Range<usize> {
-        self.rows.clone()
+        if self.format == Some(Format::Csc) { 0..self.nrows } else { self.parts[self.comm.rank()].clone() }
     }
 
-    /// Whether this rank's rows are a zero-copy view into the file's map
-    /// (`false`: a copy of them).
+    /// The columns of the block of the matrix this rank holds: all columns
+    /// for a dense or CSR file, its share of the columns for a CSC file.
+    pub fn local_cols(&self) -> Range<usize> {
+        if self.format == Some(Format::Csc) { self.parts[self.comm.rank()].clone() } else { 0..self.ncols }
+    }
+
+    /// The number of stored entries this rank holds (sparse files; `None`
+    /// for a dense one).
+    pub fn local_nnz(&self) -> Option<usize> {
+        match &self.local {
+            Local::Sparse32(part) => Some(part.nnz()),
+            Local::Sparse64(part) => Some(part.nnz()),
+            Local::Mapped(_) | Local::Copied(_) => None,
+        }
+    }
+
+    /// Whether this rank's block is a zero-copy view into the file's map
+    /// (`false`: a copy of it).
     pub fn is_mapped(&self) -> bool {
-        matches!(self.local, Rows::Mapped(_))
+        match &self.local {
+            Local::Mapped(_) => true,
+            Local::Copied(_) => false,
+            Local::Sparse32(part) => part.is_mapped(),
+            Local::Sparse64(part) => part.is_mapped(),
+        }
     }
 
     /// Whether the operand is broadcast from rank 0.
@@ -230,13 +280,24 @@ impl<T: Scalar> MpiLop<T> {
         self.bcast_op
     }
 
-    /// This rank's rows as a faer view.
-    pub fn local(&self) -> MatRef<'_, T> {
+    /// This rank's rows of a dense matrix as a faer view (`None` for a sparse
+    /// file).
+    pub fn local_dense(&self) -> Option<MatRef<'_, T>> {
         match &self.local {
-            Rows::Mapped(npz) => {
-                npz.view_rows::<T>(self.rows.clone()).ok().flatten().expect("the view was checked at construction")
-            }
-            Rows::Copied(m) => m.as_ref(),
+            Local::Mapped(npz) => Some(
+                npz.view_rows::<T>(self.local_rows()).ok().flatten().expect("the view was checked at construction"),
+            ),
+            Local::Copied(m) => Some(m.as_ref()),
+            Local::Sparse32(_) | Local::Sparse64(_) => None,
+        }
+    }
+
+    /// `f` on this rank's block as an operator.
+    fn with_local<R>(&self, f: impl FnOnce(&dyn BiLinOp<T>) -> R) -> R {
+        match &self.local {
+            Local::Sparse32(part) => f(&Sparse::new(part.view())),
+            Local::Sparse64(part) => f(&Sparse::new(part.view())),
+            Local::Mapped(_) | Local::Copied(_) => f(&self.local_dense().expect("a dense block")),
         }
     }
 
@@ -251,7 +312,6 @@ impl<T: Scalar> MpiLop<T> {
     ) -> Result<(), Error> {
         let max = (self.options.max_message_bytes / core::mem::size_of::<T>()).max(1);
         let gather_to = self.options.gather;
-        let local = self.local();
         let (m, n, k) = (out.nrows(), rhs.nrows(), rhs.ncols());
         let settings = [
             ("the output's rows", m as u64),
@@ -264,6 +324,8 @@ impl<T: Scalar> MpiLop<T> {
         ];
         self.comm.collective(&settings, |s| {
             let (p, rank) = (s.size(), s.rank());
+            let parts = &self.parts;
+            let own = parts[rank].clone();
             // The operand, broadcast from rank 0 or this rank's own.
             let (operand, stack) = temp_slice::<T>(if self.bcast_op { n * k } else { 0 }, stack);
             let rhs = if self.bcast_op {
@@ -276,18 +338,24 @@ impl<T: Scalar> MpiLop<T> {
                 rhs
             };
             let receives = gather_to == Gather::All || rank == 0;
-            if !mode.is_transposed() {
-                // Row block `rank` of the result here; the blocks gathered.
-                let (staging, stack) = temp_slice::<T>(if receives { m * k } else { self.rows.len() * k }, stack);
-                let piece = |r: usize| split::block(m, p, r).len() * k;
-                let at = if receives { split::block(m, p, rank).start * k } else { 0 };
-                let mine = MatMut::from_column_major_slice_mut(&mut staging[at..at + piece(rank)], self.rows.len(), k);
-                mode.apply(&local, mine, rhs, par, stack);
-                s.outcome(Ok(()))?;
+            let local = |out: MatMut<'_, T>, rhs: MatRef<'_, T>, stack: &mut MemStack| {
+                let done = caught("this rank's product", || {
+                    self.with_local(|op| mode.apply(op, out, rhs, par, stack));
+                    Ok(())
+                });
+                s.outcome(done)
+            };
+            // The split dimension is the output's (rows of L·X for a row
+            // split): blocks gathered; or the operand's: partial sums reduced.
+            if mode.is_transposed() == (self.format == Some(Format::Csc)) {
+                let (staging, stack) = temp_slice::<T>(if receives { m * k } else { own.len() * k }, stack);
+                let piece = |r: usize| parts[r].len() * k;
+                let at = if receives { own.start * k } else { 0 };
+                let mine = MatMut::from_column_major_slice_mut(&mut staging[at..at + piece(rank)], own.len(), k);
+                local(mine, rhs, stack)?;
                 if receives {
                     s.mpi(|c| gather(c, gather_to, piece, Pieces::All(&mut staging[..]), max));
-                    for r in 0..p {
-                        let rows = split::block(m, p, r);
+                    for rows in &parts[..p] {
                         let block =
                             MatRef::from_column_major_slice(&staging[rows.start * k..rows.end * k], rows.len(), k);
                         out.rb_mut().subrows_mut(rows.start, rows.len()).copy_from(block);
@@ -296,11 +364,9 @@ impl<T: Scalar> MpiLop<T> {
                     s.mpi(|c| gather(c, gather_to, piece, Pieces::Mine(&staging[..]), max));
                 }
             } else {
-                // This rank's rows' adjoint times its rows of the operand; summed.
                 let (partial, stack) = temp_slice::<T>(m * k, stack);
                 let mine = MatMut::from_column_major_slice_mut(&mut partial[..], m, k);
-                mode.apply(&local, mine, rhs.subrows(self.rows.start, self.rows.len()), par, stack);
-                s.outcome(Ok(()))?;
+                local(mine, rhs.subrows(own.start, own.len()), stack)?;
                 let (staging, _) = temp_slice::<T>(if receives { m * k } else { 0 }, stack);
                 match as_contiguous(&mut out).filter(|_| receives) {
                     Some(all) => s.mpi(|c| reduce_sum(c, gather_to, partial, all, max)),
@@ -317,6 +383,163 @@ impl<T: Scalar> MpiLop<T> {
     }
 }
 
+/// `shape` (the caller's) against the file's `found`.
+fn check_shape(path: &Path, what: &str, found: (usize, usize), shape: Option<(usize, usize)>) -> Result<(), Fault> {
+    match shape {
+        Some(want) if want != found => Err(Fault::new(format!(
+            "{}: {what} has shape {}×{}, expected {}×{}",
+            path.display(),
+            found.0,
+            found.1,
+            want.0,
+            want.1
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Inside the construction's collective call: a dense file, by rows.
+fn open_dense<T: Scalar>(
+    s: &Session<'_>,
+    path: &Path,
+    member: Option<&str>,
+    shape: Option<(usize, usize)>,
+    verify: bool,
+) -> Result<Opened<T>, Error> {
+    let (p, r) = (s.size(), s.rank());
+    let opened = caught("reading the file", || {
+        let npz = NpzMatrix::open(path, member)?;
+        check_shape(path, &format!("member {}", npz.member()), npz.shape(), shape)?;
+        Ok(npz)
+    });
+    let npz = s.outcome(opened)?;
+    if verify {
+        // Even shares of the member's bytes.
+        let span = npz.crc_span();
+        let at = |i: usize| (u128::from(span.unwrap_or(0)) * i as u128 / p as u128) as u64;
+        verify_crc(s, span, |i| at(i)..at(i + 1), |range| npz.crc32_of(range), |parts| npz.verify_crc(parts))?;
+    }
+    let (m, n) = npz.shape();
+    let member = npz.member().to_owned();
+    s.agree(&[("the matrix's rows in the file", m as u64), ("the matrix's columns in the file", n as u64)], None)?;
+    // This rank's rows: a view into the map where possible, else a copy of them only.
+    let rows = split::block(m, p, r);
+    let local = caught("reading the file", || match npz.view_rows::<T>(rows.clone()) {
+        Ok(Some(view)) => {
+            // Read this rank's rows once now, so that their pages are mapped
+            // before the first product rather than during it.
+            core::hint::black_box(view.norm_max());
+            Ok(None)
+        }
+        Ok(None) => npz.read_rows::<T>(rows).map(Some).map_err(Fault::from),
+        Err(e) => Err(Fault::from(e)),
+    })
+    .map(|copied| copied.map_or(Local::Mapped(npz), Local::Copied));
+    let local = s.outcome(local)?;
+    Ok(Opened {
+        local,
+        parts: (0..p).map(|i| split::block(m, p, i)).collect(),
+        shape: (m, n),
+        member: Some(member),
+        format: None,
+    })
+}
+
+/// Inside the construction's collective call: a scipy sparse file, by rows
+/// (CSR) or columns (CSC) balanced by stored entries.
+fn open_sparse<T: Scalar>(
+    s: &Session<'_>,
+    path: &Path,
+    member: Option<&str>,
+    shape: Option<(usize, usize)>,
+    verify: bool,
+) -> Result<Opened<T>, Error> {
+    let opened = caught("reading the file", || {
+        if let Some(member) = member {
+            return Err(Fault::new(format!(
+                "{}: a scipy sparse matrix (members data, indices, indptr, format, shape) has no member to \
+                 choose; pass None instead of {member:?}",
+                path.display()
+            )));
+        }
+        let npz = SparseNpz::open(path)?;
+        check_shape(path, "the sparse matrix", npz.shape(), shape)?;
+        Ok(npz)
+    });
+    let npz = s.outcome(opened)?;
+    let (m, n) = npz.shape();
+    s.agree(
+        &[
+            ("the matrix's rows in the file", m as u64),
+            ("the matrix's columns in the file", n as u64),
+            ("the sparse format (0 csr, 1 csc)", u64::from(npz.format() == Format::Csc)),
+            ("the number of stored entries", npz.nnz() as u64),
+            ("the size of an index", npz.index_dtype().size() as u64),
+        ],
+        None,
+    )?;
+    match npz.index_dtype() {
+        IndexDtype::Int32 => read_part::<T, u32>(s, &npz, verify, Local::Sparse32),
+        IndexDtype::Int64 => read_part::<T, u64>(s, &npz, verify, Local::Sparse64),
+    }
+}
+
+/// This rank's part of a sparse file (as `wrap` makes it a [`Local`]), and
+/// every rank's range of its major dimension.
+fn read_part<T: Scalar, I: SparseIndex>(
+    s: &Session<'_>,
+    npz: &SparseNpz,
+    verify: bool,
+    wrap: fn(SparsePart<T, I>) -> Local<T>,
+) -> Result<Opened<T>, Error> {
+    let (p, r) = (s.size(), s.rank());
+    // `indptr` whole (checked, its CRC-32 verified), for the split and for
+    // where each rank's entries start.
+    let split = caught("reading the file", || {
+        let indptr = npz.indptr::<I>()?;
+        let parts = split_nnz(&indptr, p);
+        let starts: Vec<usize> = parts.iter().map(|range| indptr[range.start].zx()).collect();
+        Ok((parts, starts))
+    });
+    let (parts, starts) = s.outcome(split)?;
+    // FNV-1a of the split: every rank must have cut the same blocks.
+    let hash = parts
+        .iter()
+        .flat_map(|range| [range.start, range.end])
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v as u64).wrapping_mul(0x0000_0100_0000_01b3));
+    s.agree(&[("the split of the stored entries over the ranks (a hash)", hash)], None)?;
+    if verify {
+        // Each rank checksums the bytes of its own entries (the member's
+        // header goes to rank 0), so that it reads no page of another's.
+        let nnz = npz.nnz() as u64;
+        for (member, size) in [(SparseMember::Indices, size_of::<I>()), (SparseMember::Data, size_of::<T>())] {
+            let span = npz.crc_span(member);
+            let at = |i: usize| match (i, span) {
+                (0, _) | (_, None) => 0,
+                (i, Some(span)) if i >= p => span,
+                (i, Some(span)) => span - (nnz - starts[i] as u64) * size as u64,
+            };
+            verify_crc(
+                s,
+                span,
+                |i| at(i)..at(i + 1),
+                |range| npz.crc32_of(member, range),
+                |shares| npz.verify_crc(member, shares),
+            )?;
+        }
+    }
+    let part = caught("reading the file", || {
+        let part = npz.part::<T, I>(parts[r].clone())?;
+        // Read this rank's entries once now (the view checks the structure
+        // again), so that their pages are mapped before the first product.
+        core::hint::black_box(part.view().nnz());
+        core::hint::black_box(bytemuck::cast_slice::<T, u8>(part.data()).iter().step_by(512).fold(0u8, |a, &b| a ^ b));
+        Ok(part)
+    });
+    let local = wrap(s.outcome(part)?);
+    Ok(Opened { local, parts, shape: npz.shape(), member: None, format: Some(npz.format()) })
+}
+
 impl<T: Scalar> ModeOp<T> for MpiLop<T> {
     const NAME: &'static str = "MpiLop";
 
@@ -326,7 +549,7 @@ impl<T: Scalar> ModeOp<T> for MpiLop<T> {
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
         let (m, n) = mode.dims_of(self);
-        let local = mode.scratch(&self.local(), k, par);
+        let local = self.with_local(|op| mode.scratch(op, k, par));
         temp_slice_scratch::<T>(n * k)
             .and(temp_slice_scratch::<T>(m * k))
             .and(temp_slice_scratch::<T>(m * k))

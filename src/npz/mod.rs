@@ -98,9 +98,7 @@ use memmap2::Mmap;
 pub use self::error::{NpzError, NpzErrorKind};
 use self::read::{Inflate, Source, data_error, swap_bytes};
 pub use self::save::{SparseRef, save, save_sparse};
-pub use self::sparse::{
-    IndexDtype, NpzLayout, SparseFormat, SparseIndex, SparseMember, SparseNpz, SparsePart, detect, split_nnz,
-};
+pub use self::sparse::{IndexDtype, NpzLayout, SparseIndex, SparseMember, SparseNpz, SparsePart, detect, split_nnz};
 pub use crate::{Dtype, Scalar};
 
 /// Memory order of the array data, as the `.npy` header's `fortran_order` says.

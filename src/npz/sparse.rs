@@ -16,6 +16,7 @@ use memmap2::Mmap;
 use super::header::Elem;
 use super::read::{Inflate, Source, data_error, swap_bytes};
 use super::{CHUNK, Member, NpzError, NpzErrorKind, archive, map_file};
+use crate::sparse::{Format, SparseView};
 use crate::{Dtype, Scalar};
 
 /// The dtype of a sparse file's `indices` and `indptr`.
@@ -89,15 +90,6 @@ impl SparseIndex for u64 {
     fn signed(self) -> i64 {
         self as i64
     }
-}
-
-/// The storage direction of a sparse matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SparseFormat {
-    /// Compressed sparse rows: `indptr` over the rows, column indices.
-    Csr,
-    /// Compressed sparse columns: `indptr` over the columns, row indices.
-    Csc,
 }
 
 /// What an `.npz` file holds, as [`detect`] tells from its members.
@@ -224,8 +216,8 @@ struct Array {
 /// # What the CRC-32 covers
 /// [`SparseNpz::open`] verifies the CRC-32 of `format` and `shape`, which it reads whole.
 /// [`SparseNpz::part`] of all the major indices verifies those of `indptr`, `indices` and
-/// `data`; a part of some verifies nothing. Ranks holding parts can check a stored member
-/// together with [`SparseNpz::crc_span`], [`SparseNpz::crc32_of`] and
+/// `data`; a part of some verifies the deflated members it streams to their end (the last
+/// part's), and nothing else. Ranks holding parts can check a stored member together with [`SparseNpz::crc_span`], [`SparseNpz::crc32_of`] and
 /// [`SparseNpz::verify_crc`], as for [`NpzMatrix`](super::NpzMatrix).
 ///
 /// As for [`NpzMatrix`](super::NpzMatrix), the file must not be modified in place or truncated
@@ -236,7 +228,7 @@ struct Array {
 pub struct SparseNpz {
     path: PathBuf,
     map: Arc<Mmap>,
-    format: SparseFormat,
+    format: Format,
     nrows: usize,
     ncols: usize,
     index_dtype: IndexDtype,
@@ -353,8 +345,8 @@ impl SparseNpz {
         // numpy's bytes strip trailing NULs.
         let name = String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string();
         let format = match name.as_str() {
-            "csr" => SparseFormat::Csr,
-            "csc" => SparseFormat::Csc,
+            "csr" => Format::Csr,
+            "csc" => Format::Csc,
             _ => return Err(fail(Some("format"), NpzErrorKind::SparseFormat(name))),
         };
 
@@ -416,8 +408,8 @@ impl SparseNpz {
             return Err(fail(Some("data"), NpzErrorKind::UnsupportedDtype(data.loc.header.descr.clone())));
         };
         let major = match format {
-            SparseFormat::Csr => nrows,
-            SparseFormat::Csc => ncols,
+            Format::Csr => nrows,
+            Format::Csc => ncols,
         };
         if indptr.len != major + 1 {
             return Err(fail(Some("indptr"), NpzErrorKind::IndptrLength { found: indptr.len, expected: major + 1 }));
@@ -452,7 +444,7 @@ impl SparseNpz {
     }
 
     /// CSR or CSC.
-    pub fn format(&self) -> SparseFormat {
+    pub fn format(&self) -> Format {
         self.format
     }
 
@@ -464,16 +456,16 @@ impl SparseNpz {
     /// The major dimension: rows for CSR, columns for CSC (`indptr` has one entry more).
     pub fn major(&self) -> usize {
         match self.format {
-            SparseFormat::Csr => self.nrows,
-            SparseFormat::Csc => self.ncols,
+            Format::Csr => self.nrows,
+            Format::Csc => self.ncols,
         }
     }
 
     /// The minor dimension: columns for CSR, rows for CSC (every index is below it).
     pub fn minor(&self) -> usize {
         match self.format {
-            SparseFormat::Csr => self.ncols,
-            SparseFormat::Csc => self.nrows,
+            Format::Csr => self.ncols,
+            Format::Csc => self.nrows,
         }
     }
 
@@ -520,7 +512,8 @@ impl SparseNpz {
 
     /// Elements `range` of `a` (checked to be within it): a view when the member is stored,
     /// native-endian and aligned for `X`, else a copy of just those. With `crc`, `range` must
-    /// be all the elements, and the member's CRC-32 is verified.
+    /// be all the elements, and the member's CRC-32 is verified; a deflated member read to its
+    /// end (streamed whole) is verified in any case.
     fn read<X: bytemuck::Pod>(&self, a: &Array, range: Range<usize>, crc: bool) -> Result<Slice<X>, NpzError> {
         debug_assert!(size_of::<X>() == a.elem.size() && range.start <= range.end && range.end <= a.len);
         let fail = |kind| self.error(Some(a.name), kind);
@@ -557,7 +550,8 @@ impl SparseNpz {
                 super::read_chunks(&mut src, &mut buf, n, swap, &mut at, &mut |_, chunk| out.extend_from_slice(chunk))
             })
             .map_err(|e| fail(data_error(e)))?;
-        if crc {
+        // A deflated member streamed to its end is verified, whoever asked: it costs nothing more.
+        if crc || range.end == a.len {
             let found = src.crc_of_all().ok_or_else(|| fail(NpzErrorKind::Truncated))?;
             a.loc.check_crc(found).map_err(fail)?;
         }
@@ -737,7 +731,7 @@ fn read_whole(map: &[u8], loc: &Member, n: usize) -> Result<Vec<u8>, NpzErrorKin
 /// `data()[indptr()[k]..indptr()[k + 1]]`, at minor indices
 /// `indices()[indptr()[k]..indptr()[k + 1]]` (unsorted and repeated indices allowed).
 pub struct SparsePart<T, I> {
-    format: SparseFormat,
+    format: Format,
     nrows: usize,
     ncols: usize,
     range: Range<usize>,
@@ -762,7 +756,7 @@ impl<T, I> fmt::Debug for SparsePart<T, I> {
 
 impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
     /// CSR or CSC.
-    pub fn format(&self) -> SparseFormat {
+    pub fn format(&self) -> Format {
         self.format
     }
 
@@ -775,8 +769,8 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
     /// range.len())` for CSC, where `(nrows, ncols)` is the whole matrix's shape.
     pub fn shape(&self) -> (usize, usize) {
         match self.format {
-            SparseFormat::Csr => (self.range.len(), self.ncols),
-            SparseFormat::Csc => (self.nrows, self.range.len()),
+            Format::Csr => (self.range.len(), self.ncols),
+            Format::Csc => (self.nrows, self.range.len()),
         }
     }
 
@@ -813,12 +807,31 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
         matches!((&self.indices, &self.data), (Slice::Mapped { .. }, Slice::Mapped { .. }))
     }
 
+    /// The part as the crate's sparse view (of [`shape`](Self::shape)), what the kernels of
+    /// [`crate::sparse`] read. When `indices` is a view into the map, checked again, as
+    /// [`as_csr`](Self::as_csr) (a pass over `indptr` and `indices`); a copy, checked when it
+    /// was read, is not.
+    ///
+    /// # Panics
+    /// Only if the file was changed in place while mapped (see [`SparseNpz`]).
+    pub fn view(&self) -> SparseView<'_, I, T> {
+        let (m, n) = self.shape();
+        if let Slice::Owned(indices) = &self.indices {
+            return SparseView::prechecked(self.format, (m, n), &self.indptr, indices, self.data());
+        }
+        let view = match self.format {
+            Format::Csr => SparseView::csr(m, n, &self.indptr, self.indices(), self.data()),
+            Format::Csc => SparseView::csc(m, n, &self.indptr, self.indices(), self.data()),
+        };
+        view.expect("a part is checked when it is read: the file was changed in place while mapped")
+    }
+
     /// The part as faer's CSR view (`range.len() × ncols`), `None` for a CSC part. Built with
     /// faer's checked unsorted constructor, which checks the structure again (a pass over
     /// `indptr` and `indices`): it cannot fail for a part as read, and panics rather than
     /// handing a kernel indices out of bounds if the file was changed in place while mapped.
     pub fn as_csr(&self) -> Option<SparseRowMatRef<'_, I, T>> {
-        (self.format == SparseFormat::Csr).then(|| {
+        (self.format == Format::Csr).then(|| {
             let (m, n) = self.shape();
             let symbolic = SymbolicSparseRowMatRef::new_unsorted_checked(m, n, &self.indptr, None, self.indices());
             SparseRowMatRef::new(symbolic, self.data())
@@ -828,7 +841,7 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
     /// The part as faer's CSC view (`nrows × range.len()`), `None` for a CSR part; checked as
     /// [`as_csr`](Self::as_csr).
     pub fn as_csc(&self) -> Option<SparseColMatRef<'_, I, T>> {
-        (self.format == SparseFormat::Csc).then(|| {
+        (self.format == Format::Csc).then(|| {
             let (m, n) = self.shape();
             let symbolic = SymbolicSparseColMatRef::new_unsorted_checked(m, n, &self.indptr, None, self.indices());
             SparseColMatRef::new(symbolic, self.data())

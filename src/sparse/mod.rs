@@ -206,6 +206,20 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         Ok(SparseView { format: Format::Csc, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values })
     }
 
+    /// A view of slices whose structure was checked when they were made and
+    /// cannot have changed since (memory the caller owns): no second pass.
+    pub(crate) fn prechecked(
+        format: Format,
+        (nrows, ncols): (usize, usize),
+        indptr: &'a [I],
+        indices: &'a [I],
+        values: &'a [T],
+    ) -> Self {
+        let (outer, inner) = if format == Format::Csr { (nrows, ncols) } else { (ncols, nrows) };
+        debug_assert_eq!(check(outer, inner, indptr, indices, values.len()), Ok(()));
+        SparseView { format, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values }
+    }
+
     /// Number of rows.
     pub fn nrows(&self) -> usize {
         self.nrows
