@@ -54,8 +54,8 @@
 //! faer's own scatter does; without the check it reaches faer's speed (it
 //! was 2–7% slower, both at the memory's bandwidth). That rests on the
 //! invariant of [`Parts`] (every index below the inner dimension), which
-//! only the checked constructors of [`SparseView`] (and faer's own) can
-//! establish. Everywhere else, invalid indices would panic.
+//! only the constructors of [`SparseView`] (and faer's own) establish.
+//! Everywhere else, invalid indices would panic.
 
 use core::ops::Range;
 
@@ -83,7 +83,9 @@ const ALIGN: usize = 64;
 /// and [`Parts::of`] is the only constructor: it takes them from a
 /// [`SparseView`], whose constructors check exactly this (its checked
 /// constructors, or faer's sparse views, which faer checks when they are
-/// built and whose own products read them unchecked).
+/// built and whose own products read them unchecked), or take it from a
+/// crate-internal caller that checked it ([`SparseView::prechecked`]: the
+/// npz reader's owned parts).
 #[derive(Copy, Clone, Debug)]
 pub(super) struct Parts<'a, I, E> {
     /// `outer + 1` offsets into `idx`/`val` (not necessarily from 0).
@@ -152,9 +154,10 @@ impl<'a, I: Index, E> Parts<'a, I, E> {
         for (i, v) in idx.iter().zip(val) {
             // SAFETY: `idx` is `self.idx[self.range(j)]` (checked slicing),
             // whose indices are below `self.inner` (the invariant of
-            // `Parts`, which safe code cannot break: private fields, one
-            // constructor from a checked `SparseView`), and `self.inner <=
-            // y.len()` (asserted above).
+            // `Parts`, which safe code outside the crate cannot break:
+            // private fields, one constructor from a `SparseView`, whose
+            // constructors check it or, crate-private, require it checked),
+            // and `self.inner <= y.len()` (asserted above).
             f(unsafe { y.get_unchecked_mut(i.zx()) }, *v);
         }
     }
