@@ -209,12 +209,11 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     /// A view of slices whose structure was checked when they were made and
     /// cannot have changed since (memory the caller owns): no second pass.
     ///
-    /// Memory safety rests on it: the one-column scatter writes unchecked at
-    /// the indices of a `SparseView` (see `kernel::Parts`). A caller must
-    /// have checked exactly what [`SparseView::csr`] checks (its one caller,
-    /// the npz reader's owned part, does in `SparseNpz::part`, and the
-    /// part's private slices cannot change since).
-    pub(crate) fn prechecked(
+    /// # Safety
+    /// The slices must satisfy everything [`SparseView::csr`] (or `csc`)
+    /// checks: the one-column scatter writes unchecked at the indices of a
+    /// `SparseView` (see `kernel::Parts`).
+    pub(crate) unsafe fn prechecked(
         format: Format,
         (nrows, ncols): (usize, usize),
         indptr: &'a [I],
