@@ -817,7 +817,11 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
     pub fn view(&self) -> SparseView<'_, I, T> {
         let (m, n) = self.shape();
         if let Slice::Owned(indices) = &self.indices {
-            return SparseView::prechecked(self.format, (m, n), &self.indptr, indices, self.data());
+            // SAFETY: `SparseNpz::part` checked this `indptr` (from 0, never decreasing, ending
+            // at `indices.len()`, one entry per major index plus one) and every index against
+            // the minor dimension before it made the part, and the part's private `indptr` and
+            // owned `indices` are never changed after.
+            return unsafe { SparseView::prechecked(self.format, (m, n), &self.indptr, indices, self.data()) };
         }
         let view = match self.format {
             Format::Csr => SparseView::csr(m, n, &self.indptr, self.indices(), self.data()),

@@ -208,7 +208,12 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
 
     /// A view of slices whose structure was checked when they were made and
     /// cannot have changed since (memory the caller owns): no second pass.
-    pub(crate) fn prechecked(
+    ///
+    /// # Safety
+    /// The slices must satisfy everything [`SparseView::csr`] (or `csc`)
+    /// checks: the one-column scatter writes unchecked at the indices of a
+    /// `SparseView` (see `kernel::Parts`).
+    pub(crate) unsafe fn prechecked(
         format: Format,
         (nrows, ncols): (usize, usize),
         indptr: &'a [I],
@@ -241,7 +246,7 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     }
 
     fn parts(&self) -> Parts<'a, I, T> {
-        Parts { ptr: self.ptr, nnz: self.nnz, idx: self.idx, val: self.val }
+        Parts::of(*self)
     }
 }
 
@@ -416,8 +421,7 @@ pub fn matmul<I: Index, T: Scalar>(
     let plan = plan(a, mode, rhs.ncols(), par);
     let parts = a.parts();
     with_elem!(T, |E| {
-        let parts =
-            Parts { ptr: parts.ptr, nnz: parts.nnz, idx: parts.idx, val: bytemuck::cast_slice::<T, E>(parts.val) };
+        let parts = parts.cast::<E>();
         kernel::run::<I, T, E>(plan, parts, mode.is_conj(), out, rhs, stack)
     })
 }
