@@ -548,12 +548,18 @@ impl<T: Scalar> ModeOp<T> for MpiLop<T> {
     }
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
+        // What `try_run` takes on this rank.
         let (m, n) = mode.dims_of(self);
         let local = self.with_local(|op| mode.scratch(op, k, par));
-        temp_slice_scratch::<T>(n * k)
-            .and(temp_slice_scratch::<T>(m * k))
-            .and(temp_slice_scratch::<T>(m * k))
-            .and(local)
+        let operand = temp_slice_scratch::<T>(if self.bcast_op { n * k } else { 0 });
+        let receives = self.options.gather == Gather::All || self.comm.rank() == 0;
+        let result = if mode.is_transposed() == (self.format == Some(Format::Csc)) {
+            let own = self.parts[self.comm.rank()].len();
+            temp_slice_scratch::<T>(if receives { m * k } else { own * k })
+        } else {
+            temp_slice_scratch::<T>(m * k).and(temp_slice_scratch::<T>(if receives { m * k } else { 0 }))
+        };
+        operand.and(result).and(local)
     }
 
     #[track_caller]
