@@ -16,6 +16,7 @@
 //! the child.)
 
 use std::ffi::CStr;
+use std::num::NonZeroI32;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
@@ -34,7 +35,7 @@ pub(crate) struct SharedBuf {
     len: usize,
     /// The process that created the memfd: dropped there, it truncates it
     /// (see the module docs). `None` for a map of a received memfd.
-    creator: Option<nix::unistd::Pid>,
+    creator: Option<NonZeroI32>,
 }
 
 const NAME: &CStr = c"lazylinop";
@@ -46,7 +47,7 @@ impl SharedBuf {
         // A map cannot be empty: keep at least one byte.
         nix::unistd::ftruncate(&fd, len.max(1) as i64).map_err(|e| os("ftruncate of a shared buffer", e.into()))?;
         let mut buf = Self::from_fd(fd, len)?;
-        buf.creator = Some(nix::unistd::getpid());
+        buf.creator = NonZeroI32::new(nix::unistd::getpid().as_raw());
         Ok(buf)
     }
 
@@ -101,7 +102,7 @@ impl Drop for SharedBuf {
     /// In the process that created the memfd, empties it before unmapping:
     /// its memory goes now, also from every other process that maps it.
     fn drop(&mut self) {
-        if self.creator == Some(nix::unistd::getpid()) {
+        if self.creator.is_some_and(|pid| pid.get() == nix::unistd::getpid().as_raw()) {
             let _ = nix::unistd::ftruncate(&self.fd, 0);
         }
     }
