@@ -3,7 +3,9 @@
 //! held at fork, signals, a parent that dies); operators and pools used the
 //! way real programs use them (built on a thread that exits, used in a
 //! process that forked on its own, nested); no child process and no
-//! shared-memory descriptor left behind. Every test runs under a deadline
+//! shared-memory descriptor left behind; shared memory freed while pool
+//! workers live is freed in them too; a reaped worker's reused pid is never
+//! waited on. Every test runs under a deadline
 //! ([`within`], [`run_alone`]): a regression fails instead of hanging.
 #![cfg(unix)]
 
