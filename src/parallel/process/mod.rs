@@ -67,7 +67,8 @@
 //!   them), but a [`SharedMat`] (or a map of the backend's own) freed in
 //!   the process that made it is emptied first, so its memory goes at once
 //!   from the workers too; a worker whose snapshot still reads it dies of
-//!   `SIGBUS` ([`Error::WorkerDied`]): it never reads stale data.
+//!   `SIGBUS` ([`Error::WorkerDied`]): it never reads stale data (so does a
+//!   process the program forked that reads it after its maker freed it).
 //! - [`ProcessOptions::deadline`](super::ProcessOptions::deadline) bounds
 //!   how long a product waits for its workers: a worker that has not
 //!   answered by then is killed, reaped and reported as
