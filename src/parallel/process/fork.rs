@@ -207,10 +207,15 @@ impl Drop for DontFork {
 
 /// Whether no mapping overlapping the bytes `[start, end)` is marked
 /// `MADV_DONTFORK` (flag `dc` in `/proc/self/smaps`); `None` if unknown.
+///
+/// The kernel writes each mapping's entry as it is read, walking its page
+/// tables: the file is read in small pieces (about one entry a read) and
+/// no further than the last mapping overlapping the range.
 fn none_dont_fork(start: usize, end: usize) -> Option<bool> {
     use std::io::BufRead;
-    let smaps = std::io::BufReader::new(std::fs::File::open("/proc/self/smaps").ok()?);
-    let mut overlaps = false;
+    let smaps = std::io::BufReader::with_capacity(1024, std::fs::File::open("/proc/self/smaps").ok()?);
+    // The mapping whose entry is being read.
+    let mut current = (0, 0);
     for line in smaps.lines() {
         let line = line.ok()?;
         let range = line.split_once(' ').map_or(line.as_str(), |(r, _)| r);
@@ -218,15 +223,16 @@ fn none_dont_fork(start: usize, end: usize) -> Option<bool> {
             && let Some((lo, hi)) = range.split_once('-')
             && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
         {
-            if lo >= end {
-                break;
+            current = (lo, hi);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            // The last line of an entry.
+            let (lo, hi) = current;
+            if lo < end && start < hi && flags.split_whitespace().any(|f| f == "dc") {
+                return Some(false);
             }
-            overlaps = lo < end && start < hi;
-        } else if overlaps
-            && let Some(flags) = line.strip_prefix("VmFlags:")
-            && flags.split_whitespace().any(|f| f == "dc")
-        {
-            return Some(false);
+            if hi >= end {
+                return Some(true);
+            }
         }
     }
     Some(true)

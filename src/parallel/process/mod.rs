@@ -64,8 +64,11 @@
 //!   end-of-file); an operator that reads a descriptor it holds at each
 //!   product must reopen it, or use per-product workers, which keep every
 //!   descriptor. Memory mappings are kept (the operator may need any of
-//!   them): a large [`SharedMat`] freed after a pool was built stays
-//!   resident until the pool is rebuilt or dropped.
+//!   them), but a [`SharedMat`] (or a map of the backend's own) freed in
+//!   the process that made it is emptied first, so its memory goes at once
+//!   from the workers too; a worker whose snapshot still reads it dies of
+//!   `SIGBUS` ([`Error::WorkerDied`]): it never reads stale data (so does a
+//!   process the program forked that reads it after its maker freed it).
 //! - [`ProcessOptions::deadline`](super::ProcessOptions::deadline) bounds
 //!   how long a product waits for its workers: a worker that has not
 //!   answered by then is killed, reaped and reported as

@@ -3,10 +3,20 @@
 //! seen by its parent. Nothing is ever created on a filesystem: the memory
 //! goes away with the last descriptor and mapping, even after a crash.
 //!
+//! A buffer freed by the process that created it frees its memory in every
+//! process: its file is truncated to nothing first (then unmapped). Pool
+//! workers keep the mappings the parent had when they were forked (the
+//! operator may need any of them), so without this a freed buffer would stay
+//! allocated as long as the pool lives. A process that still maps the file
+//! (a worker's stale snapshot, a process the program forked) and touches it
+//! afterwards gets `SIGBUS`: an error, never stale data. A buffer freed in
+//! another process (a forked copy of it) only lets go of that copy.
+//!
 //! (memmap2's `map_anon` is `MAP_PRIVATE`: a child's writes would stay in
 //! the child.)
 
 use std::ffi::CStr;
+use std::num::NonZeroI32;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
@@ -23,6 +33,9 @@ pub(crate) struct SharedBuf {
     map: MmapMut,
     fd: OwnedFd,
     len: usize,
+    /// The process that created the memfd: dropped there, it truncates it
+    /// (see the module docs). `None` for a map of a received memfd.
+    creator: Option<NonZeroI32>,
 }
 
 const NAME: &CStr = c"lazylinop";
@@ -33,17 +46,22 @@ impl SharedBuf {
         let fd = memfd_create(NAME, MFdFlags::MFD_CLOEXEC).map_err(|e| os("memfd_create", e.into()))?;
         // A map cannot be empty: keep at least one byte.
         nix::unistd::ftruncate(&fd, len.max(1) as i64).map_err(|e| os("ftruncate of a shared buffer", e.into()))?;
-        Self::from_fd(fd, len)
+        let mut buf = Self::from_fd(fd, len)?;
+        buf.creator = NonZeroI32::new(nix::unistd::getpid().as_raw());
+        Ok(buf)
     }
 
     /// Maps `len` bytes of the memfd `fd` (received from another process).
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> Result<Self, Error> {
         // SAFETY: the memfd is private to this crate's processes, which only
         // touch it through faer views of disjoint column blocks while a
-        // product runs (see the backends); its size never shrinks.
+        // product runs (see the backends). Its size shrinks only when the
+        // process that created it drops its buffer (`Drop`), which no view
+        // of that process outlives; a view in another process then faults
+        // (SIGBUS) instead of reading: the process ends, nothing is read.
         let map =
             unsafe { MmapOptions::new().len(len.max(1)).map_mut(&fd) }.map_err(|e| os("mmap of a shared buffer", e))?;
-        Ok(Self { map, fd, len })
+        Ok(Self { map, fd, len, creator: None })
     }
 
     /// The size asked for, in bytes.
@@ -77,6 +95,16 @@ impl SharedBuf {
     /// If the buffer is too small.
     pub(crate) fn mat_mut<T: Scalar>(&mut self, nrows: usize, ncols: usize) -> MatMut<'_, T> {
         MatMut::from_column_major_slice_mut(self.elements_mut(nrows * ncols), nrows, ncols)
+    }
+}
+
+impl Drop for SharedBuf {
+    /// In the process that created the memfd, empties it before unmapping:
+    /// its memory goes now, also from every other process that maps it.
+    fn drop(&mut self) {
+        if self.creator.is_some_and(|pid| pid.get() == nix::unistd::getpid().as_raw()) {
+            let _ = nix::unistd::ftruncate(&self.fd, 0);
+        }
     }
 }
 
@@ -114,6 +142,12 @@ pub(crate) fn is_shared<T>(m: MatRef<'_, T>) -> bool {
 /// write their blocks straight into it: nothing is copied back. It is also a
 /// plain faer matrix ([`SharedMat::as_ref`], [`SharedMat::as_mut`]) and
 /// behaves like any other memory for everything else.
+///
+/// Dropped in the process that made it, it frees its memory in every
+/// process, also in pool workers forked while it lived (they keep the
+/// parent's maps): another process that still reads it then dies of
+/// `SIGBUS` (a pool worker's death is an [`Error::WorkerDied`]). Dropped in
+/// another process (a forked copy), it leaves the memory to its maker.
 ///
 /// # Examples
 /// ```
