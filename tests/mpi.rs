@@ -1128,6 +1128,25 @@ fn a_damaged_sparse_member_is_an_error_on_every_rank(world: &SimpleCommunicator)
             sparse_fails_everywhere(world, &path, &needles, &what);
         }
     }
+    // An `indptr` entry moved by one, still in order (an entry moves to the next row): only the
+    // CRC-32 can tell, whichever rank's share of `indptr` it falls in.
+    let ptr_at = find_bytes(&bytes, bytemuck::cast_slice(&ptr));
+    for target in [1, m / 2, m - 1] {
+        let j = (target..m).find(|&j| (ptr[j - 1]..=ptr[j + 1]).contains(&(ptr[j] ^ 1))).expect("a movable entry");
+        let mut bad = bytes.clone();
+        bad[ptr_at + 4 * j] ^= 1;
+        let path = std::env::temp_dir().join(format!("lazylinop-mpi-{pid}-sparse-indptr-{target}.npz"));
+        if world.rank() == 0 {
+            std::fs::write(&path, bad).unwrap();
+        }
+        world.barrier();
+        let needles = ["member indptr".to_string(), "CRC-32".to_string()];
+        sparse_fails_everywhere(world, &path, &needles, &format!("indptr entry {j} of {m} moved by one"));
+        world.barrier();
+        if world.rank() == 0 {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
     // A deflated data member (scipy's compressed file, data last), one byte flipped near its end.
     let bytes = std::fs::read(sparse_fixture("csr_float64_int32_deflated.npz")).unwrap();
     let central = find_bytes(&bytes, b"PK\x01\x02");

@@ -1518,6 +1518,11 @@ mod sparse {
         let indptr = npz.indptr::<I>()?;
         let blocks = split_nnz(&indptr, parts);
         check_split(&indptr, &blocks, parts);
+        // The binary search in the file's `indptr` (no whole read when stored) cuts the same blocks.
+        let searched = npz.split::<I>(parts)?;
+        let starts: Vec<(std::ops::Range<usize>, usize)> =
+            blocks.iter().map(|b| (b.clone(), indptr[b.start].zx())).collect();
+        assert_eq!(searched, starts, "SparseNpz::split against split_nnz on the whole indptr");
         let (m, n) = npz.shape();
         let mut out = Mat::<T>::zeros(m, n);
         let mut mapped = Vec::new();

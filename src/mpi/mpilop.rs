@@ -17,7 +17,7 @@ use super::collective::{
 use super::comm::{Comm, Session};
 use crate::Scalar;
 use crate::npz::{
-    IndexDtype, NpzError, NpzLayout, NpzMatrix, SparseIndex, SparseMember, SparseNpz, SparsePart, detect, split_nnz,
+    IndexDtype, NpzError, NpzLayout, NpzMatrix, SparseIndex, SparseMember, SparseNpz, SparsePart, detect,
 };
 use crate::ops::{Mode, ModeOp, impl_bilinop};
 use crate::parallel::{Error, Gather, MpiOptions, split};
@@ -86,11 +86,13 @@ struct Opened<T> {
 /// - **sparse** (`scipy.sparse.save_npz`, csr or csc, int32 or int64
 ///   indices, told from its members): a CSR file is split by rows, a CSC
 ///   file by columns, into contiguous blocks of about equal numbers of
-///   stored entries ([`split_nnz`] on the file's `indptr`). Each rank reads
-///   and checks only its share of `indices` and `data` ([`SparseNpz::part`]:
-///   a view into the map when the member is stored, aligned and native,
-///   as [`save_sparse`](crate::npz::save_sparse) writes; a copy of the share
-///   otherwise), and multiplies with the kernels of [`crate::sparse`].
+///   stored entries ([`SparseNpz::split`]: a binary search in the file's
+///   `indptr`). Each rank reads, checks and checksums only its share of
+///   `indptr`, `indices` and `data` ([`SparseNpz::part`]: a view into the
+///   map when the member is stored, aligned and native, as
+///   [`save_sparse`](crate::npz::save_sparse) writes; a copy of the share
+///   otherwise; a deflated member is streamed up to the end of the share),
+///   and multiplies with the kernels of [`crate::sparse`].
 ///
 /// The products follow the split: the rank's block times the operand gives
 /// either a block of the output (rows of `L·X` for a row split, rows of
@@ -493,15 +495,10 @@ fn read_part<T: Scalar, I: SparseIndex>(
     wrap: fn(SparsePart<T, I>) -> Local<T>,
 ) -> Result<Opened<T>, Error> {
     let (p, r) = (s.size(), s.rank());
-    // `indptr` whole (checked, its CRC-32 verified), for the split and for
-    // where each rank's entries start.
-    let split = caught("reading the file", || {
-        let indptr = npz.indptr::<I>()?;
-        let parts = split_nnz(&indptr, p);
-        let starts: Vec<usize> = parts.iter().map(|range| indptr[range.start].zx()).collect();
-        Ok((parts, starts))
-    });
-    let (parts, starts) = s.outcome(split)?;
+    // The split from a binary search in `indptr` (streamed whole if deflated):
+    // each rank reads only its own entries of the three members.
+    let split = caught("reading the file", || Ok(npz.split::<I>(p)?));
+    let (parts, starts): (Vec<_>, Vec<_>) = s.outcome(split)?.into_iter().unzip();
     // FNV-1a of the split: every rank must have cut the same blocks.
     let hash = parts
         .iter()
@@ -509,20 +506,31 @@ fn read_part<T: Scalar, I: SparseIndex>(
         .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v as u64).wrapping_mul(0x0000_0100_0000_01b3));
     s.agree(&[("the split of the stored entries over the ranks (a hash)", hash)], None)?;
     if verify {
-        // Each rank checksums the bytes of its own entries (the member's
-        // header goes to rank 0), so that it reads no page of another's.
-        let nnz = npz.nnz() as u64;
-        for (member, size) in [(SparseMember::Indices, size_of::<I>()), (SparseMember::Data, size_of::<T>())] {
+        // Each rank checksums the bytes of its own entries of each member
+        // (rank 0 the member's header too), so that it reads no page of another's.
+        let (major, nnz) = (npz.major(), npz.nnz());
+        let members = [
+            (SparseMember::Indptr, size_of::<I>(), major + 1, parts.iter().map(|r| r.start).collect::<Vec<_>>()),
+            (SparseMember::Indices, size_of::<I>(), nnz, starts.clone()),
+            (SparseMember::Data, size_of::<T>(), nnz, starts.clone()),
+        ];
+        for (member, size, len, first) in members {
             let span = npz.crc_span(member);
-            let at = |i: usize| match (i, span) {
-                (0, _) | (_, None) => 0,
-                (i, Some(span)) if i >= p => span,
-                (i, Some(span)) => span - (nnz - starts[i] as u64) * size as u64,
-            };
+            // The data end the member: element `e` starts `(len - e) · size` bytes
+            // before its end. Kept in order and within the member whatever the
+            // file's `indptr` says (its parts refuse it later, precisely).
+            let mut at = vec![0u64; p + 1];
+            for i in 1..=p {
+                let wanted = match span {
+                    Some(span) if i < p => span.saturating_sub(len.saturating_sub(first[i]) as u64 * size as u64),
+                    _ => span.unwrap_or(0),
+                };
+                at[i] = wanted.max(at[i - 1]);
+            }
             verify_crc(
                 s,
                 span,
-                |i| at(i)..at(i + 1),
+                |i| at[i]..at[i + 1],
                 |range| npz.crc32_of(member, range),
                 |shares| npz.verify_crc(member, shares),
             )?;

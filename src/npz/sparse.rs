@@ -610,6 +610,51 @@ impl SparseNpz {
         })
     }
 
+    /// [`split_nnz`] without reading the whole `indptr` when it is stored: the major indices cut
+    /// into `parts` contiguous blocks of about equal numbers of stored entries, each with the
+    /// `indptr` entry at its start (where its entries begin in `indices` and `data`). A stored
+    /// `indptr` is read only at the entries a binary search visits (`O(parts · log major)`, a few
+    /// pages), so that a rank of many reads no more of it than its own [`part`](Self::part); a
+    /// deflated one is streamed whole (its CRC-32 verified). Not a check of `indptr`: each
+    /// [`part`](Self::part) checks its own entries, and together the parts check them all; for
+    /// an `indptr` out of order the blocks still cover every major index once. The same on
+    /// every rank.
+    ///
+    /// # Panics
+    /// If `parts` is 0.
+    ///
+    /// # Errors
+    /// [`NpzErrorKind::IndexMismatch`] if `I::DTYPE` is not the file's index dtype; for a
+    /// deflated `indptr`, [`NpzErrorKind::Crc`], [`NpzErrorKind::Truncated`] or
+    /// [`NpzErrorKind::Corrupt`] as [`indptr`](Self::indptr).
+    pub fn split<I: SparseIndex>(&self, parts: usize) -> Result<Vec<(Range<usize>, usize)>, NpzError> {
+        assert!(parts > 0, "split: zero parts");
+        self.check_index::<I>()?;
+        let a = &self.indptr;
+        let with_starts = |blocks: Vec<Range<usize>>, at: &dyn Fn(usize) -> u128| {
+            // An entry out of range is refused by the part that holds it; here it only balances.
+            blocks.into_iter().map(|r| (r.clone(), usize::try_from(at(r.start)).unwrap_or(usize::MAX))).collect()
+        };
+        if a.loc.compressed {
+            let all = self.read::<I>(a, 0..a.len, true)?;
+            let all = all.get();
+            let at = |j: usize| all[j].zx() as u128;
+            return Ok(with_starts(split_by(a.len - 1, parts, at), &at));
+        }
+        let data = &a.loc.stored_bytes(&self.map)[a.loc.header_len..];
+        let swap = a.loc.needs_swap();
+        let at = |j: usize| {
+            let mut x = I::zeroed();
+            let bytes: &mut [u8] = bytemuck::bytes_of_mut(&mut x);
+            bytes.copy_from_slice(&data[j * size_of::<I>()..(j + 1) * size_of::<I>()]);
+            if swap {
+                bytes.reverse();
+            }
+            x.zx() as u128
+        };
+        Ok(with_starts(split_by(a.len - 1, parts, at), &at))
+    }
+
     /// The entries of major indices `range` (rows of a CSR, columns of a CSC): their `indptr`
     /// entries (a copy, rebased to start at 0), and their share of `indices` and `data`, as
     /// views into the map where the members are stored, native-endian and aligned, else as
@@ -867,8 +912,13 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
 pub fn split_nnz<I: Index>(indptr: &[I], parts: usize) -> Vec<Range<usize>> {
     assert!(parts > 0, "split_nnz: zero parts");
     assert!(!indptr.is_empty(), "split_nnz: an indptr has at least one entry");
-    let major = indptr.len() - 1;
-    let (first, nnz) = (indptr[0].zx() as u128, indptr[major].zx() as u128);
+    split_by(indptr.len() - 1, parts, |j| indptr[j].zx() as u128)
+}
+
+/// [`split_nnz`] on `major + 1` entries read one at a time by `at`: a binary search per block
+/// boundary, so it reads `O(parts · log major)` entries.
+fn split_by(major: usize, parts: usize, at: impl Fn(usize) -> u128) -> Vec<Range<usize>> {
+    let (first, nnz) = (at(0), at(major));
     let total = nnz.saturating_sub(first);
     let mut bounds = Vec::with_capacity(parts + 1);
     bounds.push(0);
@@ -878,9 +928,15 @@ pub fn split_nnz<I: Index>(indptr: &[I], parts: usize) -> Vec<Range<usize>> {
             (major as u128 * k as u128 / parts as u128) as usize
         } else {
             let target = first + (total * k as u128 + parts as u128 / 2) / parts as u128;
-            let j = indptr.partition_point(|&v| (v.zx() as u128) < target).min(major);
-            // `indptr[j - 1] < target <= indptr[j]` (or `j` is the end): the closer of the two.
-            let (below, above) = (indptr[j.saturating_sub(1)].zx() as u128, indptr[j].zx() as u128);
+            // The first `j` with `at(j) >= target` (a partition point when `at` never decreases).
+            let (mut lo, mut hi) = (0, major + 1);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if at(mid) < target { lo = mid + 1 } else { hi = mid }
+            }
+            let j = lo.min(major);
+            // `at(j - 1) < target <= at(j)` (or `j` is the end): the closer of the two.
+            let (below, above) = (at(j.saturating_sub(1)), at(j));
             if j > 0 && target.saturating_sub(below) < above.saturating_sub(target) { j - 1 } else { j }
         };
         let prev = *bounds.last().unwrap_or(&0);
