@@ -1142,6 +1142,12 @@ fn a_damaged_sparse_member_is_an_error_on_every_rank(world: &SimpleCommunicator)
         world.barrier();
         let needles = ["member indptr".to_string(), "CRC-32".to_string()];
         sparse_fails_everywhere(world, &path, &needles, &format!("indptr entry {j} of {m} moved by one"));
+        // `new_trusted` still verifies `indptr`, as it says.
+        let err = MpiLop::<f64>::new_trusted(world, &path, None, true, None).map(|_| ()).unwrap_err();
+        let Error::Rank { rank, message, .. } = &err else { panic!("{err}") };
+        let all = all_gather_u64(world, [*rank as u64, fnv(message)]);
+        assert!(all.iter().all(|a| *a == all[0]), "new_trusted, indptr entry {j} moved: the ranks differ ({err})");
+        assert!(message.contains("member indptr") && message.contains("CRC-32"), "new_trusted: {err}");
         world.barrier();
         if world.rank() == 0 {
             let _ = std::fs::remove_file(&path);

@@ -2083,6 +2083,40 @@ mod sparse {
         assert!(count > 5000, "only {count} mutants");
     }
 
+    /// A mapped part's indices live in the file's map: a file rewritten in place after the
+    /// view was checked (against the map's contract, but with safe code) makes the kernel panic
+    /// on an index out of range, never write out of bounds (the one-column scatter writes
+    /// unchecked at indices that cannot change).
+    #[test]
+    fn a_mapped_part_whose_file_changes_in_place_never_writes_out_of_bounds() {
+        use faer::sparse::{SparseColMatRef, SymbolicSparseColMatRef};
+        use lazylinop::prelude::*;
+        use lazylinop::sparse::Sparse;
+        use std::io::{Seek, SeekFrom, Write};
+
+        let path = std::env::temp_dir().join(format!("lazylinop-npz-{}-changed-in-place.npz", std::process::id()));
+        // A 4×4 CSC, one entry a column, at rows 3, 1, 0, 2.
+        let (ptr, idx, val) = ([0u32, 1, 2, 3, 4], [3u32, 1, 0, 2], [1.5f64, 2.5, 3.5, 4.5]);
+        let sym = SymbolicSparseColMatRef::new_unsorted_checked(4, 4, &ptr, None, &idx);
+        save_sparse(&path, SparseColMatRef::new(sym, &val)).unwrap();
+        let npz = SparseNpz::open(&path).unwrap();
+        let part = npz.part::<f64, u32>(0..4).unwrap();
+        assert!(part.is_mapped(), "save_sparse writes members that are viewed in place");
+        let op = Sparse::new(part.view());
+        let x = Mat::<f64>::from_fn(4, 1, |i, _| i as f64 + 1.0);
+        assert_eq!(op.matmat(&x), Mat::from_fn(4, 1, |i, _| [10.5, 5.0, 18.0, 1.5][i]), "before the change");
+        // The file's second index becomes 2³⁰, in place, while `op` holds its checked view.
+        let bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(16).position(|w| w == bytemuck::cast_slice::<u32, u8>(&idx)).expect("indices") + 4;
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(at as u64)).unwrap();
+        file.write_all(&(1u32 << 30).to_le_bytes()).unwrap();
+        drop(file);
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.matmat(&x)));
+        assert!(got.is_err(), "an index out of range read from the map must panic, got {got:?}");
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn save_sparse_round_trips_viewed_in_place() {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));

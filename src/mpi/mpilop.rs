@@ -173,9 +173,9 @@ impl<T: Scalar> MpiLop<T> {
     /// As [`MpiLop::new`], without verifying the members' CRC-32 where that
     /// costs a pass over them: for files the caller trusts, to save that
     /// pass at construction (each rank reads `1/p` of a member; see
-    /// BENCHMARKS.md for its cost). Members read whole anyway (a sparse
-    /// file's `indptr`, `format` and `shape`, a deflated member streamed to
-    /// its end) are still verified.
+    /// BENCHMARKS.md for its cost). A sparse file's `indptr` (each rank its
+    /// share), `format` and `shape`, and any deflated member streamed to its
+    /// end, are still verified.
     ///
     /// # Errors
     /// As [`MpiLop::new`], but for the checksum.
@@ -505,15 +505,18 @@ fn read_part<T: Scalar, I: SparseIndex>(
         .flat_map(|range| [range.start, range.end])
         .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v as u64).wrapping_mul(0x0000_0100_0000_01b3));
     s.agree(&[("the split of the stored entries over the ranks (a hash)", hash)], None)?;
-    if verify {
+    {
         // Each rank checksums the bytes of its own entries of each member
-        // (rank 0 the member's header too), so that it reads no page of another's.
+        // (rank 0 the member's header too), so that it reads no page of
+        // another's. `indptr` always (a share of it is small; a whole read
+        // would verify it anyway), `indices` and `data` unless trusted.
         let (major, nnz) = (npz.major(), npz.nnz());
-        let members = [
-            (SparseMember::Indptr, size_of::<I>(), major + 1, parts.iter().map(|r| r.start).collect::<Vec<_>>()),
-            (SparseMember::Indices, size_of::<I>(), nnz, starts.clone()),
-            (SparseMember::Data, size_of::<T>(), nnz, starts.clone()),
-        ];
+        let mut members =
+            vec![(SparseMember::Indptr, size_of::<I>(), major + 1, parts.iter().map(|r| r.start).collect::<Vec<_>>())];
+        if verify {
+            members.push((SparseMember::Indices, size_of::<I>(), nnz, starts.clone()));
+            members.push((SparseMember::Data, size_of::<T>(), nnz, starts.clone()));
+        }
         for (member, size, len, first) in members {
             let span = npz.crc_span(member);
             // The data end the member: element `e` starts `(len - e) · size` bytes

@@ -854,11 +854,12 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
 
     /// The part as the crate's sparse view (of [`shape`](Self::shape)), what the kernels of
     /// [`crate::sparse`] read. When `indices` is a view into the map, checked again, as
-    /// [`as_csr`](Self::as_csr) (a pass over `indptr` and `indices`); a copy, checked when it
-    /// was read, is not.
+    /// [`as_csr`](Self::as_csr) (a pass over `indptr` and `indices`), and the kernels
+    /// bounds-check every access at them; a copy, checked when it was read, is not.
     ///
     /// # Panics
-    /// Only if the file was changed in place while mapped (see [`SparseNpz`]).
+    /// Only if the file was changed in place while mapped (see [`SparseNpz`]); a change during
+    /// a product panics in the kernel (or gives wrong values), never an access out of bounds.
     pub fn view(&self) -> SparseView<'_, I, T> {
         let (m, n) = self.shape();
         if let Slice::Owned(indices) = &self.indices {
@@ -872,7 +873,9 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
             Format::Csr => SparseView::csr(m, n, &self.indptr, self.indices(), self.data()),
             Format::Csc => SparseView::csc(m, n, &self.indptr, self.indices(), self.data()),
         };
-        view.expect("a part is checked when it is read: the file was changed in place while mapped")
+        // Checked again, and marked: the kernels then also bounds-check each write at these
+        // indices, which the file's owner could still change during a product.
+        view.expect("a part is checked when it is read: the file was changed in place while mapped").mapped()
     }
 
     /// The part as faer's CSR view (`range.len() × ncols`), `None` for a CSC part. Built with

@@ -98,6 +98,8 @@ pub(super) struct Parts<'a, I, E> {
     val: &'a [E],
     /// The bound of the inner indices.
     inner: usize,
+    /// The indices may change after their check ([`SparseView::mapped`]).
+    mapped: bool,
 }
 
 impl<'a, I: Index, T> Parts<'a, I, T> {
@@ -107,7 +109,7 @@ impl<'a, I: Index, T> Parts<'a, I, T> {
             Format::Csr => a.ncols,
             Format::Csc => a.nrows,
         };
-        Parts { ptr: a.ptr, nnz: a.nnz, idx: a.idx, val: a.val, inner }
+        Parts { ptr: a.ptr, nnz: a.nnz, idx: a.idx, val: a.val, inner, mapped: a.mapped }
     }
 
     /// The same structure with the values viewed as `E` (the same type as
@@ -116,8 +118,8 @@ impl<'a, I: Index, T> Parts<'a, I, T> {
     where
         T: bytemuck::Pod,
     {
-        let Parts { ptr, nnz, idx, val, inner } = self;
-        Parts { ptr, nnz, idx, val: bytemuck::cast_slice(val), inner }
+        let Parts { ptr, nnz, idx, val, inner, mapped } = self;
+        Parts { ptr, nnz, idx, val: bytemuck::cast_slice(val), inner, mapped }
     }
 }
 
@@ -151,10 +153,17 @@ impl<'a, I: Index, E> Parts<'a, I, E> {
     {
         assert!(y.len() >= self.inner, "{} outputs for an inner dimension of {}", y.len(), self.inner);
         let (idx, val) = self.outer(j);
+        if self.mapped {
+            for (i, v) in idx.iter().zip(val) {
+                f(&mut y[i.zx()], *v);
+            }
+            return;
+        }
         for (i, v) in idx.iter().zip(val) {
             // SAFETY: `idx` is `self.idx[self.range(j)]` (checked slicing),
-            // whose indices are below `self.inner` (the invariant of
-            // `Parts`, which safe code outside the crate cannot break:
+            // whose indices are below `self.inner` and cannot have changed
+            // since (not `mapped`; the invariant of `Parts`, which safe code
+            // outside the crate cannot break:
             // private fields, one constructor from a `SparseView`, whose
             // constructors check it or, crate-private, require it checked),
             // and `self.inner <= y.len()` (asserted above).
@@ -427,6 +436,8 @@ impl<E: Elem> WithSimd for Lanes<E> {
 /// How a product runs: walk, panel width, threads.
 #[derive(Copy, Clone, Debug)]
 pub(super) struct Plan {
+    /// The instruction set, chosen once.
+    arch: Arch,
     walk: Walk,
     /// Elements in a SIMD vector on this machine.
     lanes: usize,
@@ -445,7 +456,13 @@ pub(super) struct Plan {
 impl Plan {
     /// The plan of `out (m×k) = A_mode · X (n×k)`, where `A` has `nnz` entries.
     pub(super) fn new<E: Elem>(walk: Walk, m: usize, n: usize, k: usize, nnz: usize, par: Par) -> Self {
-        let lanes = Arch::new().dispatch(Lanes::<E>(core::marker::PhantomData));
+        Self::on::<E>(Arch::new(), walk, m, n, k, nnz, par)
+    }
+
+    /// [`Plan::new`] on the instruction set `arch` (the tests take pulp's
+    /// scalar one, whose vectors hold one element, as `c64`'s do on NEON).
+    fn on<E: Elem>(arch: Arch, walk: Walk, m: usize, n: usize, k: usize, nnz: usize, par: Par) -> Self {
+        let lanes = arch.dispatch(Lanes::<E>(core::marker::PhantomData));
         let work = nnz.saturating_mul(k);
         let threads = par.degree().min(work / MIN_WORK_PER_THREAD).max(1);
         // Threads take whole panels when there are enough (the panels narrow
@@ -460,7 +477,7 @@ impl Plan {
             k if k <= lanes || walk == Walk::Gather || (by_panels && k < 2 * threads * lanes) => lanes,
             _ => 2 * lanes,
         };
-        Plan { walk, lanes, w, threads, by_panels, m, n }
+        Plan { arch, walk, lanes, w, threads, by_panels, m, n }
     }
 
     /// Scratch of [`run`] (elements of `E`).
@@ -501,9 +518,9 @@ pub(super) fn run<I: Index, T: Scalar, E: Elem>(
     rhs: MatRef<'_, T>,
     stack: &mut MemStack,
 ) {
-    let ctx = Ctx { arch: Arch::new(), a, conj, w: plan.w };
+    let ctx = Ctx { arch: plan.arch, a, conj, w: plan.w };
     let body = move || {
-        if plan.w == 1 {
+        if rhs.ncols() == 1 {
             // One column, stored contiguously (as usual): no staging, and
             // scratch only for the scatter's other threads.
             let x = rhs.col(0).try_as_col_major().map(|c| bytemuck::cast_slice::<T, E>(c.as_slice()));
@@ -855,3 +872,59 @@ macro_rules! with_elem {
     };
 }
 pub(super) use with_elem;
+
+#[cfg(test)]
+mod tests {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::{Mat, Par};
+
+    use pulp::Arch;
+
+    use super::{Parts, Plan, Walk, run};
+    use crate::sparse::SparseView;
+
+    /// With one element per SIMD vector (pulp's scalar fallback on x86-64
+    /// without AVX2, `c64` on NEON), panels are one column wide: a product
+    /// of several columns must still compute every column, sequentially and
+    /// on threads (before, only the first was, when it was contiguous).
+    #[test]
+    fn one_lane_products_compute_every_column() {
+        // A 600 × 500 CSR with 60 entries a row: enough work for two threads.
+        let (m, n, per) = (600usize, 500usize, 60usize);
+        let ptr: Vec<usize> = (0..=m).map(|i| i * per).collect();
+        let idx: Vec<usize> = (0..m * per).map(|e| (e * 7 + e / per * 13) % n).collect();
+        let val: Vec<f64> = (0..m * per).map(|e| (e % 11) as f64 - 5.0).collect();
+        let a = SparseView::csr(m, n, &ptr, &idx, &val).unwrap();
+        let mut dense = Mat::<f64>::zeros(m, n);
+        for i in 0..m {
+            for e in ptr[i]..ptr[i + 1] {
+                dense[(i, idx[e])] += val[e];
+            }
+        }
+        for k in [2, 3, 5] {
+            for par in [Par::Seq, Par::rayon(2)] {
+                // The gather computes A·X, the scatter Aᵀ·Y.
+                for (walk, rows, cols) in [(Walk::Gather, m, n), (Walk::Scatter, n, m)] {
+                    let x = Mat::<f64>::from_fn(cols, k, |i, j| (i % 7) as f64 + j as f64);
+                    let want = match walk {
+                        Walk::Gather => &dense * &x,
+                        Walk::Scatter => dense.transpose() * &x,
+                    };
+                    let plan = Plan::on::<f64>(Arch::Scalar, walk, rows, cols, k, val.len(), par);
+                    let mut out = Mat::<f64>::from_fn(rows, k, |_, _| f64::NAN);
+                    let mut buf = MemBuffer::new(plan.scratch::<f64>());
+                    run::<usize, f64, f64>(
+                        plan,
+                        Parts::of(a),
+                        false,
+                        out.as_mut(),
+                        x.as_ref(),
+                        MemStack::new(&mut buf),
+                    );
+                    let err = (&out - &want).norm_max();
+                    assert!(err <= 1e-9, "{walk:?}, k = {k}, {par:?}: max error {err}");
+                }
+            }
+        }
+    }
+}

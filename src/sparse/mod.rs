@@ -98,6 +98,9 @@ pub struct SparseView<'a, I, T> {
     nnz: Option<&'a [I]>,
     idx: &'a [I],
     val: &'a [T],
+    /// Whether the indices may change after they were checked (a file's
+    /// map): the kernels then never write at them unchecked.
+    mapped: bool,
 }
 
 impl<I, T> Clone for SparseView<'_, I, T> {
@@ -187,7 +190,16 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         values: &'a [T],
     ) -> Result<Self, SparseError> {
         check(nrows, ncols, indptr, indices, values.len())?;
-        Ok(SparseView { format: Format::Csr, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values })
+        Ok(SparseView {
+            format: Format::Csr,
+            nrows,
+            ncols,
+            ptr: indptr,
+            nnz: None,
+            idx: indices,
+            val: values,
+            mapped: false,
+        })
     }
 
     /// An `nrows × ncols` CSC matrix: as [`SparseView::csr`] with rows and
@@ -203,7 +215,16 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         values: &'a [T],
     ) -> Result<Self, SparseError> {
         check(ncols, nrows, indptr, indices, values.len())?;
-        Ok(SparseView { format: Format::Csc, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values })
+        Ok(SparseView {
+            format: Format::Csc,
+            nrows,
+            ncols,
+            ptr: indptr,
+            nnz: None,
+            idx: indices,
+            val: values,
+            mapped: false,
+        })
     }
 
     /// A view of slices whose structure was checked when they were made and
@@ -222,7 +243,15 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     ) -> Self {
         let (outer, inner) = if format == Format::Csr { (nrows, ncols) } else { (ncols, nrows) };
         debug_assert_eq!(check(outer, inner, indptr, indices, values.len()), Ok(()));
-        SparseView { format, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values }
+        SparseView { format, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values, mapped: false }
+    }
+
+    /// The same view, its indices read from a file's map that the file's
+    /// owner could change after the check (against the map's contract, but
+    /// with safe code): the kernels then bounds-check every write at them,
+    /// so that such a change panics instead of writing out of bounds.
+    pub(crate) fn mapped(self) -> Self {
+        SparseView { mapped: true, ..self }
     }
 
     /// Number of rows.
@@ -276,7 +305,7 @@ impl<'a, I: Index, T> From<SparseRowMatRef<'a, I, T>> for SparseView<'a, I, T> {
     fn from(a: SparseRowMatRef<'a, I, T>) -> Self {
         let (sym, val) = a.parts();
         let (nrows, ncols, ptr, nnz, idx) = sym.parts();
-        SparseView { format: Format::Csr, nrows, ncols, ptr, nnz, idx, val }
+        SparseView { format: Format::Csr, nrows, ncols, ptr, nnz, idx, val, mapped: false }
     }
 }
 
@@ -285,7 +314,7 @@ impl<'a, I: Index, T> From<SparseColMatRef<'a, I, T>> for SparseView<'a, I, T> {
     fn from(a: SparseColMatRef<'a, I, T>) -> Self {
         let (sym, val) = a.parts();
         let (nrows, ncols, ptr, nnz, idx) = sym.parts();
-        SparseView { format: Format::Csc, nrows, ncols, ptr, nnz, idx, val }
+        SparseView { format: Format::Csc, nrows, ncols, ptr, nnz, idx, val, mapped: false }
     }
 }
 
