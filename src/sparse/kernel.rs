@@ -54,8 +54,10 @@
 //! faer's own scatter does; without the check it reaches faer's speed (it
 //! was 2–7% slower, both at the memory's bandwidth). That rests on the
 //! invariant of [`Parts`] (every index below the inner dimension), which
-//! only the constructors of [`SparseView`] (and faer's own) establish.
-//! Everywhere else, invalid indices would panic.
+//! only the constructors of [`SparseView`] (and faer's own) establish, and
+//! on indices that cannot change since: a view into a file's map (marked
+//! by [`SparseView::mapped`]) is bounds-checked there too. Everywhere else,
+//! invalid indices would panic.
 
 use core::ops::Range;
 
@@ -85,7 +87,8 @@ const ALIGN: usize = 64;
 /// constructors, or faer's sparse views, which faer checks when they are
 /// built and whose own products read them unchecked), or take it from a
 /// crate-internal caller that checked it ([`SparseView::prechecked`]: the
-/// npz reader's owned parts).
+/// npz reader's owned parts). Unless `mapped`: then the indices could change
+/// after the check, and the writes are checked.
 #[derive(Copy, Clone, Debug)]
 pub(super) struct Parts<'a, I, E> {
     /// `outer + 1` offsets into `idx`/`val` (not necessarily from 0).
