@@ -1,8 +1,9 @@
 //! Sparse × dense products side by side, in one run: faer's
 //! `sparse_dense_matmul` against this crate's kernel (`Sparse`) on one
 //! thread and on two, CSR and CSC, f64, a random pattern of 20000 × 20000
-//! with 40 entries a column, for k = 1, 16 and 128 columns; the composite
-//! `S₁·S₂ + D` on faer's matrices and on `Sparse`; and a STREAM-style copy
+//! with 40 entries a column, for k = 1, 16 and 128 columns (CSC also held
+//! both ways, `BothWays`); the composite `S₁·S₂ + D` on faer's matrices, on
+//! `Sparse` and on `Sparse<BothWays>`; and a STREAM-style copy
 //! for the machine's memory bandwidth. Prints a table at the end: medians,
 //! GFLOP/s, the compulsory memory traffic per second (each pass over the
 //! matrix, plus operand and output once) against the copy's bandwidth, and
@@ -21,6 +22,7 @@ use faer::{Accum, Mat, Par};
 use lazylinop::parallel::{Method, pmatmat};
 use lazylinop::prelude::*;
 use lazylinop::random;
+use lazylinop::sparse::BothWays;
 
 const N: usize = 20_000;
 const PER_COL: usize = 40;
@@ -85,6 +87,13 @@ fn spmm(c: &mut Criterion, csc: &SparseColMat<usize, f64>, csr: &SparseRowMat<us
                 bench_op(&mut g, id, &Sparse::new(csc), k, par);
             }
         }
+        if !is_csr {
+            // The CSC matrix held both ways: its product gathers on the CSR copy.
+            let both = Sparse::new(BothWays::new(csc).unwrap());
+            for (id, par) in [("both_seq", Par::Seq), ("both_par2", Par::rayon(2))] {
+                bench_op(&mut g, id, &both, k, par);
+            }
+        }
         g.finish();
     }
 }
@@ -102,6 +111,10 @@ fn composite(c: &mut Criterion, s1: &SparseColMat<usize, f64>) {
     bench_op(&mut g, "faer", &on_faer, k, Par::Seq);
     bench_op(&mut g, "kernel_seq", &on_sparse, k, Par::Seq);
     bench_op(&mut g, "kernel_thread", &pmatmat(&on_sparse, Method::Thread, Some(2), false).unwrap(), k, Par::Seq);
+    let (b1, b2) = (BothWays::new(s1).unwrap(), BothWays::new(&s2).unwrap());
+    let on_both = Sparse::new(&b1).compose(Sparse::new(&b2)).plus(&d);
+    bench_op(&mut g, "both_seq", &on_both, k, Par::Seq);
+    bench_op(&mut g, "both_thread", &pmatmat(&on_both, Method::Thread, Some(2), false).unwrap(), k, Par::Seq);
     g.finish();
 }
 
@@ -118,7 +131,8 @@ fn stream(c: &mut Criterion) {
 
 /// Flops and compulsory bytes of a variant: the matrix is read once per
 /// pass (faer: once per column; the kernel: once per panel, 8 columns for
-/// the CSR walk and 16 for the CSC one with AVX-512), operand and output
+/// the gather (CSR, or CSC held both ways) and 16 for the scatter (CSC)
+/// with AVX-512), operand and output
 /// once. The matrix (12.8 MB) partly stays in the last-level cache between
 /// faer's passes, so faer's figure can pass the copy's bandwidth.
 fn model(group: &str, variant: &str) -> Option<(f64, f64)> {
@@ -126,7 +140,8 @@ fn model(group: &str, variant: &str) -> Option<(f64, f64)> {
     let nnz = (N * PER_COL) as f64;
     let matrix_bytes = nnz * 16.0 + (N as f64 + 1.0) * 8.0;
     let dense_bytes = 2.0 * N as f64 * k * 8.0;
-    let panel = if group.starts_with("csr") { 8.0 } else { 16.0 };
+    let gathers = group.starts_with("csr") || variant.starts_with("both");
+    let panel = if gathers { 8.0 } else { 16.0 };
     let passes = if variant == "faer" { k } else { (k / panel).ceil() };
     let (flops, bytes) = if group.starts_with("composite") {
         // Two sparse products and a diagonal one.
@@ -167,7 +182,7 @@ fn summary(start: std::time::SystemTime) {
     groups.dedup();
     for group in groups {
         let faer = median(&group, "faer");
-        for id in ["faer", "kernel_seq", "kernel_par2", "kernel_thread"] {
+        for id in ["faer", "kernel_seq", "kernel_par2", "kernel_thread", "both_seq", "both_par2", "both_thread"] {
             let Some(t) = median(&group, id) else { continue };
             let Some((flops, bytes)) = model(&group, id) else { continue };
             let share = bandwidth.map_or("-".into(), |bw| format!("{:.0}%", 100.0 * bytes / t / bw));

@@ -34,7 +34,8 @@
 //!   MPI ranks (`parallel::pmatmat_mpi`, feature `mpi`).
 //! - [`sparse`]: [`Sparse`](sparse::Sparse), faer's CSR and CSC matrices
 //!   (or checked raw slices) as operators, with a multi-column SIMD kernel
-//!   that uses `Par`'s threads.
+//!   that uses `Par`'s threads; [`BothWays`](sparse::BothWays) holds a
+//!   matrix in both formats.
 //! - [`npz`]: one 2-D member of a numpy `.npz` file, read through a memory
 //!   map (row blocks viewed in place or copied), and [`npz::save`]; scipy
 //!   sparse `.npz` files (CSR, CSC) read by shares of their nonzeros

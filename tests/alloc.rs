@@ -163,7 +163,7 @@ fn thread_backend_products_do_not_allocate_per_product() {
     }
 }
 
-/// Sparse operators (CSR and CSC, in a composite without dense parts, whose
+/// Sparse operators (CSR, CSC and both ways, in a composite without dense parts, whose
 /// faer products allocate on several threads), on one thread and on two: no
 /// allocation per product beyond rayon's occasional job-queue block.
 fn sparse_products_do_not_allocate() {
@@ -174,7 +174,11 @@ fn sparse_products_do_not_allocate() {
         .collect();
     let csc = SparseColMat::<u32, f64>::try_new_from_triplets(n, n, &triplets).unwrap();
     let csr = csc.to_row_major().unwrap();
-    let l = Sparse::new(&csr).compose(Sparse::new(&csc)).plus(Sparse::new(csc.as_ref()).scale(2.0));
+    let both = lazylinop::sparse::BothWays::new(&csc).unwrap();
+    let l = Sparse::new(&csr)
+        .compose(Sparse::new(&csc))
+        .plus(Sparse::new(csc.as_ref()).scale(2.0))
+        .plus(Sparse::new(&both));
     for k in [1, 5, 40] {
         let x = random::mat::<f64>(n, k, 3);
         let mut out = Mat::zeros(n, k);
@@ -199,16 +203,16 @@ fn sparse_products_do_not_allocate() {
                 assert_eq!(count, 0, "k = {k}: heap allocations inside sequential sparse products");
             } else {
                 // rayon's job queue takes a block of 63 slots every 63 jobs
-                // entering the pool: one job per threaded sparse product (three
+                // entering the pool: one job per threaded sparse product (four
                 // in each of the composite's products).
-                let sparse_products = 3 * 4 * rounds;
+                let sparse_products = 4 * 4 * rounds;
                 assert!(
                     32 * count <= sparse_products,
                     "k = {k}, {par:?}: {count} allocations in {sparse_products} sparse products"
                 );
             }
         }
-        let want = (csr.to_dense() * csc.to_dense() + csc.to_dense() * 2.0).transpose() * &x;
+        let want = (csr.to_dense() * csc.to_dense() + csc.to_dense() * 3.0).transpose() * &x;
         assert!((&out - &want).norm_max() < 1e-9 * want.norm_max());
     }
 }

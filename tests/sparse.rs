@@ -2,7 +2,8 @@
 //! reference and against faer's own sparse product, for the four scalar
 //! types, CSR and CSC, two index types, unsorted and repeated indices,
 //! empty rows and columns, no entries, non-compact faer storage, strided
-//! and transposed views, threads; checked raw views; the algebra and
+//! and transposed views, threads; checked raw views; both formats held
+//! at once (`BothWays`); the algebra and
 //! pmatmat on threads and processes.
 
 mod common;
@@ -15,7 +16,7 @@ use faer::sparse::{
 use faer::{Index, Mat, MatRef, Par};
 use lazylinop::parallel::{Method, pmatmat};
 use lazylinop::prelude::*;
-use lazylinop::sparse::{Format, SparseError, SparseView, matmul, matmul_scratch};
+use lazylinop::sparse::{BothWays, Format, SparseError, SparseView, matmul, matmul_scratch};
 use lazylinop::{Scalar, random};
 
 /// Compressed arrays with `outer` offsets over `inner`: some outers empty,
@@ -103,6 +104,10 @@ fn every_mode_matches<I: Index, T: Scalar>() {
         let what = |f: &str| format!("{f} {m}×{n} [{}]", std::any::type_name::<I>());
         check_against(&Sparse::new(&csr), &csr, csr_dense.as_ref(), &what("CSR"));
         check_against(&Sparse::new(&csc), &csc, csc_dense.as_ref(), &what("CSC"));
+        let (csr_both, csc_both) = (BothWays::new(&csr).unwrap(), BothWays::new(csc.as_ref()).unwrap());
+        assert_eq!((csr_both.copy().format(), csc_both.copy().format()), (Format::Csc, Format::Csr));
+        check_against(&Sparse::new(&csr_both), &csr, csr_dense.as_ref(), &what("CSR both ways"));
+        check_against(&Sparse::new(csc_both), &csc, csc_dense.as_ref(), &what("CSC both ways"));
         check_op(&Sparse::new(csr.as_ref()), csr_dense.as_ref(), &what("CSR ref"));
         check_op(&Sparse::new(csc.as_ref()), csc_dense.as_ref(), &what("CSC ref"));
     }
@@ -120,6 +125,18 @@ fn every_mode_matches_dense_and_faer() {
 /// Large enough that `Par::rayon` really splits the work (odd parts too).
 #[test]
 fn threaded_products_match() {
+    fn check<T: Scalar, L: BiLinOp<T>>(op: &L, dense: &Mat<T>, what: &str) {
+        for k in [1, 2, 5, 24] {
+            for mode in Mode::ALL {
+                let x = random::mat::<T>(mode.dims_of(op).1, k, k as u64);
+                let want = reference(dense.as_ref(), mode, x.as_ref());
+                for par in [Par::rayon(2), Par::rayon(3), Par::rayon(4)] {
+                    let got = product(op, mode, x.as_ref(), par);
+                    assert_close(got.as_ref(), want.as_ref(), &format!("{what}, {mode:?}, k = {k}, {par:?}"));
+                }
+            }
+        }
+    }
     fn run<T: Scalar>() {
         let (m, n) = (2600, 2100);
         let (csr, csr_dense, csc, csc_dense) = matrices::<u32, T>(m, n, 80, 7);
@@ -127,16 +144,8 @@ fn threaded_products_match() {
             (&Sparse::new(csr.as_ref().into()) as &ViewOp<'_, T>, &csr_dense, "CSR"),
             (&Sparse::new(csc.as_ref().into()), &csc_dense, "CSC"),
         ] {
-            for k in [1, 2, 5, 24] {
-                for mode in Mode::ALL {
-                    let x = random::mat::<T>(mode.dims_of(op).1, k, k as u64);
-                    let want = reference(dense.as_ref(), mode, x.as_ref());
-                    for par in [Par::rayon(2), Par::rayon(3), Par::rayon(4)] {
-                        let got = product(op, mode, x.as_ref(), par);
-                        assert_close(got.as_ref(), want.as_ref(), &format!("{what}, {mode:?}, k = {k}, {par:?}"));
-                    }
-                }
-            }
+            check(op, dense, what);
+            check(&Sparse::new(BothWays::new(*op.inner()).unwrap()), dense, &format!("{what} both ways"));
         }
     }
     for_all_types!(run);
@@ -173,6 +182,14 @@ fn non_compact_faer_storage() {
         assert!(!nan_inside, "the fixture's unused entries are outside the matrix");
         check_against(&Sparse::new(a), &a, dense.as_ref(), "non-compact CSC");
         check_against(&Sparse::new(a.transpose()), &a.transpose(), dense.transpose(), "non-compact CSR");
+        let both = BothWays::new(a).unwrap();
+        check_against(&Sparse::new(&both), &a, dense.as_ref(), "non-compact CSC both ways");
+        check_against(
+            &Sparse::new(BothWays::new(a.transpose()).unwrap()),
+            &a.transpose(),
+            dense.transpose(),
+            "non-compact CSR both ways",
+        );
     }
     for_all_types!(run);
 }

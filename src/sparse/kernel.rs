@@ -137,8 +137,9 @@ impl<'a, I: Index, E> Parts<'a, I, E> {
         start..end
     }
 
+    /// The indices and values of outer `j`.
     #[inline(always)]
-    fn outer(&self, j: usize) -> (&'a [I], &'a [E]) {
+    pub(super) fn entries(&self, j: usize) -> (&'a [I], &'a [E]) {
         let r = self.range(j);
         (&self.idx[r.clone()], &self.val[r])
     }
@@ -155,7 +156,7 @@ impl<'a, I: Index, E> Parts<'a, I, E> {
         E: Copy,
     {
         assert!(y.len() >= self.inner, "{} outputs for an inner dimension of {}", y.len(), self.inner);
-        let (idx, val) = self.outer(j);
+        let (idx, val) = self.entries(j);
         if self.mapped {
             for (i, v) in idx.iter().zip(val) {
                 f(&mut y[i.zx()], *v);
@@ -306,7 +307,7 @@ fn gather<S: Simd, I: Index, E: Elem, const NV: usize>(
 ) {
     let zero = E::splat(simd, E::ZERO);
     for (r, i) in rows.clone().zip(0..) {
-        let (idx, val) = a.outer(r);
+        let (idx, val) = a.entries(r);
         // Two chains of accumulators: a multiply-add's latency is hidden by the other.
         let mut acc0 = [zero; NV];
         let mut acc1 = [zero; NV];
@@ -349,7 +350,7 @@ fn scatter<S: Simd, I: Index, E: Elem, const NV: usize>(
 ) {
     for (j, jj) in outer.zip(0..) {
         let xj = *row::<S, E, NV>(x, jj);
-        let (idx, val) = a.outer(j);
+        let (idx, val) = a.entries(j);
         for (p, v) in idx.iter().zip(val) {
             let av = E::splat(simd, maybe_conj(*v, conj));
             let yr = row_mut::<S, E, NV>(y, p.zx());
@@ -363,7 +364,7 @@ fn scatter<S: Simd, I: Index, E: Elem, const NV: usize>(
 /// [`gather`] for one column, scalar.
 fn gather1<I: Index, E: Elem>(a: Parts<'_, I, E>, conj: bool, rows: Range<usize>, x: &[E], y: &mut [E]) {
     for (r, out) in rows.zip(y) {
-        let (idx, val) = a.outer(r);
+        let (idx, val) = a.entries(r);
         let mut acc = [E::ZERO; 4];
         let (idx4, val4) = (idx.chunks_exact(4), val.chunks_exact(4));
         let (idx_rest, val_rest) = (idx4.remainder(), val4.remainder());

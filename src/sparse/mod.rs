@@ -47,6 +47,16 @@
 //! add 1.7–2.5× to that. `S₁·S₂ + D` with 128 columns: 2.8–3.5× faer's
 //! sparse matrices on one core.
 //!
+//! # Both formats
+//! A product walks the matrix along its stored dimension: a *gather* (each
+//! output row a sum over the entries of one stored row: `CSR·X`, `CSCᵀ·X`)
+//! or a *scatter* (each stored entry added into a random output row:
+//! `CSC·X`, `CSRᵀ·X`), the slower of the two on many columns (its random
+//! rows are read and written back). [`BothWays`] keeps a copy in the other
+//! format, built once, so that every mode gathers: twice the memory, for
+//! operators applied many times in the scatter's modes (a CSC matrix's
+//! `A·X`, or both `A·X` and `Aᴴ·Y` in LSQR-like solvers).
+//!
 //! # Raw slices
 //! [`SparseView::csr`] and [`SparseView::csc`] check compressed slices
 //! once (offsets, lengths, every index) and return a typed error for bad
@@ -67,7 +77,8 @@ mod kernel;
 use core::fmt;
 
 use faer::dyn_stack::{MemStack, StackReq};
-use faer::sparse::{SparseColMat, SparseColMatRef, SparseRowMat, SparseRowMatRef};
+use faer::sparse::{FaerError, SparseColMat, SparseColMatRef, SparseRowMat, SparseRowMatRef};
+use faer::traits::IndexCore;
 use faer::{Index, MatMut, MatRef, Par};
 
 use crate::Scalar;
@@ -319,12 +330,19 @@ impl<'a, I: Index, T> From<SparseColMatRef<'a, I, T>> for SparseView<'a, I, T> {
 }
 
 /// Storage a [`Sparse`] operator can wrap: faer's sparse matrices and
-/// views, a [`SparseView`], or a reference to any of them.
+/// views, a [`SparseView`], a [`BothWays`], or a reference to any of them.
 pub trait SparseStorage<T>: Sync + fmt::Debug {
     /// The index type.
     type Index: Index;
     /// The matrix as a view.
     fn view(&self) -> SparseView<'_, Self::Index, T>;
+    /// The view a product in `mode` walks: [`SparseStorage::view`], unless
+    /// the storage also holds the matrix in the other format
+    /// ([`BothWays`]).
+    fn view_for(&self, mode: Mode) -> SparseView<'_, Self::Index, T> {
+        let _ = mode;
+        self.view()
+    }
 }
 
 impl<I: Index, T: Sync + fmt::Debug> SparseStorage<T> for SparseRowMat<I, T> {
@@ -362,6 +380,136 @@ impl<T, M: SparseStorage<T> + ?Sized> SparseStorage<T> for &M {
     fn view(&self) -> SparseView<'_, M::Index, T> {
         (**self).view()
     }
+    fn view_for(&self, mode: Mode) -> SparseView<'_, M::Index, T> {
+        (**self).view_for(mode)
+    }
+}
+
+/// A sparse matrix held in both formats: the storage `M` and an owned copy
+/// of it in the other format (CSC for a CSR matrix, CSR for a CSC one),
+/// so that every product mode walks the gather kernel, the faster of the
+/// two (a CSC matrix's `A·X` and a CSR matrix's `Aᵀ·X` read-modify-write
+/// random rows of the output, measured about 20% slower on many columns;
+/// BENCHMARKS.md). The price is a second copy of the entries, built once
+/// by [`BothWays::new`] in `O(nnz + nrows + ncols)`: the trade made by the
+/// "optimize" step of inspector-executor libraries. Use it as storage of a
+/// [`Sparse`] operator:
+///
+/// ```
+/// use lazylinop::prelude::*;
+/// use lazylinop::sparse::{BothWays, Sparse};
+/// use faer::sparse::{SparseColMat, Triplet};
+///
+/// let a = SparseColMat::<u32, f64>::try_new_from_triplets(
+///     3, 2, &[Triplet::new(0, 0, 1.0), Triplet::new(2, 1, 2.0)],
+/// ).unwrap();
+/// let op = Sparse::new(BothWays::new(&a).unwrap());
+/// assert_eq!(op.matmat(&faer::mat![[1.0], [10.0]]), faer::mat![[1.0], [0.0], [20.0]]);
+/// ```
+///
+/// The copy's entries within each of its outer indices are in the order
+/// of the original's outer indices (sorted), repeated entries kept.
+#[derive(Clone, Debug)]
+pub struct BothWays<M, I, T> {
+    mat: M,
+    /// The copy: its format, shape and compressed arrays (valid by
+    /// construction, never changed after [`BothWays::new`]).
+    format: Format,
+    shape: (usize, usize),
+    ptr: Vec<I>,
+    idx: Vec<I>,
+    val: Vec<T>,
+}
+
+impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
+    /// `mat`, and a copy of it in the other format.
+    ///
+    /// # Errors
+    /// [`FaerError::IndexOverflow`] if the copy's indices or offsets (up
+    /// to the outer dimension and the number of entries) do not fit the
+    /// index type, [`FaerError::OutOfMemory`] if it cannot be allocated.
+    pub fn new(mat: M) -> Result<Self, FaerError> {
+        let a = mat.view();
+        let parts = a.parts();
+        let (outer, inner) = match a.format {
+            Format::Csr => (a.nrows, a.ncols),
+            Format::Csc => (a.ncols, a.nrows),
+        };
+        let nnz = a.nnz();
+        if outer > M::Index::MAX.zx() || nnz > M::Index::MAX.zx() {
+            return Err(FaerError::IndexOverflow);
+        }
+        // Counting sort by inner index: `ptr[i + 1]` counts, then offsets.
+        let mut ptr = filled(inner + 1, 0usize)?;
+        for j in 0..outer {
+            for i in parts.entries(j).0 {
+                ptr[i.zx() + 1] += 1;
+            }
+        }
+        for i in 0..inner {
+            ptr[i + 1] += ptr[i];
+        }
+        let mut next = ptr.clone();
+        let mut idx = filled(nnz, M::Index::truncate(0))?;
+        let mut val = filled(nnz, faer::traits::math_utils::zero::<T>())?;
+        for j in 0..outer {
+            let (is, vs) = parts.entries(j);
+            for (i, v) in is.iter().zip(vs) {
+                let p = &mut next[i.zx()];
+                idx[*p] = M::Index::truncate(j);
+                val[*p] = *v;
+                *p += 1;
+            }
+        }
+        let mut typed = filled(inner + 1, M::Index::truncate(0))?;
+        for (t, p) in typed.iter_mut().zip(&ptr) {
+            *t = M::Index::truncate(*p);
+        }
+        let format = match a.format {
+            Format::Csr => Format::Csc,
+            Format::Csc => Format::Csr,
+        };
+        Ok(BothWays { format, shape: (a.nrows, a.ncols), ptr: typed, idx, val, mat })
+    }
+}
+
+impl<M, I, T> BothWays<M, I, T> {
+    /// The wrapped storage.
+    pub fn inner(&self) -> &M {
+        &self.mat
+    }
+
+    /// The copy in the other format.
+    pub fn copy(&self) -> SparseView<'_, I, T>
+    where
+        I: Index,
+    {
+        // SAFETY: `BothWays::new` built the arrays as a counting sort of a
+        // valid view: `ptr` has `outer + 1` non-decreasing offsets from 0
+        // to `idx.len() == val.len()`, every index is an outer index of the
+        // original (below the copy's inner dimension), and the fields are
+        // private and never changed since.
+        unsafe { SparseView::prechecked(self.format, self.shape, &self.ptr, &self.idx, &self.val) }
+    }
+}
+
+impl<M: SparseStorage<T>, T: Sync + fmt::Debug> SparseStorage<T> for BothWays<M, M::Index, T> {
+    type Index = M::Index;
+    fn view(&self) -> SparseView<'_, M::Index, T> {
+        self.mat.view()
+    }
+    fn view_for(&self, mode: Mode) -> SparseView<'_, M::Index, T> {
+        let a = self.mat.view();
+        if walk(a.format, mode) == Walk::Gather { a } else { self.copy() }
+    }
+}
+
+/// A vector of `n` copies of `x`, or `OutOfMemory`.
+fn filled<X: Clone>(n: usize, x: X) -> Result<Vec<X>, FaerError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| FaerError::OutOfMemory)?;
+    v.resize(n, x);
+    Ok(v)
 }
 
 /// A sparse matrix as an operator, with this module's kernels: see the
@@ -400,11 +548,11 @@ impl<T: Scalar, M: SparseStorage<T>> ModeOp<T> for Sparse<M> {
     }
 
     fn scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
-        matmul_scratch(self.mat.view(), mode, k, par)
+        matmul_scratch(self.mat.view_for(mode), mode, k, par)
     }
 
     fn run(&self, mode: Mode, out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
-        matmul(out, self.mat.view(), mode, rhs, par, stack)
+        matmul(out, self.mat.view_for(mode), mode, rhs, par, stack)
     }
 }
 
