@@ -428,6 +428,10 @@ impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
     /// [`FaerError::IndexOverflow`] if the copy's indices or offsets (up
     /// to the outer dimension and the number of entries) do not fit the
     /// index type, [`FaerError::OutOfMemory`] if it cannot be allocated.
+    ///
+    /// # Panics
+    /// If the entries change while they are copied (a view of a file's map
+    /// that the file's owner rewrites meanwhile).
     pub fn new(mat: M) -> Result<Self, FaerError> {
         let a = mat.view();
         let parts = a.parts();
@@ -440,7 +444,7 @@ impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
             return Err(FaerError::IndexOverflow);
         }
         // Counting sort by inner index: `ptr[i + 1]` counts, then offsets.
-        let mut ptr = filled(inner + 1, 0usize)?;
+        let mut ptr = filled(inner.checked_add(1).ok_or(FaerError::OutOfMemory)?, 0usize)?;
         for j in 0..outer {
             for i in parts.entries(j).0 {
                 ptr[i.zx() + 1] += 1;
@@ -449,6 +453,8 @@ impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
         for i in 0..inner {
             ptr[i + 1] += ptr[i];
         }
+        // Only a view into a file changed meanwhile (`SparseView::mapped`) could differ.
+        assert_eq!(ptr[inner], nnz, "the sparse matrix changed while it was copied");
         let mut next = ptr.clone();
         let mut idx = filled(nnz, M::Index::truncate(0))?;
         let mut val = filled(nnz, faer::traits::math_utils::zero::<T>())?;
@@ -484,10 +490,12 @@ impl<M, I, T> BothWays<M, I, T> {
     where
         I: Index,
     {
-        // SAFETY: `BothWays::new` built the arrays as a counting sort of a
-        // valid view: `ptr` has `outer + 1` non-decreasing offsets from 0
-        // to `idx.len() == val.len()`, every index is an outer index of the
-        // original (below the copy's inner dimension), and the fields are
+        // SAFETY: `BothWays::new` built the arrays itself, whatever the
+        // original holds: `ptr` is the prefix sums of counts that add up to
+        // `nnz == idx.len() == val.len()` (`outer + 1` non-decreasing offsets
+        // of the copy, from 0), and every index it stored is an outer index
+        // `j < outer` of the original, the copy's inner dimension (or the
+        // initial 0, only when `nnz > 0`, so `outer > 0`). The fields are
         // private and never changed since.
         unsafe { SparseView::prechecked(self.format, self.shape, &self.ptr, &self.idx, &self.val) }
     }
