@@ -117,6 +117,7 @@ fn every_mode_matches<I: Index, T: Scalar>() {
 fn every_mode_matches_dense_and_faer() {
     fn run<T: Scalar>() {
         every_mode_matches::<u32, T>();
+        every_mode_matches::<u64, T>();
         every_mode_matches::<usize, T>();
     }
     for_all_types!(run);
@@ -335,10 +336,16 @@ fn algebra_and_pmatmat() {
         let l = Sparse::new(&csr).compose(Sparse::new(&csc)).plus(&d);
         let dense = &csr_dense * &csc_dense + &d;
         check_op(&l, dense.as_ref(), "S₁·S₂ + D");
-        for w in [1, 2, 3] {
-            check_parallel(pmatmat(&l, Method::Thread, Some(w), false).unwrap(), dense.as_ref(), "thread");
-            check_parallel(pmatmat(&l, Method::Thread, Some(w), true).unwrap(), dense.as_ref(), "thread matvec");
+        let (b1, b2) = (BothWays::new(&csr).unwrap(), BothWays::new(&csc).unwrap());
+        let both = Sparse::new(&b1).compose(Sparse::new(&b2)).plus(&d);
+        fn on_threads<T: Scalar, L: BiLinOp<T>>(l: &L, dense: &Mat<T>, what: &str) {
+            for w in [1, 2, 3] {
+                check_parallel(pmatmat(l, Method::Thread, Some(w), false).unwrap(), dense.as_ref(), what);
+                check_parallel(pmatmat(l, Method::Thread, Some(w), true).unwrap(), dense.as_ref(), what);
+            }
         }
+        on_threads(&l, &dense, "thread");
+        on_threads(&both, &dense, "thread, both ways");
         #[cfg(unix)]
         with_deadline(30, {
             let (l, dense) =
@@ -358,6 +365,60 @@ fn algebra_and_pmatmat() {
         });
     }
     for_all_types!(run);
+}
+
+/// `BothWays` of raw views whose offsets do not start at 0 (unsorted and
+/// repeated indices, both formats), and of its copy alone.
+#[test]
+fn both_ways_of_offsets_not_from_zero() {
+    fn run<T: Scalar>() {
+        let ptr: Vec<u32> = vec![0, 2, 5, 5, 8, 9];
+        let idx: Vec<u32> = vec![3, 0, 2, 2, 1, 3, 0, 3, 1];
+        let val: Vec<T> = random::mat::<T>(9, 1, 4).col(0).iter().copied().collect();
+        for format in [Format::Csr, Format::Csc] {
+            let v = match format {
+                Format::Csr => SparseView::csr(4, 4, &ptr[1..=5], &idx, &val).unwrap(),
+                Format::Csc => SparseView::csc(4, 4, &ptr[1..=5], &idx, &val).unwrap(),
+            };
+            let dense = densify(format, 4, 4, &[0, 3, 3, 6, 7], &[2, 2, 1, 3, 0, 3, 1], &val[2..]);
+            let both = BothWays::new(v).unwrap();
+            let copy = both.copy();
+            assert_eq!((copy.format() != format, copy.nnz(), copy.nrows(), copy.ncols()), (true, 7, 4, 4));
+            check_op(&Sparse::new(&both), dense.as_ref(), "offsets not from 0, both ways");
+            check_op(&Sparse::new(copy), dense.as_ref(), "offsets not from 0, the copy alone");
+        }
+    }
+    for_all_types!(run);
+}
+
+/// An inner dimension whose offsets cannot be allocated is a typed error.
+#[test]
+fn both_ways_of_a_huge_inner_dimension_is_out_of_memory() {
+    for inner in [usize::MAX, usize::MAX - 1, 1 << 50] {
+        let v = SparseView::<u64, f64>::csr(1, inner, &[0, 0], &[], &[]).unwrap();
+        assert_eq!(BothWays::new(v).err(), Some(faer::sparse::FaerError::OutOfMemory), "inner = {inner}");
+    }
+}
+
+/// A memory-mapped part of a scipy file, held both ways.
+#[test]
+fn both_ways_of_a_mapped_npz_part() {
+    use faer::sparse::Triplet;
+    use lazylinop::npz::{SparseNpz, save_sparse};
+    let dir = std::env::temp_dir().join(format!("lazylinop-both-ways-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("a.npz");
+    let (m, n) = (50usize, 31usize);
+    let triplets: Vec<_> = (0..400usize)
+        .map(|t| Triplet::new(((t * 13) % m) as u32, ((t * 29 + 7) % n) as u32, t as f64 - 100.0))
+        .collect();
+    let a = SparseRowMat::<u32, f64>::try_new_from_triplets(m, n, &triplets).unwrap();
+    save_sparse(&path, a.as_ref()).unwrap();
+    let part = SparseNpz::open(&path).unwrap().part::<f64, u32>(10..40).unwrap();
+    assert!(part.is_mapped());
+    let both = BothWays::new(part.view()).unwrap();
+    check_op(&Sparse::new(&both), a.to_dense().as_ref().subrows(10, 30), "mapped part both ways");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Runs `f` on a thread; panics if it has not finished after `secs` seconds

@@ -338,7 +338,9 @@ pub trait SparseStorage<T>: Sync + fmt::Debug {
     fn view(&self) -> SparseView<'_, Self::Index, T>;
     /// The view a product in `mode` walks: [`SparseStorage::view`], unless
     /// the storage also holds the matrix in the other format
-    /// ([`BothWays`]).
+    /// ([`BothWays`]). An implementation must return the same matrix as
+    /// `view` (same shape and entries, in either format): a product
+    /// checks its operands against the shape of `view`.
     fn view_for(&self, mode: Mode) -> SparseView<'_, Self::Index, T> {
         let _ = mode;
         self.view()
@@ -406,9 +408,6 @@ impl<T, M: SparseStorage<T> + ?Sized> SparseStorage<T> for &M {
 /// let op = Sparse::new(BothWays::new(&a).unwrap());
 /// assert_eq!(op.matmat(&faer::mat![[1.0], [10.0]]), faer::mat![[1.0], [0.0], [20.0]]);
 /// ```
-///
-/// The copy's entries within each of its outer indices are in the order
-/// of the original's outer indices (sorted), repeated entries kept.
 #[derive(Clone, Debug)]
 pub struct BothWays<M, I, T> {
     mat: M,
@@ -430,8 +429,10 @@ impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
     /// index type, [`FaerError::OutOfMemory`] if it cannot be allocated.
     ///
     /// # Panics
-    /// If the entries change while they are copied (a view of a file's map
-    /// that the file's owner rewrites meanwhile).
+    /// A view of a file's map that the file's owner rewrites while it is
+    /// copied may panic, or leave a copy that differs from the original
+    /// (as products on such a view may give wrong values); never a read or
+    /// write out of bounds.
     pub fn new(mat: M) -> Result<Self, FaerError> {
         let a = mat.view();
         let parts = a.parts();
@@ -440,22 +441,26 @@ impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
             Format::Csc => (a.ncols, a.nrows),
         };
         let nnz = a.nnz();
-        if outer > M::Index::MAX.zx() || nnz > M::Index::MAX.zx() {
+        // The copy's indices are the outer indices (its offsets, at most
+        // `nnz`, fit: they are the original's entries, counted by its own offsets).
+        if outer > M::Index::MAX.zx() {
             return Err(FaerError::IndexOverflow);
         }
         // Counting sort by inner index: `ptr[i + 1]` counts, then offsets.
         let mut ptr = filled(inner.checked_add(1).ok_or(FaerError::OutOfMemory)?, 0usize)?;
         for j in 0..outer {
             for i in parts.entries(j).0 {
+                // Only a view into a file changed since its check (`SparseView::mapped`) fails this.
+                assert!(i.zx() < inner, "the sparse matrix changed while it was copied");
                 ptr[i.zx() + 1] += 1;
             }
         }
         for i in 0..inner {
             ptr[i + 1] += ptr[i];
         }
-        // Only a view into a file changed meanwhile (`SparseView::mapped`) could differ.
         assert_eq!(ptr[inner], nnz, "the sparse matrix changed while it was copied");
-        let mut next = ptr.clone();
+        let mut next = filled(inner + 1, 0usize)?;
+        next.copy_from_slice(&ptr);
         let mut idx = filled(nnz, M::Index::truncate(0))?;
         let mut val = filled(nnz, faer::traits::math_utils::zero::<T>())?;
         for j in 0..outer {
@@ -483,6 +488,11 @@ impl<M, I, T> BothWays<M, I, T> {
     /// The wrapped storage.
     pub fn inner(&self) -> &M {
         &self.mat
+    }
+
+    /// The wrapped storage, given back (the copy is dropped).
+    pub fn into_inner(self) -> M {
+        self.mat
     }
 
     /// The copy in the other format.
