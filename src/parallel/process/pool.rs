@@ -128,11 +128,13 @@ impl Pool {
         let size = size_of::<T>();
         st.ensure_map(true, n * kw * size)?;
         st.ensure_map(false, m * kw * size)?;
-        st.input.as_mut().expect("mapped").mat_mut::<T>(n, kw).copy_from(rhs.subcols(0, kw));
-
-        // Requests first, then the parent's block, then reports: all run at the same time.
+        // Two messages a worker: `Product` first, so that it zeroes its block
+        // of the output map while the input is copied in here; then `Go`, and
+        // it reads the input. A worker whose request cannot be sent is lost
+        // (killed, reaped, the pool broken); it stays in the wait below,
+        // which then sees it dead at once: every worker that got `Product`
+        // gets `Go`, and every report is awaited.
         let mut result = Ok(());
-        let mut sent = 0;
         for i in 0..nworkers {
             let cols = split::block(k, nblocks, i);
             let block = Block {
@@ -144,11 +146,11 @@ impl Pool {
                 start: cols.start,
                 width: cols.len(),
             };
-            if let Err(e) = send(&st.workers[i].sock, &Request::new(Command::Product(block)), None) {
-                result = Err(st.lost_on_send(i, e));
-                break;
-            }
-            sent += 1;
+            st.request(i, Command::Product(block), &mut result);
+        }
+        st.input.as_mut().expect("mapped").mat_mut::<T>(n, kw).copy_from(rhs.subcols(0, kw));
+        for i in 0..nworkers {
+            st.request(i, Command::Go, &mut result);
         }
         let last = split::block(k, nblocks, nworkers);
         // A panic here waits for the workers' reports first, so that the next
@@ -157,7 +159,7 @@ impl Pool {
             let out = out.rb_mut().subcols_mut(last.start, last.len());
             work.block(out, rhs.subcols(last.start, last.len()), stack)
         }));
-        let pairs: Vec<(&OwnedFd, &Child)> = st.workers[..sent].iter().map(|w| (&w.sock, &*w.child)).collect();
+        let pairs: Vec<(&OwnedFd, &Child)> = st.workers[..nworkers].iter().map(|w| (&w.sock, &*w.child)).collect();
         let outcomes = wait_reports(&pairs, deadline);
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let err = match outcome {
@@ -186,6 +188,17 @@ impl Pool {
 }
 
 impl State {
+    /// Sends worker `i` a request; if that fails, the worker is lost and
+    /// the first error is kept in `result`.
+    fn request(&mut self, i: usize, command: Command, result: &mut Result<(), Error>) {
+        if let Err(e) = send(&self.workers[i].sock, &Request::new(command), None) {
+            let err = self.lost_on_send(i, e);
+            if result.is_ok() {
+                *result = Err(err);
+            }
+        }
+    }
+
     /// Makes sure the input or output map holds `bytes`; a new, larger map
     /// is sent to every worker.
     fn ensure_map(&mut self, input: bool, bytes: usize) -> Result<(), Error> {
@@ -297,15 +310,17 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
     let mut cannot: Option<String> = None;
     let mut scratch = MemBuffer::new(StackReq::EMPTY);
     let mut have = StackReq::EMPTY;
-    loop {
+    // The next request, decoded (the parent gone: leave).
+    let next = || {
         let mut req = bytemuck::Zeroable::zeroed();
-        let command = match recv(&sock, bytemuck::bytes_of_mut::<Request>(&mut req), MsgFlags::empty()) {
-            // The parent is gone.
+        match recv(&sock, bytemuck::bytes_of_mut::<Request>(&mut req), MsgFlags::empty()) {
             Ok((0, _)) | Err(_) => exit_child(ExitCode::ParentGone),
             Ok((len, fd)) if len == size_of::<Request>() => req.decode().map(|c| (c, fd)),
             Ok((len, _)) => Err(format!("a request of {len} bytes")),
-        };
-        let outcome = match command {
+        }
+    };
+    loop {
+        let outcome = match next() {
             Ok((Command::Exit, _)) => exit_child(ExitCode::Done),
             Ok((map @ (Command::MapInput(bytes) | Command::MapOutput(bytes)), fd)) => {
                 let is_input = matches!(map, Command::MapInput(_));
@@ -325,29 +340,42 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
                 }
                 continue;
             }
-            Ok((Command::Product(b), _)) => match (&cannot, &input, &mut output) {
-                (Some(why), ..) => Outcome::Broken(why.clone()),
-                (None, Some(input), Some(output)) => {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let work = Work { op, mode: b.mode, use_matvec: b.use_matvec };
-                        let need = work.scratch(b.width, 1);
-                        if need.size_bytes() > have.size_bytes() || need.align_bytes() > have.align_bytes() {
-                            have = have.or(need);
-                            scratch = MemBuffer::new(have);
-                        }
-                        let rhs = input.mat::<T>(b.n, b.k).subcols(b.start, b.width);
-                        let mut out = output.mat_mut::<T>(b.m, b.k).subcols_mut(b.start, b.width);
-                        // Zeroed: the map holds the last product's data.
-                        out.fill(zero());
-                        work.block(out, rhs, MemStack::new(&mut scratch));
-                    }));
-                    match result {
-                        Ok(()) => Outcome::Done,
-                        Err(payload) => Outcome::Panicked(panic_message(&*payload).to_owned()),
+            Ok((Command::Product(b), _)) => {
+                // Get ready while the parent copies the input in: zero the
+                // block (the map holds the last product's data).
+                let ready = match (&cannot, &input, &mut output) {
+                    (Some(why), ..) => Err(why.clone()),
+                    (None, Some(input), Some(output)) => {
+                        output.mat_mut::<T>(b.m, b.k).subcols_mut(b.start, b.width).fill(zero());
+                        Ok((input, output))
                     }
+                    _ => Err("a product came before its shared maps".to_owned()),
+                };
+                // Whatever happened, the parent sends `Go` and awaits one report.
+                match (next(), ready) {
+                    (Ok((Command::Go, _)), Ok((input, output))) => {
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let work = Work { op, mode: b.mode, use_matvec: b.use_matvec };
+                            let need = work.scratch(b.width, 1);
+                            if need.size_bytes() > have.size_bytes() || need.align_bytes() > have.align_bytes() {
+                                have = have.or(need);
+                                scratch = MemBuffer::new(have);
+                            }
+                            let rhs = input.mat::<T>(b.n, b.k).subcols(b.start, b.width);
+                            let out = output.mat_mut::<T>(b.m, b.k).subcols_mut(b.start, b.width);
+                            work.block(out, rhs, MemStack::new(&mut scratch));
+                        }));
+                        match result {
+                            Ok(()) => Outcome::Done,
+                            Err(payload) => Outcome::Panicked(panic_message(&*payload).to_owned()),
+                        }
+                    }
+                    (Ok((Command::Go, _)), Err(why)) => Outcome::Broken(why),
+                    (Ok((other, _)), _) => Outcome::Broken(format!("received {other:?} instead of Go after a product")),
+                    (Err(why), _) => Outcome::Broken(format!("received a bad request: {why}")),
                 }
-                _ => Outcome::Broken("a product came before its shared maps".to_owned()),
-            },
+            }
+            Ok((Command::Go, _)) => Outcome::Broken("received Go without a product".to_owned()),
             Err(why) => Outcome::Broken(format!("received a bad request: {why}")),
         };
         let broken = matches!(outcome, Outcome::Broken(_));
