@@ -254,11 +254,11 @@ impl State {
         let how = match child.try_reap() {
             Some(how) => how,
             None => {
+                // (It may be ending already: how it ended says which.)
                 child.kill();
-                format!("stopped answering ({e}) and was killed")
+                format!("stopped answering ({e}) and {}", child.reap())
             }
         };
-        child.reap();
         self.lost(i, Lost::Died(how))
     }
 }
@@ -385,5 +385,124 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
         if broken {
             exit_child(ExitCode::Done)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A pool worker driven message by message, as no pool would: each
+    //! test forks one and waits for it under a deadline.
+
+    use std::os::fd::AsRawFd;
+
+    use faer::Mat;
+    use nix::unistd::{ForkResult, fork};
+
+    use super::*;
+    use crate::ops::Mode;
+    use crate::parallel::process::protocol::{Keep, enter_child};
+
+    /// A worker of `op`, forked from this test, and its socket.
+    fn worker(op: &Mat<f64>) -> (OwnedFd, Child) {
+        let (ours, theirs) = socket_pair().unwrap();
+        let parent = nix::unistd::getpid();
+        // SAFETY: the child only enters the worker's life, as a pool's
+        // keeper does (it allocates through glibc's fork-safe malloc, takes
+        // no lock of this test process) and leaves with `_exit`.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                enter_child(parent, Keep::Only(theirs.as_raw_fd()));
+                worker_main::<f64, Mat<f64>>(op, 0, theirs)
+            }
+            ForkResult::Parent { child } => (ours, Child::new(child).unwrap()),
+        }
+    }
+
+    /// How `child` ended, once it did; killed after 10 s.
+    fn ended(child: &Child) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(how) = child.try_reap() {
+                return how;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                child.kill();
+                return format!("no exit within 10 s ({})", child.reap());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The worker's one report, within 10 s.
+    fn report(sock: &OwnedFd, child: &Child) -> Result<Outcome, Lost> {
+        wait_reports(&[(sock, child)], Deadline::start(Some(Duration::from_secs(10)))).remove(0)
+    }
+
+    /// Input and output maps of 5 columns, sent to the worker; the output full of 7s.
+    fn maps(sock: &OwnedFd) -> (SharedBuf, SharedBuf) {
+        let input = SharedBuf::new(4 * 5 * 8).unwrap();
+        let mut output = SharedBuf::new(3 * 5 * 8).unwrap();
+        output.mat_mut::<f64>(3, 5).fill(7.0);
+        send(sock, &Request::new(Command::MapInput(input.len())), Some(input.fd())).unwrap();
+        send(sock, &Request::new(Command::MapOutput(output.len())), Some(output.fd())).unwrap();
+        (input, output)
+    }
+
+    /// Columns 1..4 of a 3 × 4 operator's product with 5 columns.
+    const BLOCK: Block = Block { mode: Mode::Apply, use_matvec: false, m: 3, n: 4, k: 5, start: 1, width: 3 };
+
+    #[test]
+    fn a_worker_zeroes_its_block_on_product_and_reads_the_input_on_go() {
+        let a = crate::random::mat::<f64>(3, 4, 0);
+        let x = crate::random::mat::<f64>(4, 5, 1);
+        let (sock, child) = worker(&a);
+        let (mut input, output) = maps(&sock);
+        send(&sock, &Request::new(Command::Product(BLOCK)), None).unwrap();
+        // Zeroed before `Go`, while the input is still unwritten; the other columns untouched.
+        let start = Instant::now();
+        while (1..4).any(|j| output.mat::<f64>(3, 5).col(j).iter().any(|&v| v != 0.0)) {
+            assert!(start.elapsed() < Duration::from_secs(10), "the block was not zeroed before Go");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        input.mat_mut::<f64>(4, 5).copy_from(&x);
+        send(&sock, &Request::new(Command::Go), None).unwrap();
+        assert!(matches!(report(&sock, &child), Ok(Outcome::Done)));
+        let out = output.mat::<f64>(3, 5);
+        assert!((out.subcols(1, 3) - &a * x.subcols(1, 3)).norm_max() < 1e-12);
+        assert!(out.col(0).iter().chain(out.col(4).iter()).all(|&v| v == 7.0));
+        send(&sock, &Request::new(Command::Exit), None).unwrap();
+        assert_eq!(ended(&child), "exited with code 0");
+    }
+
+    #[test]
+    fn a_worker_that_gets_anything_but_go_after_a_product_answers_broken_and_leaves() {
+        let a = crate::random::mat::<f64>(3, 4, 0);
+        let mut garbage = Request::new(Command::Go);
+        bytemuck::bytes_of_mut(&mut garbage)[0] = 42;
+        let expected = [(Some(Command::Exit), "instead of Go"), (Some(Command::Product(BLOCK)), "instead of Go")];
+        for (after, why) in expected.into_iter().chain([(None, "bad request")]) {
+            let (sock, child) = worker(&a);
+            let _maps = maps(&sock);
+            send(&sock, &Request::new(Command::Product(BLOCK)), None).unwrap();
+            send(&sock, &after.map_or(garbage, Request::new), None).unwrap();
+            let outcome = report(&sock, &child);
+            assert!(matches!(&outcome, Ok(Outcome::Broken(m)) if m.contains(why)), "{after:?}: {outcome:?}");
+            assert_eq!(ended(&child), "exited with code 0");
+        }
+        // And `Go` without a product.
+        let (sock, child) = worker(&a);
+        send(&sock, &Request::new(Command::Go), None).unwrap();
+        assert!(matches!(report(&sock, &child), Ok(Outcome::Broken(m)) if m.contains("without a product")));
+        assert_eq!(ended(&child), "exited with code 0");
+    }
+
+    #[test]
+    fn a_worker_whose_parent_goes_away_between_product_and_go_leaves() {
+        let a = crate::random::mat::<f64>(3, 4, 0);
+        let (sock, child) = worker(&a);
+        let _maps = maps(&sock);
+        send(&sock, &Request::new(Command::Product(BLOCK)), None).unwrap();
+        drop(sock);
+        assert_eq!(ended(&child), format!("exited with code {}", ExitCode::ParentGone as i32));
     }
 }
