@@ -8,6 +8,23 @@
 //! process group, and answers `Request`s with `Report`s. A worker that
 //! cannot map a new shared buffer reports that it cannot go on and leaves:
 //! the pool is then broken until rebuilt.
+//!
+//! A product takes two requests per worker, so that the worker's zeroing of
+//! its output block is off the critical path:
+//! 1. `Product(block)` to every worker; each zeroes its block of the output
+//!    map, then waits for the next request;
+//! 2. meanwhile the parent copies the workers' columns into the input map,
+//!    and sends each worker `Go` once its columns are in; the worker
+//!    computes its block and reports;
+//! 3. the parent computes the last block into the caller's output, waits
+//!    for every report (one wait, under the pool's deadline, which covers
+//!    the whole product), and copies the workers' blocks out.
+//!
+//! A worker that gets anything but `Go` after `Product` reports that it
+//! cannot go on and leaves; one whose parent goes away meanwhile sees
+//! end-of-file and leaves. A request the parent cannot send loses that
+//! worker (killed, reaped, the pool broken) and the others still get `Go`
+//! and are awaited, so the sockets stay in step.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -129,8 +146,8 @@ impl Pool {
         st.ensure_map(true, n * kw * size)?;
         st.ensure_map(false, m * kw * size)?;
         // Two messages a worker: `Product` first, so that it zeroes its block
-        // of the output map while the input is copied in here; then `Go`, and
-        // it reads the input. A worker whose request cannot be sent is lost
+        // of the output map while the input is copied in here; then `Go`, as
+        // soon as its columns are in, and it reads them. A worker whose request cannot be sent is lost
         // (killed, reaped, the pool broken); it stays in the wait below,
         // which then sees it dead at once: every worker that got `Product`
         // gets `Go`, and every report is awaited.
@@ -148,8 +165,10 @@ impl Pool {
             };
             st.request(i, Command::Product(block), &mut result);
         }
-        st.input.as_mut().expect("mapped").mat_mut::<T>(n, kw).copy_from(rhs.subcols(0, kw));
         for i in 0..nworkers {
+            let cols = split::block(k, nblocks, i);
+            let input = st.input.as_mut().expect("mapped").mat_mut::<T>(n, kw);
+            input.subcols_mut(cols.start, cols.len()).copy_from(rhs.subcols(cols.start, cols.len()));
             st.request(i, Command::Go, &mut result);
         }
         let last = split::block(k, nblocks, nworkers);
