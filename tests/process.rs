@@ -1,6 +1,8 @@
 //! The process backend, per product and created once: products against the
 //! dense reference; faults caused for real (panics, aborts, SIGKILL, a lock
-//! held at fork, signals, a parent that dies); operators and pools used the
+//! held at fork, signals, a parent that dies, a pool worker killed or
+//! stopped between the two requests of a product, caught there by pausing
+//! the product's copy of its input with a userfaultfd); operators and pools used the
 //! way real programs use them (built on a thread that exits, used in a
 //! process that forked on its own, nested); no child process and no
 //! shared-memory descriptor left behind; shared memory freed while pool
@@ -833,9 +835,6 @@ struct PausingMat {
     ncols: usize,
     handler: Option<std::thread::JoinHandle<bool>>,
 }
-
-// SAFETY: the memory is owned by the struct (a mapping of its own), read through `as_ref` only.
-unsafe impl Send for PausingMat {}
 
 #[repr(C)]
 struct UffdioApi {
