@@ -145,12 +145,13 @@ impl Pool {
         let size = size_of::<T>();
         st.ensure_map(true, n * kw * size)?;
         st.ensure_map(false, m * kw * size)?;
-        // Two messages a worker: `Product` first, so that it zeroes its block
-        // of the output map while the input is copied in here; then `Go`, as
-        // soon as its columns are in, and it reads them. A worker whose request cannot be sent is lost
-        // (killed, reaped, the pool broken); it stays in the wait below,
-        // which then sees it dead at once: every worker that got `Product`
-        // gets `Go`, and every report is awaited.
+        // Two requests per worker: `Product` first, so that it zeroes its
+        // block of the output map while the input is copied in here; then
+        // `Go`, as soon as its columns are in, and it reads them. A worker
+        // whose request cannot be sent is lost (killed, reaped, the pool
+        // broken); it stays in the wait below, which then sees it dead at
+        // once: every worker that got `Product` gets `Go`, and every report
+        // is awaited.
         let mut result = Ok(());
         for i in 0..nworkers {
             let cols = split::block(k, nblocks, i);
@@ -362,12 +363,17 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
             Ok((Command::Product(b), _)) => {
                 // Get ready while the parent copies the input in: zero the
                 // block (the map holds the last product's data).
+                let fits = |map: &SharedBuf, rows: usize| {
+                    let bytes = rows.checked_mul(b.k).and_then(|e| e.checked_mul(size_of::<T>()));
+                    bytes.is_some_and(|bytes| bytes <= map.len())
+                };
                 let ready = match (&cannot, &input, &mut output) {
                     (Some(why), ..) => Err(why.clone()),
-                    (None, Some(input), Some(output)) => {
+                    (None, Some(input), Some(output)) if fits(input, b.n) && fits(output, b.m) => {
                         output.mat_mut::<T>(b.m, b.k).subcols_mut(b.start, b.width).fill(zero());
                         Ok((input, output))
                     }
+                    (None, Some(_), Some(_)) => Err(format!("a product of {} columns outside the shared maps", b.k)),
                     _ => Err("a product came before its shared maps".to_owned()),
                 };
                 // Whatever happened, the parent sends `Go` and awaits one report.
@@ -494,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_gets_anything_but_go_after_a_product_answers_broken_and_leaves() {
+    fn a_worker_given_anything_but_go_after_a_product_or_a_block_outside_its_maps_answers_broken_and_leaves() {
         let a = crate::random::mat::<f64>(3, 4, 0);
         let mut garbage = Request::new(Command::Go);
         bytemuck::bytes_of_mut(&mut garbage)[0] = 42;
@@ -508,7 +514,13 @@ mod tests {
             assert!(matches!(&outcome, Ok(Outcome::Broken(m)) if m.contains(why)), "{after:?}: {outcome:?}");
             assert_eq!(ended(&child), "exited with code 0");
         }
-        // And `Go` without a product.
+        // A block larger than the maps, and `Go` without a product.
+        let (sock, child) = worker(&a);
+        let _maps = maps(&sock);
+        send(&sock, &Request::new(Command::Product(Block { k: 1 << 40, ..BLOCK })), None).unwrap();
+        send(&sock, &Request::new(Command::Go), None).unwrap();
+        assert!(matches!(report(&sock, &child), Ok(Outcome::Broken(m)) if m.contains("outside the shared maps")));
+        assert_eq!(ended(&child), "exited with code 0");
         let (sock, child) = worker(&a);
         send(&sock, &Request::new(Command::Go), None).unwrap();
         assert!(matches!(report(&sock, &child), Ok(Outcome::Broken(m)) if m.contains("without a product")));
