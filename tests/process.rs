@@ -1,6 +1,8 @@
 //! The process backend, per product and created once: products against the
 //! dense reference; faults caused for real (panics, aborts, SIGKILL, a lock
-//! held at fork, signals, a parent that dies); operators and pools used the
+//! held at fork, signals, a parent that dies, a pool worker killed or
+//! stopped between the two requests of a product, caught there by pausing
+//! the product's copy of its input with a userfaultfd); operators and pools used the
 //! way real programs use them (built on a thread that exits, used in a
 //! process that forked on its own, nested); no child process and no
 //! shared-memory descriptor left behind; shared memory freed while pool
@@ -810,6 +812,199 @@ fn a_worker_blocked_on_a_lock_held_at_fork_is_killed_at_the_deadline() {
                 l.rebuild_pool().unwrap();
             }
             assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), x.as_ref(), "after the deadline");
+        }
+    })
+}
+
+/// Process `pid`'s state letter and how many times it blocked (voluntary context switches).
+fn state_and_blocks(pid: i32) -> Option<(char, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let state = field("State:")?.chars().next()?;
+    Some((state, field("voluntary_ctxt_switches:")?.parse().ok()?))
+}
+
+/// An `n × k` copy of a matrix in private anonymous memory watched by a
+/// userfaultfd: the first read of one page of column 1 (by the product's
+/// copy of the workers' input) blocks the reader until `pause` has run on a
+/// thread of this process. A way to act at a chosen moment inside a product.
+struct PausingMat {
+    ptr: *mut f64,
+    bytes: usize,
+    nrows: usize,
+    ncols: usize,
+    handler: Option<std::thread::JoinHandle<bool>>,
+}
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+impl PausingMat {
+    fn new(x: &Mat<f64>, pause: impl FnOnce() -> bool + Send + 'static) -> Self {
+        const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+        const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+        const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+        const UFFD_USER_MODE_ONLY: libc::c_long = 1;
+        let (nrows, ncols) = (x.nrows(), x.ncols());
+        let page = 4096;
+        let bytes = (nrows * ncols * 8).next_multiple_of(page);
+        // SAFETY: a new private anonymous mapping, owned by this struct (unmapped in Drop).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        let ptr = ptr as *mut f64;
+        // SAFETY: the mapping holds `bytes` ≥ nrows·ncols·8 bytes, zero-filled, only ours.
+        let data = unsafe { std::slice::from_raw_parts_mut(ptr, nrows * ncols) };
+        MatMut::from_column_major_slice_mut(data, nrows, ncols).copy_from(x);
+        // The page that pauses: in column 1, whole.
+        let at = (nrows * 8).next_multiple_of(page);
+        assert!(at + page <= 2 * nrows * 8, "column 1 must hold a whole page");
+        // SAFETY: `at..at + page` lies inside the mapping.
+        let content: Vec<u8> = unsafe { std::slice::from_raw_parts((ptr as *const u8).add(at), page) }.to_vec();
+        // SAFETY: syscalls on our own mapping and a new descriptor; the structs are the kernel's layout.
+        let uffd = unsafe {
+            assert_eq!(libc::madvise((ptr as *mut u8).add(at).cast(), page, libc::MADV_DONTNEED), 0);
+            let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC as libc::c_long | UFFD_USER_MODE_ONLY);
+            assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+            let fd = fd as libc::c_int;
+            let mut api = UffdioApi { api: 0xAA, features: 0, ioctls: 0 };
+            assert_eq!(libc::ioctl(fd, UFFDIO_API, &mut api), 0, "{}", std::io::Error::last_os_error());
+            let mut reg = UffdioRegister { start: ptr as u64, len: bytes as u64, mode: 1, ioctls: 0 };
+            assert_eq!(libc::ioctl(fd, UFFDIO_REGISTER, &mut reg), 0, "{}", std::io::Error::last_os_error());
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        };
+        let dst = ptr as u64 + at as u64;
+        let handler = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // The fault's message (32 bytes), then `pause`, then the page.
+            let mut msg = [0u8; 32];
+            // SAFETY: read into our buffer.
+            let n = unsafe { libc::read(uffd.as_raw_fd(), msg.as_mut_ptr().cast(), 32) };
+            assert_eq!(n, 32, "{}", std::io::Error::last_os_error());
+            assert_eq!(msg[0], 0x12, "a page fault");
+            let paused = pause();
+            let mut copy = UffdioCopy { dst, src: content.as_ptr() as u64, len: page as u64, mode: 0, copy: 0 };
+            // SAFETY: copies our buffer into the missing page, waking the reader.
+            assert_eq!(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY, &mut copy) }, 0);
+            paused
+        });
+        Self { ptr, bytes, nrows, ncols, handler: Some(handler) }
+    }
+
+    fn as_ref(&self) -> MatRef<'_, f64> {
+        // SAFETY: the mapping holds nrows·ncols initialized f64s (the paused page is filled on first read).
+        let data = unsafe { std::slice::from_raw_parts(self.ptr, self.nrows * self.ncols) };
+        MatRef::from_column_major_slice(data, self.nrows, self.ncols)
+    }
+
+    /// What `pause` returned.
+    fn paused(&mut self) -> bool {
+        self.handler.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for PausingMat {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, no view of it left (`as_ref` borrows self).
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
+/// Waits until the pool's worker `pid` waits for `Go` (it got `Product`: it
+/// blocked once more than when `idle`, having zeroed its block), at most
+/// 10 s, and then sends it `signal`. True if it did.
+fn signal_when_waiting_for_go(pid: i32, idle: u64, signal: nix::sys::signal::Signal) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Some(('S', blocks)) = state_and_blocks(pid)
+            && blocks == idle + 1
+        {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+#[test]
+fn a_pool_worker_killed_or_stopped_while_it_waits_for_go_is_an_error_within_the_deadline() {
+    use nix::sys::signal::Signal;
+    let _g = shared();
+    within(120, move || {
+        // 3 workers, 2 columns each: columns 0..4 go through the input map.
+        let (m, n, k) = (8, 4096, 6);
+        let a = random::mat::<f64>(m, n, 0);
+        let x = random::mat::<f64>(n, k, 1);
+        let want = &a * &x;
+        for (signal, deadline) in [(Signal::SIGKILL, None), (Signal::SIGSTOP, Some(Duration::from_secs(2)))] {
+            let method = Method::Process(ProcessOptions::default().procs_created_once(true).deadline(deadline));
+            let mut l = pmatmat(&a, method, Some(3), false).unwrap().with_min_parallel_work(0);
+            // A first product maps the shared buffers: the next one sends only `Product` and `Go`.
+            assert_close(l.try_matmat(x.as_ref()).unwrap().as_ref(), want.as_ref(), "first product");
+            let pid = l.worker_pids()[0];
+            // Idle: asleep on its socket, its report sent.
+            let idle = loop {
+                if let Some(('S', blocks)) = state_and_blocks(pid) {
+                    break blocks;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            // The product stops in its copy of the input, until worker 0 was signalled.
+            let mut paused = PausingMat::new(&x, move || signal_when_waiting_for_go(pid, idle, signal));
+            let start = Instant::now();
+            let result = l.try_matmat(paused.as_ref());
+            let elapsed = start.elapsed();
+            assert!(paused.paused(), "{signal}: worker 0 was never waiting for Go");
+            let err = result.unwrap_err();
+            match signal {
+                Signal::SIGKILL => {
+                    assert!(
+                        matches!(&err, Error::WorkerDied { worker: 0, how, .. } if how.contains("SIGKILL")),
+                        "{err}"
+                    );
+                    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+                }
+                _ => {
+                    assert!(matches!(&err, Error::DeadlineExceeded { worker: 0, .. }), "{err}");
+                    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+                }
+            }
+            assert!(!children().contains(&pid), "{signal}: worker {pid} left behind");
+            // As for any lost worker: the pool says so until rebuilt, then computes correctly.
+            let broken = l.try_matmat(x.as_ref()).unwrap_err();
+            assert!(matches!(&broken, Error::PoolBroken(why) if why.contains(&format!("pid {pid}"))), "{broken}");
+            l.rebuild_pool().unwrap();
+            assert_close(l.try_matmat(paused.as_ref()).unwrap().as_ref(), want.as_ref(), "rebuilt");
         }
     })
 }

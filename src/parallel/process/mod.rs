@@ -17,10 +17,11 @@
 //! - **Created once** (`procs_created_once = true`, [`pool`]): `nworkers - 1`
 //!   workers forked when the operator is built, each holding its snapshot
 //!   of `L` (see [Snapshots](#snapshots)); the parent is the last worker, as
-//!   above. A product writes the workers' columns of `A` into a shared input
-//!   map, sends each worker its block over a Unix socket, computes the last
-//!   block straight into the caller's output, and copies the workers'
-//!   blocks from the shared output map. The maps grow when a larger operand
+//!   above. A product sends each worker its block over a Unix socket (the
+//!   worker zeroes its part of the shared output map meanwhile), writes the
+//!   workers' columns of `A` into a shared input map, tells the workers to
+//!   go, computes the last block straight into the caller's output, and
+//!   copies the workers' blocks from the shared output map. The maps grow when a larger operand
 //!   arrives; the new memfd reaches the workers over the socket
 //!   (`SCM_RIGHTS`). Products on one pool from several threads are
 //!   serialized. Dropping the operator stops and reaps every worker.

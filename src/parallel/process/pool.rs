@@ -8,6 +8,23 @@
 //! process group, and answers `Request`s with `Report`s. A worker that
 //! cannot map a new shared buffer reports that it cannot go on and leaves:
 //! the pool is then broken until rebuilt.
+//!
+//! A product takes two requests per worker, so that the worker's zeroing of
+//! its output block is off the critical path:
+//! 1. `Product(block)` to every worker; each zeroes its block of the output
+//!    map, then waits for the next request;
+//! 2. meanwhile the parent copies the workers' columns into the input map,
+//!    and sends each worker `Go` once its columns are in; the worker
+//!    computes its block and reports;
+//! 3. the parent computes the last block into the caller's output, waits
+//!    for every report (one wait, under the pool's deadline, which covers
+//!    the whole product), and copies the workers' blocks out.
+//!
+//! A worker that gets anything but `Go` after `Product` reports that it
+//! cannot go on and leaves; one whose parent goes away meanwhile sees
+//! end-of-file and leaves. A request the parent cannot send loses that
+//! worker (killed, reaped, the pool broken) and the others still get `Go`
+//! and are awaited, so the sockets stay in step.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -128,11 +145,14 @@ impl Pool {
         let size = size_of::<T>();
         st.ensure_map(true, n * kw * size)?;
         st.ensure_map(false, m * kw * size)?;
-        st.input.as_mut().expect("mapped").mat_mut::<T>(n, kw).copy_from(rhs.subcols(0, kw));
-
-        // Requests first, then the parent's block, then reports: all run at the same time.
+        // Two requests per worker: `Product` first, so that it zeroes its
+        // block of the output map while the input is copied in here; then
+        // `Go`, as soon as its columns are in, and it reads them. A worker
+        // whose request cannot be sent is lost (killed, reaped, the pool
+        // broken); it stays in the wait below, which then sees it dead at
+        // once: every worker that got `Product` gets `Go`, and every report
+        // is awaited.
         let mut result = Ok(());
-        let mut sent = 0;
         for i in 0..nworkers {
             let cols = split::block(k, nblocks, i);
             let block = Block {
@@ -144,11 +164,13 @@ impl Pool {
                 start: cols.start,
                 width: cols.len(),
             };
-            if let Err(e) = send(&st.workers[i].sock, &Request::new(Command::Product(block)), None) {
-                result = Err(st.lost_on_send(i, e));
-                break;
-            }
-            sent += 1;
+            st.request(i, Command::Product(block), &mut result);
+        }
+        for i in 0..nworkers {
+            let cols = split::block(k, nblocks, i);
+            let input = st.input.as_mut().expect("mapped").mat_mut::<T>(n, kw);
+            input.subcols_mut(cols.start, cols.len()).copy_from(rhs.subcols(cols.start, cols.len()));
+            st.request(i, Command::Go, &mut result);
         }
         let last = split::block(k, nblocks, nworkers);
         // A panic here waits for the workers' reports first, so that the next
@@ -157,7 +179,7 @@ impl Pool {
             let out = out.rb_mut().subcols_mut(last.start, last.len());
             work.block(out, rhs.subcols(last.start, last.len()), stack)
         }));
-        let pairs: Vec<(&OwnedFd, &Child)> = st.workers[..sent].iter().map(|w| (&w.sock, &*w.child)).collect();
+        let pairs: Vec<(&OwnedFd, &Child)> = st.workers[..nworkers].iter().map(|w| (&w.sock, &*w.child)).collect();
         let outcomes = wait_reports(&pairs, deadline);
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let err = match outcome {
@@ -186,6 +208,17 @@ impl Pool {
 }
 
 impl State {
+    /// Sends worker `i` a request; if that fails, the worker is lost and
+    /// the first error is kept in `result`.
+    fn request(&mut self, i: usize, command: Command, result: &mut Result<(), Error>) {
+        if let Err(e) = send(&self.workers[i].sock, &Request::new(command), None) {
+            let err = self.lost_on_send(i, e);
+            if result.is_ok() {
+                *result = Err(err);
+            }
+        }
+    }
+
     /// Makes sure the input or output map holds `bytes`; a new, larger map
     /// is sent to every worker.
     fn ensure_map(&mut self, input: bool, bytes: usize) -> Result<(), Error> {
@@ -241,11 +274,11 @@ impl State {
         let how = match child.try_reap() {
             Some(how) => how,
             None => {
+                // (It may be ending already: how it ended says which.)
                 child.kill();
-                format!("stopped answering ({e}) and was killed")
+                format!("stopped answering ({e}) and {}", child.reap())
             }
         };
-        child.reap();
         self.lost(i, Lost::Died(how))
     }
 }
@@ -297,15 +330,17 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
     let mut cannot: Option<String> = None;
     let mut scratch = MemBuffer::new(StackReq::EMPTY);
     let mut have = StackReq::EMPTY;
-    loop {
+    // The next request, decoded (the parent gone: leave).
+    let next = || {
         let mut req = bytemuck::Zeroable::zeroed();
-        let command = match recv(&sock, bytemuck::bytes_of_mut::<Request>(&mut req), MsgFlags::empty()) {
-            // The parent is gone.
+        match recv(&sock, bytemuck::bytes_of_mut::<Request>(&mut req), MsgFlags::empty()) {
             Ok((0, _)) | Err(_) => exit_child(ExitCode::ParentGone),
             Ok((len, fd)) if len == size_of::<Request>() => req.decode().map(|c| (c, fd)),
             Ok((len, _)) => Err(format!("a request of {len} bytes")),
-        };
-        let outcome = match command {
+        }
+    };
+    loop {
+        let outcome = match next() {
             Ok((Command::Exit, _)) => exit_child(ExitCode::Done),
             Ok((map @ (Command::MapInput(bytes) | Command::MapOutput(bytes)), fd)) => {
                 let is_input = matches!(map, Command::MapInput(_));
@@ -325,29 +360,47 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
                 }
                 continue;
             }
-            Ok((Command::Product(b), _)) => match (&cannot, &input, &mut output) {
-                (Some(why), ..) => Outcome::Broken(why.clone()),
-                (None, Some(input), Some(output)) => {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let work = Work { op, mode: b.mode, use_matvec: b.use_matvec };
-                        let need = work.scratch(b.width, 1);
-                        if need.size_bytes() > have.size_bytes() || need.align_bytes() > have.align_bytes() {
-                            have = have.or(need);
-                            scratch = MemBuffer::new(have);
-                        }
-                        let rhs = input.mat::<T>(b.n, b.k).subcols(b.start, b.width);
-                        let mut out = output.mat_mut::<T>(b.m, b.k).subcols_mut(b.start, b.width);
-                        // Zeroed: the map holds the last product's data.
-                        out.fill(zero());
-                        work.block(out, rhs, MemStack::new(&mut scratch));
-                    }));
-                    match result {
-                        Ok(()) => Outcome::Done,
-                        Err(payload) => Outcome::Panicked(panic_message(&*payload).to_owned()),
+            Ok((Command::Product(b), _)) => {
+                // Get ready while the parent copies the input in: zero the
+                // block (the map holds the last product's data).
+                let fits = |map: &SharedBuf, rows: usize| {
+                    let bytes = rows.checked_mul(b.k).and_then(|e| e.checked_mul(size_of::<T>()));
+                    bytes.is_some_and(|bytes| bytes <= map.len())
+                };
+                let ready = match (&cannot, &input, &mut output) {
+                    (Some(why), ..) => Err(why.clone()),
+                    (None, Some(input), Some(output)) if fits(input, b.n) && fits(output, b.m) => {
+                        output.mat_mut::<T>(b.m, b.k).subcols_mut(b.start, b.width).fill(zero());
+                        Ok((input, output))
                     }
+                    (None, Some(_), Some(_)) => Err(format!("a product of {} columns outside the shared maps", b.k)),
+                    _ => Err("a product came before its shared maps".to_owned()),
+                };
+                // Whatever happened, the parent sends `Go` and awaits one report.
+                match (next(), ready) {
+                    (Ok((Command::Go, _)), Ok((input, output))) => {
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let work = Work { op, mode: b.mode, use_matvec: b.use_matvec };
+                            let need = work.scratch(b.width, 1);
+                            if need.size_bytes() > have.size_bytes() || need.align_bytes() > have.align_bytes() {
+                                have = have.or(need);
+                                scratch = MemBuffer::new(have);
+                            }
+                            let rhs = input.mat::<T>(b.n, b.k).subcols(b.start, b.width);
+                            let out = output.mat_mut::<T>(b.m, b.k).subcols_mut(b.start, b.width);
+                            work.block(out, rhs, MemStack::new(&mut scratch));
+                        }));
+                        match result {
+                            Ok(()) => Outcome::Done,
+                            Err(payload) => Outcome::Panicked(panic_message(&*payload).to_owned()),
+                        }
+                    }
+                    (Ok((Command::Go, _)), Err(why)) => Outcome::Broken(why),
+                    (Ok((other, _)), _) => Outcome::Broken(format!("received {other:?} instead of Go after a product")),
+                    (Err(why), _) => Outcome::Broken(format!("received a bad request: {why}")),
                 }
-                _ => Outcome::Broken("a product came before its shared maps".to_owned()),
-            },
+            }
+            Ok((Command::Go, _)) => Outcome::Broken("received Go without a product".to_owned()),
             Err(why) => Outcome::Broken(format!("received a bad request: {why}")),
         };
         let broken = matches!(outcome, Outcome::Broken(_));
@@ -357,5 +410,130 @@ fn worker_main<T: Scalar, L: BiLinOp<T>>(op: &L, index: usize, sock: OwnedFd) ->
         if broken {
             exit_child(ExitCode::Done)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A pool worker driven message by message, as no pool would: each
+    //! test forks one and waits for it under a deadline.
+
+    use std::os::fd::AsRawFd;
+
+    use faer::Mat;
+    use nix::unistd::{ForkResult, fork};
+
+    use super::*;
+    use crate::ops::Mode;
+    use crate::parallel::process::protocol::{Keep, enter_child};
+
+    /// A worker of `op`, forked from this test, and its socket.
+    fn worker(op: &Mat<f64>) -> (OwnedFd, Child) {
+        let (ours, theirs) = socket_pair().unwrap();
+        let parent = nix::unistd::getpid();
+        // SAFETY: the child only enters the worker's life, as a pool's
+        // keeper does (it allocates through glibc's fork-safe malloc, takes
+        // no lock of this test process) and leaves with `_exit`.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                enter_child(parent, Keep::Only(theirs.as_raw_fd()));
+                worker_main::<f64, Mat<f64>>(op, 0, theirs)
+            }
+            ForkResult::Parent { child } => (ours, Child::new(child).unwrap()),
+        }
+    }
+
+    /// How `child` ended, once it did; killed after 10 s.
+    fn ended(child: &Child) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(how) = child.try_reap() {
+                return how;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                child.kill();
+                return format!("no exit within 10 s ({})", child.reap());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The worker's one report, within 10 s.
+    fn report(sock: &OwnedFd, child: &Child) -> Result<Outcome, Lost> {
+        wait_reports(&[(sock, child)], Deadline::start(Some(Duration::from_secs(10)))).remove(0)
+    }
+
+    /// Input and output maps of 5 columns, sent to the worker; the output full of 7s.
+    fn maps(sock: &OwnedFd) -> (SharedBuf, SharedBuf) {
+        let input = SharedBuf::new(4 * 5 * 8).unwrap();
+        let mut output = SharedBuf::new(3 * 5 * 8).unwrap();
+        output.mat_mut::<f64>(3, 5).fill(7.0);
+        send(sock, &Request::new(Command::MapInput(input.len())), Some(input.fd())).unwrap();
+        send(sock, &Request::new(Command::MapOutput(output.len())), Some(output.fd())).unwrap();
+        (input, output)
+    }
+
+    /// Columns 1..4 of a 3 × 4 operator's product with 5 columns.
+    const BLOCK: Block = Block { mode: Mode::Apply, use_matvec: false, m: 3, n: 4, k: 5, start: 1, width: 3 };
+
+    #[test]
+    fn a_worker_zeroes_its_block_on_product_and_reads_the_input_on_go() {
+        let a = crate::random::mat::<f64>(3, 4, 0);
+        let x = crate::random::mat::<f64>(4, 5, 1);
+        let (sock, child) = worker(&a);
+        let (mut input, output) = maps(&sock);
+        send(&sock, &Request::new(Command::Product(BLOCK)), None).unwrap();
+        // Zeroed before `Go`, while the input is still unwritten; the other columns untouched.
+        let start = Instant::now();
+        while (1..4).any(|j| output.mat::<f64>(3, 5).col(j).iter().any(|&v| v != 0.0)) {
+            assert!(start.elapsed() < Duration::from_secs(10), "the block was not zeroed before Go");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        input.mat_mut::<f64>(4, 5).copy_from(&x);
+        send(&sock, &Request::new(Command::Go), None).unwrap();
+        assert!(matches!(report(&sock, &child), Ok(Outcome::Done)));
+        let out = output.mat::<f64>(3, 5);
+        assert!((out.subcols(1, 3) - &a * x.subcols(1, 3)).norm_max() < 1e-12);
+        assert!(out.col(0).iter().chain(out.col(4).iter()).all(|&v| v == 7.0));
+        send(&sock, &Request::new(Command::Exit), None).unwrap();
+        assert_eq!(ended(&child), "exited with code 0");
+    }
+
+    #[test]
+    fn a_worker_given_anything_but_go_after_a_product_or_a_block_outside_its_maps_answers_broken_and_leaves() {
+        let a = crate::random::mat::<f64>(3, 4, 0);
+        let mut garbage = Request::new(Command::Go);
+        bytemuck::bytes_of_mut(&mut garbage)[0] = 42;
+        let expected = [(Some(Command::Exit), "instead of Go"), (Some(Command::Product(BLOCK)), "instead of Go")];
+        for (after, why) in expected.into_iter().chain([(None, "bad request")]) {
+            let (sock, child) = worker(&a);
+            let _maps = maps(&sock);
+            send(&sock, &Request::new(Command::Product(BLOCK)), None).unwrap();
+            send(&sock, &after.map_or(garbage, Request::new), None).unwrap();
+            let outcome = report(&sock, &child);
+            assert!(matches!(&outcome, Ok(Outcome::Broken(m)) if m.contains(why)), "{after:?}: {outcome:?}");
+            assert_eq!(ended(&child), "exited with code 0");
+        }
+        // A block larger than the maps, and `Go` without a product.
+        let (sock, child) = worker(&a);
+        let _maps = maps(&sock);
+        send(&sock, &Request::new(Command::Product(Block { k: 1 << 40, ..BLOCK })), None).unwrap();
+        send(&sock, &Request::new(Command::Go), None).unwrap();
+        assert!(matches!(report(&sock, &child), Ok(Outcome::Broken(m)) if m.contains("outside the shared maps")));
+        assert_eq!(ended(&child), "exited with code 0");
+        let (sock, child) = worker(&a);
+        send(&sock, &Request::new(Command::Go), None).unwrap();
+        assert!(matches!(report(&sock, &child), Ok(Outcome::Broken(m)) if m.contains("without a product")));
+        assert_eq!(ended(&child), "exited with code 0");
+    }
+
+    #[test]
+    fn a_worker_whose_parent_goes_away_between_product_and_go_leaves() {
+        let a = crate::random::mat::<f64>(3, 4, 0);
+        let (sock, child) = worker(&a);
+        let _maps = maps(&sock);
+        send(&sock, &Request::new(Command::Product(BLOCK)), None).unwrap();
+        drop(sock);
+        assert_eq!(ended(&child), format!("exited with code {}", ExitCode::ParentGone as i32));
     }
 }

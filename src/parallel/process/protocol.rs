@@ -285,6 +285,7 @@ const MAP_INPUT: u32 = 1;
 const MAP_OUTPUT: u32 = 2;
 const PRODUCT: u32 = 3;
 const EXIT: u32 = 4;
+const GO: u32 = 5;
 
 /// One worker's block of a pool product: columns `start..start + width` of
 /// the `n × k` input map and of the `m × k` output map.
@@ -306,8 +307,11 @@ pub(crate) enum Command {
     MapInput(usize),
     /// Same, as the output.
     MapOutput(usize),
-    /// Compute this block.
+    /// A product is coming, of this block: get ready (zero the block of
+    /// the output map), then wait for [`Command::Go`].
     Product(Block),
+    /// The input map is written: compute the block of the last `Product`.
+    Go,
     /// Leave.
     Exit,
 }
@@ -327,6 +331,7 @@ impl Request {
                 [r.m, r.n, r.k, r.start, r.width] = [b.m, b.n, b.k, b.start, b.width].map(|x| x as u64);
             }
             Command::Exit => r.kind = EXIT,
+            Command::Go => r.kind = GO,
         }
         r
     }
@@ -338,6 +343,7 @@ impl Request {
             MAP_INPUT => Ok(Command::MapInput(size(self.bytes)?)),
             MAP_OUTPUT => Ok(Command::MapOutput(size(self.bytes)?)),
             EXIT => Ok(Command::Exit),
+            GO => Ok(Command::Go),
             PRODUCT => {
                 let mode = u8::try_from(self.mode).ok().and_then(Mode::from_code);
                 let mode = mode.ok_or_else(|| format!("unknown product mode {}", self.mode))?;
@@ -613,7 +619,7 @@ mod tests {
     #[test]
     fn requests_round_trip_and_bad_ones_are_refused() {
         let b = Block { mode: Mode::Adjoint, use_matvec: true, m: 3, n: 4, k: 9, start: 5, width: 4 };
-        for c in [Command::MapInput(77), Command::MapOutput(1 << 40), Command::Product(b), Command::Exit] {
+        for c in [Command::MapInput(77), Command::MapOutput(1 << 40), Command::Product(b), Command::Go, Command::Exit] {
             assert_eq!(Request::new(c).decode(), Ok(c));
         }
         let mut bad = Request::new(Command::Product(Block { width: 5, ..b }));
