@@ -40,12 +40,11 @@
 //! Inside `pmatmat`, workers call the operator with `Par::Seq`, so the
 //! two levels of parallelism do not oversubscribe.
 //!
-//! Measured (`cargo bench --bench sparse`, f64, 20000 × 20000, 40 entries a
-//! column at random rows, on a shared 2-core Zen 4 VM, so ±20%): on one
-//! core, 3.2–4.2× faer's product for 16 and 128 columns, 1.1–1.35× for one
-//! column in CSR and about on par (0.6–1.2×, noisy) in CSC; two threads
-//! add 1.7–2.5× to that. `S₁·S₂ + D` with 128 columns: 2.8–3.5× faer's
-//! sparse matrices on one core.
+//! Measured (`cargo bench --bench sparse`, f64, 20000 × 20000, 40 entries
+//! a column, figures and machine in BENCHMARKS.md): on one core, several
+//! times faer's product for 16 and 128 columns (the gather about 4×, the
+//! scatter less) and on par or better for one column; two threads about
+//! double that.
 //!
 //! # Both formats
 //! A product walks the matrix along its stored dimension: a *gather* (each
@@ -391,8 +390,8 @@ impl<T, M: SparseStorage<T> + ?Sized> SparseStorage<T> for &M {
 /// of it in the other format (CSC for a CSR matrix, CSR for a CSC one),
 /// so that every product mode walks the gather kernel, the faster of the
 /// two (a CSC matrix's `A·X` and a CSR matrix's `Aᵀ·X` read-modify-write
-/// random rows of the output, measured about 20% slower on many columns;
-/// BENCHMARKS.md). The price is a second copy of the entries, built once
+/// random rows of the output: measured 10–50% slower with 16 and 128
+/// columns, BENCHMARKS.md). The price is a second copy of the entries, built once
 /// by [`BothWays::new`] in `O(nnz + nrows + ncols)`: the trade made by the
 /// "optimize" step of inspector-executor libraries. Use it as storage of a
 /// [`Sparse`] operator:
