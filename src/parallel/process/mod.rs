@@ -21,10 +21,10 @@
 //!   worker zeroes its part of the shared output map meanwhile), writes the
 //!   workers' columns of `A` into a shared input map, tells the workers to
 //!   go, computes the last block straight into the caller's output, and
-//!   copies the workers' blocks from the shared output map. The maps grow when a larger operand
-//!   arrives; the new memfd reaches the workers over the socket
-//!   (`SCM_RIGHTS`). Products on one pool from several threads are
-//!   serialized. Dropping the operator stops and reaps every worker.
+//!   copies the workers' blocks from the shared output map. The maps grow
+//!   when a larger operand arrives; the new memfd reaches the workers over
+//!   the socket (`SCM_RIGHTS`). Products on one pool from several threads
+//!   are serialized. Dropping the operator stops and reaps every worker.
 //!
 //! Both modes speak one protocol (`protocol`): a worker answers each block
 //! with one report ("done", "panicked with this message", or "cannot go
