@@ -69,7 +69,7 @@ use faer::reborrow::ReborrowMut;
 use faer::{Index, MatMut, MatRef, Par};
 use pulp::{Arch, Simd, WithSimd};
 
-use super::{Format, SparseView};
+use super::SparseView;
 use crate::Scalar;
 
 /// Rows staged at a time: the gather's output block, the scatter's operand block.
@@ -111,10 +111,7 @@ pub(super) struct Parts<'a, I, E> {
 impl<'a, I: Index, T> Parts<'a, I, T> {
     /// The structure of `a`.
     pub(super) fn of(a: SparseView<'a, I, T>) -> Self {
-        let inner = match a.format {
-            Format::Csr => a.ncols,
-            Format::Csc => a.nrows,
-        };
+        let (_, inner) = a.format.outer_inner((a.nrows, a.ncols));
         Parts { ptr: a.ptr, nnz: a.nnz, idx: a.idx, val: a.val, inner, mapped: a.mapped }
     }
 

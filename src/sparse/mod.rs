@@ -93,6 +93,25 @@ pub enum Format {
     Csc,
 }
 
+impl Format {
+    /// The outer (stored along) and inner (indexed) dimensions of a
+    /// `nrows × ncols` matrix in this format.
+    fn outer_inner(self, (nrows, ncols): (usize, usize)) -> (usize, usize) {
+        match self {
+            Format::Csr => (nrows, ncols),
+            Format::Csc => (ncols, nrows),
+        }
+    }
+
+    /// The other format.
+    fn other(self) -> Format {
+        match self {
+            Format::Csr => Format::Csc,
+            Format::Csc => Format::Csr,
+        }
+    }
+}
+
 /// A compressed sparse matrix (CSR or CSC) borrowed from slices, its
 /// structure known to be valid: what the kernels read.
 ///
@@ -199,17 +218,7 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         indices: &'a [I],
         values: &'a [T],
     ) -> Result<Self, SparseError> {
-        check(nrows, ncols, indptr, indices, values.len())?;
-        Ok(SparseView {
-            format: Format::Csr,
-            nrows,
-            ncols,
-            ptr: indptr,
-            nnz: None,
-            idx: indices,
-            val: values,
-            mapped: false,
-        })
+        Self::checked(Format::Csr, (nrows, ncols), indptr, indices, values)
     }
 
     /// An `nrows × ncols` CSC matrix: as [`SparseView::csr`] with rows and
@@ -224,17 +233,21 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         indices: &'a [I],
         values: &'a [T],
     ) -> Result<Self, SparseError> {
-        check(ncols, nrows, indptr, indices, values.len())?;
-        Ok(SparseView {
-            format: Format::Csc,
-            nrows,
-            ncols,
-            ptr: indptr,
-            nnz: None,
-            idx: indices,
-            val: values,
-            mapped: false,
-        })
+        Self::checked(Format::Csc, (nrows, ncols), indptr, indices, values)
+    }
+
+    /// [`SparseView::csr`] or [`SparseView::csc`].
+    fn checked(
+        format: Format,
+        shape: (usize, usize),
+        indptr: &'a [I],
+        indices: &'a [I],
+        values: &'a [T],
+    ) -> Result<Self, SparseError> {
+        let (outer, inner) = format.outer_inner(shape);
+        check(outer, inner, indptr, indices, values.len())?;
+        // SAFETY: `check` just verified what `prechecked` requires.
+        Ok(unsafe { Self::prechecked(format, shape, indptr, indices, values) })
     }
 
     /// A view of slices whose structure was checked when they were made and
@@ -251,7 +264,7 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         indices: &'a [I],
         values: &'a [T],
     ) -> Self {
-        let (outer, inner) = if format == Format::Csr { (nrows, ncols) } else { (ncols, nrows) };
+        let (outer, inner) = format.outer_inner((nrows, ncols));
         debug_assert_eq!(check(outer, inner, indptr, indices, values.len()), Ok(()));
         SparseView { format, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values, mapped: false }
     }
@@ -435,10 +448,7 @@ impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
     pub fn new(mat: M) -> Result<Self, FaerError> {
         let a = mat.view();
         let parts = a.parts();
-        let (outer, inner) = match a.format {
-            Format::Csr => (a.nrows, a.ncols),
-            Format::Csc => (a.ncols, a.nrows),
-        };
+        let (outer, inner) = a.format.outer_inner((a.nrows, a.ncols));
         let nnz = a.nnz();
         // The copy's indices are the outer indices (its offsets, at most
         // `nnz`, fit: they are the original's entries, counted by its own offsets).
@@ -475,10 +485,7 @@ impl<M: SparseStorage<T>, T: Scalar> BothWays<M, M::Index, T> {
         for (t, p) in typed.iter_mut().zip(&ptr) {
             *t = M::Index::truncate(*p);
         }
-        let format = match a.format {
-            Format::Csr => Format::Csc,
-            Format::Csc => Format::Csr,
-        };
+        let format = a.format.other();
         Ok(BothWays { format, shape: (a.nrows, a.ncols), ptr: typed, idx, val, mat })
     }
 }
