@@ -205,10 +205,12 @@ impl<'a, I: Index, E> Parts<'a, I, E> {
             }
             return;
         }
-        // SAFETY (both loops): `i < self.inner` for every index of `idx`,
-        // as in `for_each_entry`, and `self.inner · w <= x.len()` (asserted
-        // above), so `i·w..(i + 1)·w` lies within `x`.
-        let row = |i: &I| unsafe { x.get_unchecked(i.zx() * w..(i.zx() + 1) * w) };
+        let row = |i: &I| {
+            // SAFETY: `i` is an index of `idx`, so `i < self.inner` (as in
+            // `for_each_entry`), and `self.inner · w <= x.len()` (asserted
+            // above), so `i·w..(i + 1)·w` lies within `x`.
+            unsafe { x.get_unchecked(i.zx() * w..(i.zx() + 1) * w) }
+        };
         let (idx_u, val_u) = (idx.chunks_exact(U), val.chunks_exact(U));
         let (idx_rest, val_rest) = (idx_u.remainder(), val_u.remainder());
         for (p, v) in idx_u.zip(val_u) {
