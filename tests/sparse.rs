@@ -123,11 +123,12 @@ fn every_mode_matches_dense_and_faer() {
     for_all_types!(run);
 }
 
-/// Large enough that `Par::rayon` really splits the work (odd parts too).
+/// Large enough that `Par::rayon` really splits the work (odd parts too),
+/// and wide enough for panels of four vectors on each of two threads.
 #[test]
 fn threaded_products_match() {
     fn check<T: Scalar, L: BiLinOp<T>>(op: &L, dense: &Mat<T>, what: &str) {
-        for k in [1, 2, 5, 24] {
+        for k in [1, 2, 5, 24, 100] {
             for mode in Mode::ALL {
                 let x = random::mat::<T>(mode.dims_of(op).1, k, k as u64);
                 let want = reference(dense.as_ref(), mode, x.as_ref());

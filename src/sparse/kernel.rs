@@ -13,7 +13,10 @@
 //! The right-hand side is processed in *panels* of `w` columns, `w` one
 //! SIMD vector for the gather (8 `f64` with AVX-512: each entry then reads
 //! one cache line of the operand, measured 15–20% faster than two
-//! vectors) and two for the scatter. The gather copies the panel of `X`
+//! vectors) and two or four for the scatter (four when there are enough
+//! columns: a quarter of the passes over the matrix, measured 8% faster
+//! than two at k = 128; the cost per row is per cache line, below). The
+//! gather copies the panel of `X`
 //! into a row-major scratch, so each entry costs one load of `idx_p` and
 //! one vector multiply-add on one contiguous row; output rows are formed in
 //! a small row-major block and copied out. The scatter accumulates into a
@@ -36,7 +39,7 @@
 //!
 //! What bounds the scatter with a panel (measured, 20000², 40 entries a
 //! column, f64, AVX-512): the read-modify-write of random accumulator rows
-//! that live in L3 (`m × w` is 1.3–2.6 MB, a core's L2 is 1 MB); perf puts
+//! that live in L3 (`m × w` is 1.3–5.1 MB, a core's L2 is 1 MB); perf puts
 //! the samples on those loads and stores, and one or two vectors per row
 //! take the same time, so the cost is per cache line. Tried and not kept:
 //! blocks of accumulator rows that fit in L2 walked with a cursor per
@@ -422,7 +425,7 @@ pub(super) enum Walk {
 }
 
 /// One kernel call on the instruction set pulp picks; `w` (the row width of
-/// `x` and `y`) is one vector (gather) or one or two (scatter).
+/// `x` and `y`) is one vector (gather) or one, two or four (scatter).
 struct Kernel<'a, 'b, I, E> {
     walk: Walk,
     a: Parts<'a, I, E>,
@@ -444,8 +447,9 @@ impl<I: Index, E: Elem> WithSimd for Kernel<'_, '_, I, E> {
             (Walk::Gather, 1) => gather::<S, I, E, 1>(simd, a, conj, range, x, y),
             (Walk::Scatter, 1) => scatter::<S, I, E, 1>(simd, a, conj, range, x, y),
             (Walk::Scatter, 2) => scatter::<S, I, E, 2>(simd, a, conj, range, x, y),
+            (Walk::Scatter, 4) => scatter::<S, I, E, 4>(simd, a, conj, range, x, y),
             _ => unreachable!(
-                "panel width {w} is not one vector of {} (gather) or one or two (scatter)",
+                "panel width {w} is not one vector of {} (gather) or one, two or four (scatter)",
                 E::lanes::<S>()
             ),
         }
@@ -470,7 +474,7 @@ pub(super) struct Plan {
     walk: Walk,
     /// Elements in a SIMD vector on this machine.
     lanes: usize,
-    /// Widest panel: 1 for one column, else one vector (gather) or two (scatter).
+    /// Widest panel: 1 for one column, else one vector (gather) or up to four (scatter).
     w: usize,
     /// Threads.
     threads: usize,
@@ -498,12 +502,17 @@ impl Plan {
         // to one vector if that makes enough): no accumulators to sum for
         // the scatter, no barrier between panels for the gather.
         let by_panels = threads > 1 && k >= threads * lanes;
+        let panels = if by_panels { threads } else { 1 };
         let w = match k {
             0 => 0,
             1 => 1,
             // The gather reads one operand row per entry: one vector (a
             // cache line with AVX-512 and f64) measured faster than two.
-            k if k <= lanes || walk == Walk::Gather || (by_panels && k < 2 * threads * lanes) => lanes,
+            k if k <= lanes || walk == Walk::Gather => lanes,
+            // The scatter: four vectors if that leaves a panel for each
+            // thread, else two, else one.
+            k if k >= 4 * lanes * panels => 4 * lanes,
+            k if by_panels && k < 2 * lanes * panels => lanes,
             _ => 2 * lanes,
         };
         Plan { arch, walk, lanes, w, threads, by_panels, m, n }

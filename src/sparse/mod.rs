@@ -26,7 +26,7 @@
 //! faer 0.24's sparse × dense product is a scalar loop that ignores its
 //! `Par`: the CSC walk re-reads the whole matrix once per column of the
 //! operand. The kernels here ([`matmul`]) walk the matrix once per *panel*
-//! of columns (one or two SIMD vectors wide: 8 or 16 `f64` with AVX-512),
+//! of columns (one to four SIMD vectors wide: 8 to 32 `f64` with AVX-512),
 //! with one vector multiply-add per stored entry and vector of the panel,
 //! and split
 //! the work over the threads of `Par::Rayon` — also for a single column
