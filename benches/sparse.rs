@@ -7,12 +7,15 @@
 //! for the machine's memory bandwidth. Prints a table at the end: medians,
 //! GFLOP/s, the compulsory memory traffic per second (each pass over the
 //! matrix, plus operand and output once) against the copy's bandwidth, and
-//! the ratio to faer.
+//! the ratio to faer: of the two medians, and, for one thread, the median
+//! of ratios over runs alternating faer and the variant (the steadier
+//! figure on a shared machine).
 //!
 //! `cargo bench --bench sparse` (filter with `-- csr_k16`, say).
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use faer::dyn_stack::{MemBuffer, MemStack};
@@ -53,14 +56,49 @@ fn configure(g: &mut BenchmarkGroup<'_, WallTime>, flops: usize) {
     }
 }
 
-/// One variant: `op` with `k` columns through faer's trait, scratch allocated once.
-fn bench_op<L: BiLinOp<f64>>(g: &mut BenchmarkGroup<'_, WallTime>, id: &str, op: &L, k: usize, par: Par) {
+/// `op`'s product with `k` columns through faer's trait; operand, output
+/// and scratch allocated once.
+fn runner<'a, L: BiLinOp<f64>>(op: &'a L, k: usize, par: Par) -> impl FnMut() + 'a {
     let x = random::mat::<f64>(op.ncols(), k, 1);
     let mut out = Mat::zeros(op.nrows(), k);
     let mut buf = MemBuffer::new(op.apply_scratch(k, par));
+    move || op.apply(black_box(out.as_mut()), black_box(x.as_ref()), par, MemStack::new(&mut buf))
+}
+
+/// Paired ratios: (group, variant, faer's time over the variant's).
+static PAIRED: Mutex<Vec<(String, String, f64)>> = Mutex::new(Vec::new());
+
+/// One variant of `g` (named `group`): criterion's measurement, then, given
+/// `faer`, the median ratio of faer's time to its time over runs that
+/// alternate the two (at least 11 pairs, about 2 s): both then see the
+/// machine in the same state, which two medians taken a minute apart on a
+/// shared machine do not. Only for one thread: after each of faer's runs, a
+/// threaded variant would first wake the pool's sleeping workers.
+fn variant(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    group: &str,
+    id: &str,
+    mut run: impl FnMut(),
+    faer: Option<&mut dyn FnMut()>,
+) {
+    let mut ran = false;
     g.bench_function(id, |b| {
-        b.iter(|| op.apply(black_box(out.as_mut()), black_box(x.as_ref()), par, MemStack::new(&mut buf)))
+        ran = true;
+        b.iter(&mut run)
     });
+    let (Some(faer), true) = (faer, ran) else { return };
+    let start = Instant::now();
+    let mut ratios = Vec::new();
+    while ratios.len() < 11 || (start.elapsed() < Duration::from_secs(2) && ratios.len() < 1000) {
+        let t = Instant::now();
+        faer();
+        let tf = t.elapsed();
+        let t = Instant::now();
+        run();
+        ratios.push(tf.as_secs_f64() / t.elapsed().as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
+    PAIRED.lock().unwrap().push((group.into(), id.into(), ratios[ratios.len() / 2]));
 }
 
 /// faer against the kernel on `Par::Seq` and `Par::rayon(2)`, both formats.
@@ -68,30 +106,29 @@ fn spmm(c: &mut Criterion, csc: &SparseColMat<usize, f64>, csr: &SparseRowMat<us
     let x = random::mat::<f64>(N, k, 1);
     let mut out = Mat::<f64>::zeros(N, k);
     for (name, is_csr) in [("csc", false), ("csr", true)] {
-        let mut g = c.benchmark_group(format!("{name}_k{k}"));
+        let group = format!("{name}_k{k}");
+        let mut g = c.benchmark_group(&group);
         configure(&mut g, 2 * csc.val().len() * k);
-        g.bench_function("faer", |b| {
-            b.iter(|| {
-                let out = black_box(out.as_mut());
-                if is_csr {
-                    sparse_dense_matmul(out, Accum::Replace, csr.as_ref(), black_box(x.as_ref()), 1.0, Par::Seq)
-                } else {
-                    sparse_dense_matmul(out, Accum::Replace, csc.as_ref(), black_box(x.as_ref()), 1.0, Par::Seq)
-                }
-            })
-        });
-        for (id, par) in [("kernel_seq", Par::Seq), ("kernel_par2", Par::rayon(2))] {
+        let mut faer = || {
+            let out = black_box(out.as_mut());
             if is_csr {
-                bench_op(&mut g, id, &Sparse::new(csr), k, par);
+                sparse_dense_matmul(out, Accum::Replace, csr.as_ref(), black_box(x.as_ref()), 1.0, Par::Seq)
             } else {
-                bench_op(&mut g, id, &Sparse::new(csc), k, par);
+                sparse_dense_matmul(out, Accum::Replace, csc.as_ref(), black_box(x.as_ref()), 1.0, Par::Seq)
             }
+        };
+        variant(&mut g, &group, "faer", &mut faer, None);
+        // The CSC matrix held both ways: its product gathers on the CSR copy.
+        let both = Sparse::new(BothWays::new(csc).unwrap());
+        let (on_csr, on_csc) = (Sparse::new(csr), Sparse::new(csc));
+        for (id, par) in [("kernel_seq", Par::Seq), ("kernel_par2", Par::rayon(2))] {
+            let run: Box<dyn FnMut()> =
+                if is_csr { Box::new(runner(&on_csr, k, par)) } else { Box::new(runner(&on_csc, k, par)) };
+            variant(&mut g, &group, id, run, (par == Par::Seq).then_some(&mut faer));
         }
         if !is_csr {
-            // The CSC matrix held both ways: its product gathers on the CSR copy.
-            let both = Sparse::new(BothWays::new(csc).unwrap());
             for (id, par) in [("both_seq", Par::Seq), ("both_par2", Par::rayon(2))] {
-                bench_op(&mut g, id, &both, k, par);
+                variant(&mut g, &group, id, runner(&both, k, par), (par == Par::Seq).then_some(&mut faer));
             }
         }
         g.finish();
@@ -106,15 +143,21 @@ fn composite(c: &mut Criterion, s1: &SparseColMat<usize, f64>) {
     let d = diag(faer::Col::from_fn(N, |i| 1.0 + i as f64));
     let on_faer = s1.compose(&s2).plus(&d);
     let on_sparse = Sparse::new(s1).compose(Sparse::new(&s2)).plus(&d);
-    let mut g = c.benchmark_group(format!("composite_k{k}"));
-    configure(&mut g, 1 << 30);
-    bench_op(&mut g, "faer", &on_faer, k, Par::Seq);
-    bench_op(&mut g, "kernel_seq", &on_sparse, k, Par::Seq);
-    bench_op(&mut g, "kernel_thread", &pmatmat(&on_sparse, Method::Thread, Some(2), false).unwrap(), k, Par::Seq);
     let (b1, b2) = (BothWays::new(s1).unwrap(), BothWays::new(&s2).unwrap());
     let on_both = Sparse::new(&b1).compose(Sparse::new(&b2)).plus(&d);
-    bench_op(&mut g, "both_seq", &on_both, k, Par::Seq);
-    bench_op(&mut g, "both_thread", &pmatmat(&on_both, Method::Thread, Some(2), false).unwrap(), k, Par::Seq);
+    let (thread, both_thread) = (
+        pmatmat(&on_sparse, Method::Thread, Some(2), false).unwrap(),
+        pmatmat(&on_both, Method::Thread, Some(2), false).unwrap(),
+    );
+    let group = format!("composite_k{k}");
+    let mut g = c.benchmark_group(&group);
+    configure(&mut g, 1 << 30);
+    let mut faer = runner(&on_faer, k, Par::Seq);
+    variant(&mut g, &group, "faer", &mut faer, None);
+    variant(&mut g, &group, "kernel_seq", runner(&on_sparse, k, Par::Seq), Some(&mut faer));
+    variant(&mut g, &group, "kernel_thread", runner(&thread, k, Par::Seq), None);
+    variant(&mut g, &group, "both_seq", runner(&on_both, k, Par::Seq), Some(&mut faer));
+    variant(&mut g, &group, "both_thread", runner(&both_thread, k, Par::Seq), None);
     g.finish();
 }
 
@@ -131,7 +174,7 @@ fn stream(c: &mut Criterion) {
 
 /// Flops and compulsory bytes of a variant: the matrix is read once per
 /// pass (faer: once per column; the kernel: once per panel, 8 columns for
-/// the gather (CSR, or CSC held both ways) and 16 for the scatter (CSC)
+/// the gather (CSR, or CSC held both ways) and 16 (k = 16) or 32 for the scatter (CSC)
 /// with AVX-512), operand and output
 /// once. The matrix (12.8 MB) partly stays in the last-level cache between
 /// faer's passes, so faer's figure can pass the copy's bandwidth.
@@ -141,7 +184,13 @@ fn model(group: &str, variant: &str) -> Option<(f64, f64)> {
     let matrix_bytes = nnz * 16.0 + (N as f64 + 1.0) * 8.0;
     let dense_bytes = 2.0 * N as f64 * k * 8.0;
     let gathers = group.starts_with("csr") || variant.starts_with("both");
-    let panel = if gathers { 8.0 } else { 16.0 };
+    let panel = if gathers {
+        8.0
+    } else if k >= 32.0 {
+        32.0
+    } else {
+        16.0
+    };
     let passes = if variant == "faer" { k } else { (k / panel).ceil() };
     let (flops, bytes) = if group.starts_with("composite") {
         // Two sparse products and a diagonal one.
@@ -172,7 +221,7 @@ fn summary(start: std::time::SystemTime) {
         println!("\nSTREAM-style copy: {:.1} GB/s (bytes read + written)", bw * 1e-9);
     }
     println!(
-        "\n| case | variant | median | GFLOP/s | compulsory GB/s | % of copy | vs faer |\n|---|---|---|---|---|---|---|"
+        "\n| case | variant | median | GFLOP/s | compulsory GB/s | % of copy | vs faer | paired vs faer |\n|---|---|---|---|---|---|---|---|"
     );
     let mut groups: Vec<String> = ["csr", "csc"]
         .iter()
@@ -187,8 +236,11 @@ fn summary(start: std::time::SystemTime) {
             let Some((flops, bytes)) = model(&group, id) else { continue };
             let share = bandwidth.map_or("-".into(), |bw| format!("{:.0}%", 100.0 * bytes / t / bw));
             let ratio = faer.map_or("-".into(), |f| format!("{:.2}", f / t));
+            let paired =
+                PAIRED.lock().unwrap().iter().find(|(g, v, _)| (g, v) == (&group, &id.to_string())).map(|p| p.2);
+            let paired = paired.map_or("-".into(), |r| format!("{r:.2}"));
             println!(
-                "| {group} | {id} | {:.3} ms | {:.2} | {:.1} | {share} | {ratio} |",
+                "| {group} | {id} | {:.3} ms | {:.2} | {:.1} | {share} | {ratio} | {paired} |",
                 t * 1e3,
                 flops / t * 1e-9,
                 bytes / t * 1e-9
