@@ -173,10 +173,9 @@ fn stream(c: &mut Criterion) {
 }
 
 /// Flops and compulsory bytes of a variant: the matrix is read once per
-/// pass (faer: once per column; the kernel: once per panel, 8 columns for
-/// the gather (CSR, or CSC held both ways) and 16 (k = 16) or 32 for the scatter (CSC)
-/// with AVX-512), operand and output
-/// once. The matrix (12.8 MB) partly stays in the last-level cache between
+/// pass (faer: once per column; the kernel: once per panel, 16 columns for
+/// the gather (CSR, or CSC held both ways) and 16 (k = 16) or 32 for the
+/// scatter (CSC) with AVX-512), operand and output once. The matrix (12.8 MB) partly stays in the last-level cache between
 /// faer's passes, so faer's figure can pass the copy's bandwidth.
 fn model(group: &str, variant: &str) -> Option<(f64, f64)> {
     let k: f64 = group.rsplit_once("_k")?.1.parse().ok()?;
@@ -184,13 +183,7 @@ fn model(group: &str, variant: &str) -> Option<(f64, f64)> {
     let matrix_bytes = nnz * 16.0 + (N as f64 + 1.0) * 8.0;
     let dense_bytes = 2.0 * N as f64 * k * 8.0;
     let gathers = group.starts_with("csr") || variant.starts_with("both");
-    let panel = if gathers {
-        8.0
-    } else if k >= 32.0 {
-        32.0
-    } else {
-        16.0
-    };
+    let panel = if !gathers && k >= 32.0 { 32.0 } else { 16.0 };
     let passes = if variant == "faer" { k } else { (k / panel).ceil() };
     let (flops, bytes) = if group.starts_with("composite") {
         // Two sparse products and a diagonal one.

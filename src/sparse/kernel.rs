@@ -10,13 +10,13 @@
 //!
 //! Conjugated modes conjugate `a_p` before it is used; nothing else differs.
 //!
-//! The right-hand side is processed in *panels* of `w` columns, `w` one
-//! SIMD vector for the gather (8 `f64` with AVX-512: each entry then reads
-//! one cache line of the operand, measured 15–20% faster than two
-//! vectors) and two or four for the scatter (four when there are enough
-//! columns: a quarter of the passes over the matrix, measured 8% faster
-//! than two at k = 128; the cost per row is per cache line, below). The
-//! gather copies the panel of `X`
+//! The right-hand side is processed in *panels* of `w` columns: one or two
+//! SIMD vectors for the gather (two: 16 `f64` with AVX-512, two cache lines
+//! of the operand per entry, measured 12–14% faster than one at k = 16
+//! and 128; four were slower), up to four for the scatter (a quarter of
+//! the passes over the matrix, measured 8% faster than two at k = 128; its
+//! cost per row is per cache line, below), narrower when that gives each
+//! thread a panel. The gather copies the panel of `X`
 //! into a row-major scratch, so each entry costs one load of `idx_p` and
 //! one vector multiply-add on one contiguous row; output rows are formed in
 //! a small row-major block and copied out. The scatter accumulates into a
@@ -425,7 +425,7 @@ pub(super) enum Walk {
 }
 
 /// One kernel call on the instruction set pulp picks; `w` (the row width of
-/// `x` and `y`) is one vector (gather) or one, two or four (scatter).
+/// `x` and `y`) is one or two vectors (gather) or one, two or four (scatter).
 struct Kernel<'a, 'b, I, E> {
     walk: Walk,
     a: Parts<'a, I, E>,
@@ -445,11 +445,12 @@ impl<I: Index, E: Elem> WithSimd for Kernel<'_, '_, I, E> {
         let nv = w / E::lanes::<S>();
         match (walk, nv) {
             (Walk::Gather, 1) => gather::<S, I, E, 1>(simd, a, conj, range, x, y),
+            (Walk::Gather, 2) => gather::<S, I, E, 2>(simd, a, conj, range, x, y),
             (Walk::Scatter, 1) => scatter::<S, I, E, 1>(simd, a, conj, range, x, y),
             (Walk::Scatter, 2) => scatter::<S, I, E, 2>(simd, a, conj, range, x, y),
             (Walk::Scatter, 4) => scatter::<S, I, E, 4>(simd, a, conj, range, x, y),
             _ => unreachable!(
-                "panel width {w} is not one vector of {} (gather) or one, two or four (scatter)",
+                "panel width {w} is not one or two vectors of {} (gather) or one, two or four (scatter)",
                 E::lanes::<S>()
             ),
         }
@@ -474,7 +475,7 @@ pub(super) struct Plan {
     walk: Walk,
     /// Elements in a SIMD vector on this machine.
     lanes: usize,
-    /// Widest panel: 1 for one column, else one vector (gather) or up to four (scatter).
+    /// Widest panel: 1 for one column, else up to two vectors (gather) or four (scatter).
     w: usize,
     /// Threads.
     threads: usize,
@@ -506,12 +507,10 @@ impl Plan {
         let w = match k {
             0 => 0,
             1 => 1,
-            // The gather reads one operand row per entry: one vector (a
-            // cache line with AVX-512 and f64) measured faster than two.
-            k if k <= lanes || walk == Walk::Gather => lanes,
-            // The scatter: four vectors if that leaves a panel for each
-            // thread, else two, else one.
-            k if k >= 4 * lanes * panels => 4 * lanes,
+            k if k <= lanes => lanes,
+            // The widest panel that leaves one for each thread: four
+            // vectors (scatter only), two, one.
+            k if walk == Walk::Scatter && k >= 4 * lanes * panels => 4 * lanes,
             k if by_panels && k < 2 * lanes * panels => lanes,
             _ => 2 * lanes,
         };
