@@ -16,9 +16,9 @@
 //! and 128; four were slower), up to four for the scatter (a quarter of
 //! the passes over the matrix, measured 8% faster than two at k = 128; its
 //! cost per row is per cache line, below), narrower when that gives each
-//! thread a panel. The gather copies the panel of `X`
-//! into a row-major scratch, so each entry costs one load of `idx_p` and
-//! one vector multiply-add on one contiguous row; output rows are formed in
+//! thread a panel. The gather copies the panel of `X` into a row-major
+//! scratch, so each entry costs one load of `idx_p` and one vector
+//! multiply-add per vector of one contiguous row; output rows are formed in
 //! a small row-major block and copied out. The scatter accumulates into a
 //! row-major `m × w` scratch, reading blocks of rows of `X` staged the same
 //! way. One column (`k = 1`) takes scalar loops straight on the column's
