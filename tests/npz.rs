@@ -2084,11 +2084,12 @@ mod sparse {
     }
 
     /// A mapped part's indices live in the file's map: a file rewritten in place after the
-    /// view was checked (against the map's contract, but with safe code) makes the kernel panic
-    /// on an index out of range, never write out of bounds (the one-column scatter writes
-    /// unchecked at indices that cannot change).
+    /// view was checked (against the map's contract, but with safe code) makes the kernels
+    /// panic on an index out of range, never read or write out of bounds (the one-column
+    /// scatter writes, and the gathers read, unchecked at indices that cannot change): the
+    /// scatter and the gather, on one column and on a panel.
     #[test]
-    fn a_mapped_part_whose_file_changes_in_place_never_writes_out_of_bounds() {
+    fn a_mapped_part_whose_file_changes_in_place_never_reads_or_writes_out_of_bounds() {
         use faer::sparse::{SparseColMatRef, SymbolicSparseColMatRef};
         use lazylinop::prelude::*;
         use lazylinop::sparse::Sparse;
@@ -2112,8 +2113,18 @@ mod sparse {
         file.seek(SeekFrom::Start(at as u64)).unwrap();
         file.write_all(&(1u32 << 30).to_le_bytes()).unwrap();
         drop(file);
-        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.matmat(&x)));
-        assert!(got.is_err(), "an index out of range read from the map must panic, got {got:?}");
+        let x16 = Mat::<f64>::from_fn(4, 16, |i, j| (i + j) as f64);
+        for (what, x) in [("one column", &x), ("a panel", &x16)] {
+            for (walk, got) in [
+                ("scatter", std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.matmat(x)))),
+                ("gather", std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.transpose().matmat(x)))),
+            ] {
+                assert!(
+                    got.is_err(),
+                    "{walk} on {what}: an index out of range read from the map must panic, got {got:?}"
+                );
+            }
+        }
         let _ = std::fs::remove_file(&path);
     }
 

@@ -222,9 +222,12 @@ struct Array {
 ///
 /// As for [`NpzMatrix`](super::NpzMatrix), the file must not be modified in place or truncated
 /// while a [`SparseNpz`] or a mapped [`SparsePart`] of it lives (see the module's "Files changed
-/// while mapped"): a part's views are checked when the part is made, and
-/// [`SparsePart::as_csr`] checks them again (faer's checked constructor) so that a file
-/// changed in place panics rather than letting a kernel read out of bounds.
+/// while mapped"): a part's views are checked when the part is made, and checked again by
+/// [`SparsePart::view`] and [`SparsePart::as_csr`] (faer's checked constructor). A product on
+/// [`SparsePart::view`] also checks every index it uses, so a change even during a product
+/// panics; faer's view ([`SparsePart::as_csr`]) carries no such mark, and faer's products and
+/// this crate's kernels read its indices unchecked: a change after it is made reads out of
+/// bounds.
 pub struct SparseNpz {
     path: PathBuf,
     map: Arc<Mmap>,
@@ -882,6 +885,9 @@ impl<T: Scalar, I: SparseIndex> SparsePart<T, I> {
     /// faer's checked unsorted constructor, which checks the structure again (a pass over
     /// `indptr` and `indices`): it cannot fail for a part as read, and panics rather than
     /// handing a kernel indices out of bounds if the file was changed in place while mapped.
+    /// A change *after* this view is made is not caught: faer's own products and this crate's
+    /// kernels read a faer view's indices unchecked. For products on a file that could change,
+    /// use [`SparsePart::view`], which checks every index at every use.
     pub fn as_csr(&self) -> Option<SparseRowMatRef<'_, I, T>> {
         (self.format == Format::Csr).then(|| {
             let (m, n) = self.shape();

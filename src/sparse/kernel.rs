@@ -98,7 +98,7 @@ const ALIGN: usize = 64;
 /// built and whose own products read them unchecked), or take it from a
 /// crate-internal caller that checked it ([`SparseView::prechecked`]: the
 /// npz reader's owned parts). Unless `mapped`: then the indices could change
-/// after the check, and the writes are checked.
+/// after the check, and every access at them is checked.
 #[derive(Copy, Clone, Debug)]
 pub(super) struct Parts<'a, I, E> {
     /// `outer + 1` offsets into `idx`/`val` (not necessarily from 0).
@@ -503,15 +503,16 @@ impl Plan {
         // to one vector if that makes enough): no accumulators to sum for
         // the scatter, no barrier between panels for the gather.
         let by_panels = threads > 1 && k >= threads * lanes;
-        let panels = if by_panels { threads } else { 1 };
         let w = match k {
             0 => 0,
             1 => 1,
             k if k <= lanes => lanes,
             // The widest panel that leaves one for each thread: four
-            // vectors (scatter only), two, one.
-            k if walk == Walk::Scatter && k >= 4 * lanes * panels => 4 * lanes,
-            k if by_panels && k < 2 * lanes * panels => lanes,
+            // vectors (scatter only), two, one. (Threads that split each
+            // panel, with fewer columns than `threads · lanes`, take two:
+            // each holds an accumulator of the panel's width.)
+            k if walk == Walk::Scatter && k >= 4 * lanes * threads => 4 * lanes,
+            k if by_panels && k < 2 * lanes * threads => lanes,
             _ => 2 * lanes,
         };
         Plan { arch, walk, lanes, w, threads, by_panels, m, n }
@@ -917,7 +918,7 @@ mod tests {
 
     use pulp::Arch;
 
-    use super::{Parts, Plan, Walk, run};
+    use super::{Elem, Lanes, Parts, Plan, Walk, run};
     use crate::sparse::SparseView;
 
     /// With one element per SIMD vector (pulp's scalar fallback on x86-64
@@ -962,6 +963,44 @@ mod tests {
                     assert!(err <= 1e-9, "{walk:?}, k = {k}, {par:?}: max error {err}");
                 }
             }
+        }
+    }
+
+    /// Every plan's panels have widths the kernels have (the `unreachable!`
+    /// in `Kernel` is never hit) and fit the scratch, and with whole panels
+    /// per thread every thread gets one: every type, both walks, one lane
+    /// (pulp's scalar set) and this machine's, k up to 300, 1 to 17 threads.
+    #[test]
+    fn plans_pick_widths_the_kernels_have() {
+        fn check<E: Elem>(arch: Arch) {
+            let lanes = arch.dispatch(Lanes::<E>(core::marker::PhantomData));
+            for walk in [Walk::Gather, Walk::Scatter] {
+                let widest = if walk == Walk::Gather { 2 } else { 4 };
+                let ok = |w: usize, k: usize| {
+                    (w == 1 && k == 1)
+                        || (w.is_multiple_of(lanes) && [1, 2, 4].contains(&(w / lanes)) && w / lanes <= widest)
+                };
+                for degree in 1..=17 {
+                    for k in 0..=300 {
+                        let plan = Plan::on::<E>(arch, walk, 100, 90, k, 1 << 20, Par::rayon(degree));
+                        let what = format!("{walk:?}, {lanes} lanes, k = {k}, {degree} threads: {plan:?}");
+                        assert!((k == 0 && plan.w == 0) || ok(plan.w, k), "{what}");
+                        for left in 1..=k {
+                            let w = plan.panel_width(left);
+                            assert!(w <= plan.w && ok(w, k), "{what}: {w} wide with {left} columns left");
+                        }
+                        if plan.by_panels {
+                            assert!(k.div_ceil(plan.w) >= plan.threads, "{what}: a thread without a panel");
+                        }
+                    }
+                }
+            }
+        }
+        for arch in [Arch::Scalar, Arch::new()] {
+            check::<f32>(arch);
+            check::<f64>(arch);
+            check::<pulp::c32>(arch);
+            check::<pulp::c64>(arch);
         }
     }
 }

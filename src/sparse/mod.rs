@@ -128,7 +128,7 @@ pub struct SparseView<'a, I, T> {
     idx: &'a [I],
     val: &'a [T],
     /// Whether the indices may change after they were checked (a file's
-    /// map): the kernels then never write at them unchecked.
+    /// map): the kernels then never read or write at them unchecked.
     mapped: bool,
 }
 
@@ -255,8 +255,8 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     ///
     /// # Safety
     /// The slices must satisfy everything [`SparseView::csr`] (or `csc`)
-    /// checks: the one-column scatter writes unchecked at the indices of a
-    /// `SparseView` (see `kernel::Parts`).
+    /// checks, and not change while the view lives: the kernels read and
+    /// write unchecked at the indices of a `SparseView` (see `kernel::Parts`).
     pub(crate) unsafe fn prechecked(
         format: Format,
         (nrows, ncols): (usize, usize),
@@ -271,8 +271,9 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
 
     /// The same view, its indices read from a file's map that the file's
     /// owner could change after the check (against the map's contract, but
-    /// with safe code): the kernels then bounds-check every write at them,
-    /// so that such a change panics instead of writing out of bounds.
+    /// with safe code): the kernels then bounds-check every access at them,
+    /// so that such a change panics instead of reading or writing out of
+    /// bounds.
     pub(crate) fn mapped(self) -> Self {
         SparseView { mapped: true, ..self }
     }
@@ -588,7 +589,10 @@ fn walk(format: Format, mode: Mode) -> Walk {
 
 fn plan<I: Index, T: Scalar>(a: SparseView<'_, I, T>, mode: Mode, k: usize, par: Par) -> Plan {
     let (m, n) = mode.dims((a.nrows, a.ncols));
-    with_elem!(T, |E| Plan::new::<E>(walk(a.format, mode), m, n, k, a.idx.len(), par))
+    // The stored entries of the view (not all of `idx`: a view of a block of a file's rows
+    // starts and ends inside it).
+    let nnz = Parts::of(a).nnz_of(0..a.format.outer_inner((a.nrows, a.ncols)).0);
+    with_elem!(T, |E| Plan::new::<E>(walk(a.format, mode), m, n, k, nnz, par))
 }
 
 /// The scratch of [`matmul`] with `k` right-hand sides.
