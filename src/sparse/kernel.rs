@@ -15,8 +15,7 @@
 //! of the operand per entry, measured 12–14% faster than one at k = 16
 //! and 128; four were slower), up to four for the scatter (a quarter of
 //! the passes over the matrix, measured 8% faster than two at k = 128; its
-//! cost per row is per cache line, below), narrower when that gives each
-//! thread a panel. The gather copies the panel of `X` into a row-major
+//! cost per row is per cache line, below). The gather copies the panel of `X` into a row-major
 //! scratch, so each entry costs one load of `idx_p` and one vector
 //! multiply-add per vector of one contiguous row; output rows are formed in
 //! a small row-major block and copied out. The scatter accumulates into a
@@ -25,9 +24,10 @@
 //! slices (a panel kernel wastes its lanes there), or on staged copies if
 //! the column is strided.
 //!
-//! Threads (`Par::Rayon(t)`): with at least `t` panels, each thread takes
-//! whole panels with its own scratch (measured better than splitting each
-//! panel: no barrier, no sum). With fewer columns (SpMV included), they
+//! Threads (`Par::Rayon(t)`): with at least `t` panels of two vectors or
+//! more, each thread takes whole panels with its own scratch (measured
+//! better than splitting each panel: no barrier, no sum). With fewer
+//! columns (SpMV included), they
 //! split the outer dimension in `t` parts of about equal nonzeros, for
 //! every panel: the gather's parts write disjoint rows of the output; the
 //! scatter's parts accumulate into one `m × w` scratch each (the first
@@ -499,20 +499,19 @@ impl Plan {
         let lanes = arch.dispatch(Lanes::<E>(core::marker::PhantomData));
         let work = nnz.saturating_mul(k);
         let threads = par.degree().min(work / MIN_WORK_PER_THREAD).max(1);
-        // Threads take whole panels when there are enough (the panels narrow
-        // to one vector if that makes enough): no accumulators to sum for
-        // the scatter, no barrier between panels for the gather.
-        let by_panels = threads > 1 && k >= threads * lanes;
+        // Threads take whole panels of two vectors or more when there are
+        // enough: no accumulators to sum for the scatter, no barrier between
+        // panels for the gather. With fewer columns they split each panel
+        // (measured faster than narrower panels, one a thread: 16 columns
+        // on 2 threads, gather 0.74–0.81 ms against 0.87–0.97 ms, scatter
+        // 1.32 against 1.43 ms).
+        let by_panels = threads > 1 && k >= 2 * lanes * threads;
         let w = match k {
             0 => 0,
             1 => 1,
             k if k <= lanes => lanes,
-            // The widest panel that leaves one for each thread: four
-            // vectors (scatter only), two, one. (Threads that split each
-            // panel, with fewer columns than `threads · lanes`, take two:
-            // each holds an accumulator of the panel's width.)
+            // Four vectors for the scatter if that leaves a panel for each thread.
             k if walk == Walk::Scatter && k >= 4 * lanes * threads => 4 * lanes,
-            k if by_panels && k < 2 * lanes * threads => lanes,
             _ => 2 * lanes,
         };
         Plan { arch, walk, lanes, w, threads, by_panels, m, n }
