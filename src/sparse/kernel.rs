@@ -15,10 +15,10 @@
 //! of the operand per entry, measured 12–14% faster than one at k = 16
 //! and 128; four were slower), up to four for the scatter (a quarter of
 //! the passes over the matrix, measured 8% faster than two at k = 128; its
-//! cost per row is per cache line, below). The gather copies the panel of `X` into a row-major
-//! scratch, so each entry costs one load of `idx_p` and one vector
-//! multiply-add per vector of one contiguous row; output rows are formed in
-//! a small row-major block and copied out. The scatter accumulates into a
+//! cost per row is per cache line, below). The gather copies the panel of
+//! `X` into a row-major scratch, so each entry costs one load of `idx_p`
+//! and one vector multiply-add per vector of one contiguous row; output
+//! rows are formed in a small row-major block and copied out. The scatter accumulates into a
 //! row-major `m × w` scratch, reading blocks of rows of `X` staged the same
 //! way. One column (`k = 1`) takes scalar loops straight on the column's
 //! slices (a panel kernel wastes its lanes there), or on staged copies if
@@ -27,12 +27,11 @@
 //! Threads (`Par::Rayon(t)`): with at least `t` panels of two vectors or
 //! more, each thread takes whole panels with its own scratch (measured
 //! better than splitting each panel: no barrier, no sum). With fewer
-//! columns (SpMV included), they
-//! split the outer dimension in `t` parts of about equal nonzeros, for
-//! every panel: the gather's parts write disjoint rows of the output; the
-//! scatter's parts accumulate into one `m × w` scratch each (the first
-//! into the output itself for one contiguous column), summed into the
-//! output by row blocks on the same threads. A threaded product enters
+//! columns (SpMV included), they split the outer dimension in `t` parts of
+//! about equal nonzeros, for every panel: the gather's parts write disjoint
+//! rows of the output; the scatter's parts accumulate into one `m × w`
+//! scratch each (the first into the output itself for one contiguous
+//! column), summed into the output by row blocks on the same threads. A threaded product enters
 //! rayon's pool once (`rayon::scope`); the splits inside are joins on its
 //! workers. Small products (under `MIN_WORK_PER_THREAD` multiply-adds a
 //! thread) take fewer threads.
@@ -62,7 +61,7 @@
 //! faer's own gather does. Measured side by side with faer (interleaved
 //! runs): without the checks the one-column scatter reaches faer's speed
 //! (it was 2–7% slower), the one-column gather went from 0.95–0.97× faer to
-//! 1.02–1.05×, the panel gather gained 5–7%. That rests on the invariant of
+//! 1.02–1.05×, the panel gather gained 5–7% (BENCHMARKS.md). That rests on the invariant of
 //! [`Parts`] (every index below the inner dimension), which only the
 //! constructors of [`SparseView`] (and faer's own) establish, and on
 //! indices that cannot change since: a view into a file's map (marked by
@@ -91,8 +90,9 @@ const ALIGN: usize = 64;
 ///
 /// Invariant (what the unchecked accesses of [`Parts::for_each_entry`] and
 /// [`Parts::for_each_read`] rest on): for every outer `j`, `range(j)` lies
-/// within `idx` and every index in `idx[range(j)]` is below `inner`. The fields are private to this module
-/// and [`Parts::of`] is the only constructor: it takes them from a
+/// within `idx` and every index in `idx[range(j)]` is below `inner`. The
+/// fields are private to this module and [`Parts::of`] is the only
+/// constructor: it takes them from a
 /// [`SparseView`], whose constructors check exactly this (its checked
 /// constructors, or faer's sparse views, which faer checks when they are
 /// built and whose own products read them unchecked), or take it from a
