@@ -589,10 +589,9 @@ fn walk(format: Format, mode: Mode) -> Walk {
 
 fn plan<I: Index, T: Scalar>(a: SparseView<'_, I, T>, mode: Mode, k: usize, par: Par) -> Plan {
     let (m, n) = mode.dims((a.nrows, a.ncols));
-    // The stored entries of the view (not all of `idx`: a view of a block of a file's rows
-    // starts and ends inside it).
-    let nnz = Parts::of(a).nnz_of(0..a.format.outer_inner((a.nrows, a.ncols)).0);
-    with_elem!(T, |E| Plan::new::<E>(walk(a.format, mode), m, n, k, nnz, par))
+    // The view's stored entries, not all of `idx` (a view of a block of a file's rows starts
+    // and ends inside it).
+    with_elem!(T, |E| Plan::new::<E>(walk(a.format, mode), m, n, k, a.nnz(), par))
 }
 
 /// The scratch of [`matmul`] with `k` right-hand sides.
