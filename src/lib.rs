@@ -90,6 +90,7 @@ pub use faer::matrix_free::{BiLinOp, LinOp};
 
 pub mod dottest;
 mod ext;
+pub mod halo;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod npz;

@@ -85,19 +85,34 @@ mod sealed {
 pub trait Scalar: ComplexField + bytemuck::Pod + sealed::Sealed {
     /// This type's layout.
     const DTYPE: Dtype;
+
+    /// A real value of this type (`f32` or `f64`) as an `f64`, exactly.
+    fn real_to_f64(r: Self::Real) -> f64;
 }
 
 impl Scalar for f32 {
     const DTYPE: Dtype = Dtype::Float32;
+    fn real_to_f64(r: f32) -> f64 {
+        f64::from(r)
+    }
 }
 impl Scalar for f64 {
     const DTYPE: Dtype = Dtype::Float64;
+    fn real_to_f64(r: f64) -> f64 {
+        r
+    }
 }
 impl Scalar for faer::c32 {
     const DTYPE: Dtype = Dtype::Complex64;
+    fn real_to_f64(r: f32) -> f64 {
+        f64::from(r)
+    }
 }
 impl Scalar for faer::c64 {
     const DTYPE: Dtype = Dtype::Complex128;
+    fn real_to_f64(r: f64) -> f64 {
+        r
+    }
 }
 
 #[cfg(test)]

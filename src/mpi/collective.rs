@@ -5,10 +5,13 @@ use faer::MatMut;
 use faer::dyn_stack::{MemStack, StackReq};
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
+use mpi::raw::AsRaw;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Destination, Root, Source};
 
-use crate::Scalar;
+use std::ops::Range;
+
+use super::comm::Session;
 use crate::npz::NpzError;
 use crate::parallel::{Error, Gather};
 
@@ -18,17 +21,24 @@ use crate::parallel::{Error, Gather};
 pub(crate) struct Fault {
     pub(crate) message: String,
     pub(crate) source: Option<NpzError>,
+    /// A misuse of an operator (a call from the wrong thread, a nested
+    /// call): it wins over every other fault in an agreement.
+    misuse: bool,
 }
 
 impl Fault {
     pub(crate) fn new(message: String) -> Self {
-        Self { message, source: None }
+        Self { message, source: None, misuse: false }
+    }
+
+    pub(crate) fn misuse(message: String) -> Self {
+        Self { message, source: None, misuse: true }
     }
 }
 
 impl From<NpzError> for Fault {
     fn from(e: NpzError) -> Self {
-        Self { message: e.to_string(), source: Some(e) }
+        Self { message: e.to_string(), source: Some(e), misuse: false }
     }
 }
 
@@ -55,11 +65,13 @@ pub(crate) fn agree(
         mine[i] = v;
         mine[SETTINGS + i] = !v;
     }
-    mine[2 * SETTINGS] = fault.as_ref().map_or(0, |_| (size - rank) as u64);
+    // The lowest failing rank's fault, a misuse before any other.
+    mine[2 * SETTINGS] = fault.as_ref().map_or(0, |f| (if f.misuse { 2 * size } else { size } - rank) as u64);
     let mut max = [0u64; 2 * SETTINGS + 1];
     comm.all_reduce_into(&mine[..], &mut max[..], SystemOperation::max());
     if max[2 * SETTINGS] != 0 {
-        let failing = size - max[2 * SETTINGS] as usize;
+        let v = max[2 * SETTINGS] as usize;
+        let failing = if v > size { 2 * size - v } else { size - v };
         let root = comm.process_at_rank(failing as i32);
         let (mut bytes, source) = match fault {
             Some(f) if rank == failing => (f.message.into_bytes(), f.source),
@@ -117,6 +129,55 @@ pub(crate) fn reduce_sum<T: Equivalence>(
     }
 }
 
+/// Sums `send` (every rank's whole buffer, piece `r` of `len(r)` elements
+/// for rank `r`, in rank order) over the ranks, rank `r` receiving the sum
+/// of piece `r` into `recv`: one `MPI_Reduce_scatter` when every piece fits
+/// a message of at most `max` elements (`counts`, of `p` entries, is its
+/// scratch), else one chunked reduce to each rank.
+pub(crate) fn reduce_scatter<T: Equivalence>(
+    comm: &SimpleCommunicator,
+    len: impl Fn(usize) -> usize,
+    send: &[T],
+    recv: &mut [T],
+    counts: &mut [i32],
+    max: usize,
+) {
+    let (p, rank, max) = (comm.size() as usize, comm.rank() as usize, max.max(1));
+    assert!(counts.len() >= p && recv.len() == len(rank), "reduce_scatter: buffers too short");
+    assert_eq!(send.len(), (0..p).map(&len).sum::<usize>(), "reduce_scatter: the pieces do not fill the buffer");
+    if (0..p).all(|r| len(r) <= max.min(i32::MAX as usize)) {
+        for (r, c) in counts[..p].iter_mut().enumerate() {
+            *c = len(r) as i32;
+        }
+        // SAFETY: `send` holds the sum of `counts` elements and `recv` this
+        // rank's count (asserted above), both of `T`'s MPI datatype; both are
+        // borrowed for the duration of this blocking call.
+        unsafe {
+            mpi::ffi::MPI_Reduce_scatter(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                counts.as_ptr(),
+                T::equivalent_datatype().as_raw(),
+                SystemOperation::sum().as_raw(),
+                comm.as_raw(),
+            );
+        }
+        return;
+    }
+    let mut at = 0;
+    for r in 0..p {
+        let root = comm.process_at_rank(r as i32);
+        for (i, chunk) in send[at..at + len(r)].chunks(max).enumerate() {
+            if r == rank {
+                root.reduce_into_root(chunk, &mut recv[i * max..][..chunk.len()], SystemOperation::sum());
+            } else {
+                root.reduce_into(chunk, SystemOperation::sum());
+            }
+        }
+        at += len(r);
+    }
+}
+
 /// Where a rank's pieces are during [`gather`].
 pub(crate) enum Pieces<'a, T> {
     /// On a rank that receives: the whole buffer, piece `r` at the offset of
@@ -166,8 +227,66 @@ pub(crate) fn gather<T: Equivalence>(
     }
 }
 
+/// Sends piece `r` (`len(r)` elements, filled by `fill(r, piece)` on the
+/// root) from `root` to each rank `r`, in messages of at most `max`
+/// elements, one piece at a time (the root's own piece is not sent). The
+/// other ranks call [`receive_piece`].
+pub(crate) fn scatter<T: Equivalence + bytemuck::Pod>(
+    comm: &SimpleCommunicator,
+    root: usize,
+    len: impl Fn(usize) -> usize,
+    max: usize,
+    mut fill: impl FnMut(usize, &mut [T]),
+) {
+    let max = max.max(1);
+    let widest = (0..comm.size() as usize).filter(|&r| r != root).map(&len).max().unwrap_or(0);
+    let mut piece = vec![T::zeroed(); widest];
+    for r in (0..comm.size() as usize).filter(|&r| r != root) {
+        let piece = &mut piece[..len(r)];
+        fill(r, piece);
+        let dest = comm.process_at_rank(r as i32);
+        for chunk in piece.chunks(max) {
+            dest.send(chunk);
+        }
+    }
+}
+
+/// This rank's piece of a [`scatter`] from `root`, into `buf`.
+pub(crate) fn receive_piece<T: Equivalence>(comm: &SimpleCommunicator, root: usize, buf: &mut [T], max: usize) {
+    let source = comm.process_at_rank(root as i32);
+    for chunk in buf.chunks_mut(max.max(1)) {
+        source.receive_into(chunk);
+    }
+}
+
+/// Verifies a stored member's CRC-32 (of `span` bytes, `None` when it is
+/// deflated) with every rank reading a contiguous share of its bytes
+/// (`share(rank)`, the shares in rank order covering `0..span`): the shares'
+/// CRC-32s are gathered on every rank and combined by `verify`, so that
+/// every rank returns the same verdict. The ranks first agree on `span`.
+pub(crate) fn verify_crc(
+    s: &Session<'_>,
+    span: Option<u64>,
+    share: impl Fn(usize) -> Range<u64>,
+    crc32_of: impl FnOnce(Range<u64>) -> Result<u32, NpzError>,
+    verify: impl FnOnce(&mut dyn Iterator<Item = (u32, u64)>) -> Result<(), NpzError>,
+) -> Result<(), Error> {
+    s.agree(&[("the size of the checksummed member (u64::MAX: deflated)", span.unwrap_or(u64::MAX))], None)?;
+    if span.is_none() {
+        return Ok(());
+    }
+    let p = s.size();
+    let mine = caught("checking the file's CRC-32", || crc32_of(share(s.rank())).map_err(Fault::from));
+    let mine = s.outcome(mine)?;
+    let mut all = vec![0u32; p];
+    s.mpi(|c| c.all_gather_into(&mine, &mut all[..]));
+    let mut parts = all.iter().enumerate().map(|(i, &crc)| (crc, share(i).end - share(i).start));
+    let verdict = caught("checking the file's CRC-32", || verify(&mut parts).map_err(Fault::from));
+    s.outcome(verdict)
+}
+
 /// A zeroed slice of `len` elements from `stack`.
-pub(crate) fn temp_slice<T: Scalar>(len: usize, stack: &mut MemStack) -> (&mut [T], &mut MemStack) {
+pub(crate) fn temp_slice<T: bytemuck::Pod>(len: usize, stack: &mut MemStack) -> (&mut [T], &mut MemStack) {
     let (uninit, stack) = stack.make_aligned_uninit::<T>(len, 64);
     for x in uninit.iter_mut() {
         x.write(T::zeroed());
@@ -178,7 +297,7 @@ pub(crate) fn temp_slice<T: Scalar>(len: usize, stack: &mut MemStack) -> (&mut [
 }
 
 /// Scratch of [`temp_slice`].
-pub(crate) fn temp_slice_scratch<T: Scalar>(len: usize) -> StackReq {
+pub(crate) fn temp_slice_scratch<T>(len: usize) -> StackReq {
     StackReq::new_aligned::<T>(len, 64)
 }
 

@@ -147,13 +147,15 @@ impl Comm {
         self.rank
     }
 
-    /// Runs one collective call: the agreement on `settings` (and on this
-    /// rank's misuse, if any) on every rank, then `body`. Only the thread
-    /// that built the operator reaches MPI, so every rank's sequence of
-    /// agreements is its products in that thread's order.
+    /// Runs one collective call: the agreement on `settings` and on this
+    /// rank's `fault` (a check of its operands that failed here) and misuse,
+    /// if any, on every rank, then `body`. Only the thread that built the
+    /// operator reaches MPI, so every rank's sequence of agreements is its
+    /// products in that thread's order.
     pub(crate) fn collective<R>(
         &self,
         settings: &[(&'static str, u64)],
+        fault: Option<Fault>,
         body: impl FnOnce(&Session<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         // Finalization is collective: every rank sees it at the same call.
@@ -176,10 +178,21 @@ impl Comm {
             }
         };
         let session = Session { comm: self, communicator: self.comm.as_ref().expect("alive") };
-        session.first_agreement(settings)?;
+        session.first_agreement(settings, fault)?;
         let value = body(&session);
         drop(busy);
         value
+    }
+
+    /// How `other` relates to this communicator (`MPI_Comm_compare`, a local
+    /// call); `None` when this thread may not call MPI now.
+    pub(crate) fn relation(&self, other: &Comm) -> Option<mpi::topology::CommunicatorRelation> {
+        if mpi::is_finalized() || std::thread::current().id() != self.owner {
+            return None;
+        }
+        let (a, b) = (self.comm.as_ref()?, other.comm.as_ref()?);
+        let _serial = (self.level == Threading::Serialized).then(|| lock(&SERIALIZED));
+        Some(a.compare(b))
     }
 
     /// The error of every call once the ranks agreed that the operator is dead.
@@ -213,7 +226,7 @@ impl Drop for Comm {
         };
         if owed {
             let session = Session { comm: self, communicator: &comm };
-            let _ = session.first_agreement(&[]);
+            let _ = session.first_agreement(&[], None);
         }
         let _serial = (self.level == Threading::Serialized).then(|| lock(&SERIALIZED));
         drop(comm);
@@ -253,11 +266,15 @@ impl Session<'_> {
     /// The first agreement of a call: the settings, and this rank's misuse.
     /// A misuse on any rank makes the operator dead on every rank, at this
     /// same agreement.
-    fn first_agreement(&self, settings: &[(&'static str, u64)]) -> Result<(), Error> {
-        let misuse = lock(&self.comm.state).misuse.take().map(Fault::new);
-        let result = self.agree(settings, misuse);
+    fn first_agreement(&self, settings: &[(&'static str, u64)], fault: Option<Fault>) -> Result<(), Error> {
+        let misuse = lock(&self.comm.state).misuse.take().map(Fault::misuse);
+        let result = self.agree(settings, misuse.or(fault));
+        // A misuse on any rank wins over other faults (`agree`) and makes the
+        // operator dead on every rank: all learn it from the agreed message.
         if let Err(Error::Rank { rank, message, .. }) = &result {
-            lock(&self.comm.state).dead = Some((*rank, message.clone()));
+            if message == WRONG_THREAD || message == NESTED {
+                lock(&self.comm.state).dead = Some((*rank, message.clone()));
+            }
         }
         result
     }

@@ -82,8 +82,16 @@
 
 mod collective;
 mod comm;
+mod dist;
+mod distmat;
+mod exchange;
+mod halo;
+mod layout;
 mod mpilop;
 mod pmatmat;
 
+pub use dist::{DistDiag, DistLocal, DistOp, DistOpExt};
+pub use distmat::{DistMat, DistMatMut, DistMatRef};
+pub use layout::Layout;
 pub use mpilop::MpiLop;
 pub(crate) use pmatmat::Ranks;

@@ -9,45 +9,24 @@ use faer::dyn_stack::{MemStack, StackReq};
 use faer::matrix_free::BiLinOp;
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
-use mpi::traits::{Communicator, CommunicatorCollectives};
+use mpi::traits::Communicator;
 
 use super::collective::{
-    Fault, Pieces, as_contiguous, broadcast, caught, gather, reduce_sum, temp_slice, temp_slice_scratch,
+    Fault, Pieces, as_contiguous, broadcast, caught, gather, reduce_scatter, reduce_sum, temp_slice,
+    temp_slice_scratch, verify_crc,
 };
 use super::comm::{Comm, Session};
+use super::dist::{DistOp, agreement};
+use super::distmat::{DistMatMut, DistMatRef};
+use super::halo::HaloMatrix;
+use super::layout::Layout;
 use crate::Scalar;
-use crate::npz::{
-    IndexDtype, NpzError, NpzLayout, NpzMatrix, SparseIndex, SparseMember, SparseNpz, SparsePart, detect,
-};
+use crate::halo::{Blocks, HaloStats, offsets_of, other_offsets};
+use crate::npz::{IndexDtype, NpzLayout, NpzMatrix, SparseIndex, SparseMember, SparseNpz, detect};
 use crate::ops::{Mode, ModeOp, impl_bilinop};
 use crate::parallel::{Error, Gather, MpiOptions, split};
-use crate::sparse::{Format, Sparse};
-
-/// Verifies a stored member's CRC-32 (of `span` bytes, `None` when it is
-/// deflated) with every rank reading a contiguous share of its bytes
-/// (`share(rank)`, the shares in rank order covering `0..span`): the shares'
-/// CRC-32s are gathered on every rank and combined by `verify`, so that
-/// every rank returns the same verdict. The ranks first agree on `span`.
-fn verify_crc(
-    s: &Session<'_>,
-    span: Option<u64>,
-    share: impl Fn(usize) -> Range<u64>,
-    crc32_of: impl FnOnce(Range<u64>) -> Result<u32, NpzError>,
-    verify: impl FnOnce(&mut dyn Iterator<Item = (u32, u64)>) -> Result<(), NpzError>,
-) -> Result<(), Error> {
-    s.agree(&[("the size of the checksummed member (u64::MAX: deflated)", span.unwrap_or(u64::MAX))], None)?;
-    if span.is_none() {
-        return Ok(());
-    }
-    let p = s.size();
-    let mine = caught("checking the file's CRC-32", || crc32_of(share(s.rank())).map_err(Fault::from));
-    let mine = s.outcome(mine)?;
-    let mut all = vec![0u32; p];
-    s.mpi(|c| c.all_gather_into(&mine, &mut all[..]));
-    let mut parts = all.iter().enumerate().map(|(i, &crc)| (crc, share(i).end - share(i).start));
-    let verdict = caught("checking the file's CRC-32", || verify(&mut parts).map_err(Fault::from));
-    s.outcome(verdict)
-}
+use crate::sparse::Format;
+use std::sync::Arc;
 
 /// What this rank holds of the matrix.
 #[derive(Debug)]
@@ -57,10 +36,10 @@ enum Local<T> {
     Mapped(NpzMatrix),
     /// Dense rows, copied (compressed, unaligned or big-endian data).
     Copied(Mat<T>),
-    /// Sparse rows (CSR) or columns (CSC), int32 indices.
-    Sparse32(SparsePart<T, u32>),
-    /// Sparse rows (CSR) or columns (CSC), int64 indices.
-    Sparse64(SparsePart<T, u64>),
+    /// Sparse rows (CSR) or columns (CSC), split for the halo, 32-bit indices.
+    Sparse32(HaloMatrix<T, u32>),
+    /// The same with 64-bit indices (a part too large for 32).
+    Sparse64(HaloMatrix<T, u64>),
 }
 
 /// Everything construction reads, agreed on every rank.
@@ -118,7 +97,7 @@ struct Opened<T> {
 /// See `examples/mpilop.rs`, run with `mpirun -n 2`.
 #[derive(Debug)]
 pub struct MpiLop<T> {
-    comm: Comm,
+    comm: Arc<Comm>,
     path: PathBuf,
     member: Option<String>,
     nrows: usize,
@@ -127,6 +106,8 @@ pub struct MpiLop<T> {
     /// Every rank's range of the split dimension: rows (dense, CSR) or
     /// columns (CSC).
     parts: Vec<Range<usize>>,
+    row_layout: Layout,
+    col_layout: Layout,
     local: Local<T>,
     bcast_op: bool,
     options: MpiOptions,
@@ -197,9 +178,9 @@ impl<T: Scalar> MpiLop<T> {
         shape: Option<(usize, usize)>,
         verify: bool,
     ) -> Result<Self, Error> {
-        let comm = Comm::new(comm)?;
+        let comm = Arc::new(Comm::new(comm)?);
         let path = path.to_owned();
-        let opened = comm.collective(&[], |s| {
+        let opened = comm.collective(&[], None, |s| {
             let layout = caught("reading the file", || detect(&path).map_err(Fault::from));
             let layout = s.outcome(layout)?;
             let sparse = layout == NpzLayout::Sparse;
@@ -211,7 +192,28 @@ impl<T: Scalar> MpiLop<T> {
             }
         })?;
         let Opened { local, parts, shape: (nrows, ncols), member, format } = opened;
-        Ok(Self { comm, path, member, nrows, ncols, format, parts, local, bcast_op, options: MpiOptions::default() })
+        // The split dimension's layout is the split; the other's, the same for a
+        // square matrix (a product's result can be the next operand), even otherwise.
+        let csc = format == Some(Format::Csc);
+        let split = offsets_of(&parts);
+        let (split_len, other_len) = if csc { (ncols, nrows) } else { (nrows, ncols) };
+        let other = Layout::on(comm.clone(), other_offsets(&split, split_len, other_len));
+        let split = Layout::on(comm.clone(), split);
+        let (row_layout, col_layout) = if csc { (other, split) } else { (split, other) };
+        Ok(Self {
+            comm,
+            path,
+            member,
+            nrows,
+            ncols,
+            format,
+            parts,
+            row_layout,
+            col_layout,
+            local,
+            bcast_op,
+            options: MpiOptions::default(),
+        })
     }
 
     /// Sets where products' results go and how messages are split
@@ -260,20 +262,47 @@ impl<T: Scalar> MpiLop<T> {
     /// for a dense one).
     pub fn local_nnz(&self) -> Option<usize> {
         match &self.local {
-            Local::Sparse32(part) => Some(part.nnz()),
-            Local::Sparse64(part) => Some(part.nnz()),
+            Local::Sparse32(h) => Some(h.nnz()),
+            Local::Sparse64(h) => Some(h.nnz()),
             Local::Mapped(_) | Local::Copied(_) => None,
         }
     }
 
     /// Whether this rank's block is a zero-copy view into the file's map
-    /// (`false`: a copy of it).
+    /// (`false`: a copy of it). A sparse block is always held as this rank's
+    /// own copy, split for the halo exchange (its share of the file is read
+    /// through the map once, at construction).
     pub fn is_mapped(&self) -> bool {
+        matches!(self.local, Local::Mapped(_))
+    }
+
+    /// The layout of the rows: the rows of `L·X`, and of the operand of the
+    /// distributed `Lᴴ·Y` ([`DistOp`]). For a dense or CSR file, the split of
+    /// the matrix; for a CSC file, the same as the columns' for a square
+    /// matrix, even blocks otherwise.
+    pub fn row_layout(&self) -> &Layout {
+        &self.row_layout
+    }
+
+    /// The layout of the columns: the operand of the distributed `L·X` and
+    /// the rows of `Lᴴ·Y`. For a CSC file, the split of the matrix; for a
+    /// dense or CSR file, the same as the rows' for a square matrix, even
+    /// blocks otherwise.
+    pub fn col_layout(&self) -> &Layout {
+        &self.col_layout
+    }
+
+    /// What this rank exchanges in a distributed product (a sparse file;
+    /// `None` for a dense one, whose distributed products gather the whole
+    /// operand): its neighbours and ghost entries. For a CSC file the halo
+    /// is that of the transpose, whose rows the rank holds: "rows" are the
+    /// matrix's columns.
+    pub fn halo_stats(&self) -> Option<HaloStats> {
+        let rank = self.comm.rank();
         match &self.local {
-            Local::Mapped(_) => true,
-            Local::Copied(_) => false,
-            Local::Sparse32(part) => part.is_mapped(),
-            Local::Sparse64(part) => part.is_mapped(),
+            Local::Sparse32(h) => Some(h.stats(rank)),
+            Local::Sparse64(h) => Some(h.stats(rank)),
+            Local::Mapped(_) | Local::Copied(_) => None,
         }
     }
 
@@ -297,8 +326,8 @@ impl<T: Scalar> MpiLop<T> {
     /// `f` on this rank's block as an operator.
     fn with_local<R>(&self, f: impl FnOnce(&dyn BiLinOp<T>) -> R) -> R {
         match &self.local {
-            Local::Sparse32(part) => f(&Sparse::new(part.view())),
-            Local::Sparse64(part) => f(&Sparse::new(part.view())),
+            Local::Sparse32(h) => f(h),
+            Local::Sparse64(h) => f(h),
             Local::Mapped(_) | Local::Copied(_) => f(&self.local_dense().expect("a dense block")),
         }
     }
@@ -324,7 +353,7 @@ impl<T: Scalar> MpiLop<T> {
             ("max_message_bytes", self.options.max_message_bytes as u64),
             ("bcast_op", u64::from(self.bcast_op)),
         ];
-        self.comm.collective(&settings, |s| {
+        self.comm.collective(&settings, None, |s| {
             let (p, rank) = (s.size(), s.rank());
             let parts = &self.parts;
             let own = parts[rank].clone();
@@ -481,19 +510,14 @@ fn open_sparse<T: Scalar>(
         None,
     )?;
     match npz.index_dtype() {
-        IndexDtype::Int32 => read_part::<T, u32>(s, &npz, verify, Local::Sparse32),
-        IndexDtype::Int64 => read_part::<T, u64>(s, &npz, verify, Local::Sparse64),
+        IndexDtype::Int32 => read_part::<T, u32>(s, &npz, verify),
+        IndexDtype::Int64 => read_part::<T, u64>(s, &npz, verify),
     }
 }
 
-/// This rank's part of a sparse file (as `wrap` makes it a [`Local`]), and
+/// This rank's part of a sparse file, split for the halo, and
 /// every rank's range of its major dimension.
-fn read_part<T: Scalar, I: SparseIndex>(
-    s: &Session<'_>,
-    npz: &SparseNpz,
-    verify: bool,
-    wrap: fn(SparsePart<T, I>) -> Local<T>,
-) -> Result<Opened<T>, Error> {
+fn read_part<T: Scalar, I: SparseIndex>(s: &Session<'_>, npz: &SparseNpz, verify: bool) -> Result<Opened<T>, Error> {
     let (p, r) = (s.size(), s.rank());
     // The split from a binary search in `indptr` (streamed whole if deflated):
     // each rank reads only its own entries of the three members.
@@ -539,16 +563,33 @@ fn read_part<T: Scalar, I: SparseIndex>(
             )?;
         }
     }
-    let part = caught("reading the file", || {
+    // This rank's rows of `B` (the matrix, or its transpose for a CSC file),
+    // split at the columns it owns, then the halo's plan with the others.
+    let csc = npz.format() == Format::Csc;
+    let minor = other_offsets(&offsets_of(&parts), npz.major(), npz.minor());
+    // (32-bit indices when the part's sizes allow: a quarter less to read per
+    // entry than 64-bit ones.)
+    let blocks = caught("reading the file", || {
         let part = npz.part::<T, I>(parts[r].clone())?;
-        // Read this rank's entries once now (the view checks the structure
-        // again), so that their pages are mapped before the first product.
-        core::hint::black_box(part.view().nnz());
-        core::hint::black_box(bytemuck::cast_slice::<T, u8>(part.data()).iter().step_by(512).fold(0u8, |a, &b| a ^ b));
-        Ok(part)
+        let rows = if csc { part.view().transpose() } else { part.view() };
+        let own = minor[r]..minor[r + 1];
+        Ok(if Blocks::<u32, T>::fits(rows) {
+            Split::B32(Blocks::split(rows, own))
+        } else {
+            Split::B64(Blocks::split(rows, own))
+        })
     });
-    let local = wrap(s.outcome(part)?);
+    let local = match s.outcome(blocks)? {
+        Split::B32(b) => Local::Sparse32(HaloMatrix::build(s, b, &minor, csc)?),
+        Split::B64(b) => Local::Sparse64(HaloMatrix::build(s, b, &minor, csc)?),
+    };
     Ok(Opened { local, parts, shape: npz.shape(), member: None, format: Some(npz.format()) })
+}
+
+/// A part's blocks, with 32- or 64-bit indices.
+enum Split<T> {
+    B32(Blocks<u32, T>),
+    B64(Blocks<u64, T>),
 }
 
 impl<T: Scalar> ModeOp<T> for MpiLop<T> {
@@ -582,3 +623,93 @@ impl<T: Scalar> ModeOp<T> for MpiLop<T> {
 }
 
 impl_bilinop!([] MpiLop<T> where T: Scalar);
+
+impl<T: Scalar> MpiLop<T> {
+    /// The largest message, in elements.
+    fn max_elems(&self) -> usize {
+        (self.options.max_message_bytes / size_of::<T>()).max(1)
+    }
+
+    /// A dense file's distributed product, inside its collective call: the
+    /// whole operand all-gathered (`L·X`), or the whole partial result
+    /// reduce-scattered (`Lᴴ·Y`).
+    #[allow(clippy::too_many_arguments)]
+    fn dense_dist(
+        &self,
+        s: &Session<'_>,
+        mode: Mode,
+        out: MatMut<'_, T>,
+        rhs: MatRef<'_, T>,
+        max: usize,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        let k = rhs.ncols();
+        let a = self.local_dense().expect("a dense block");
+        let cols = &self.col_layout;
+        let n = cols.len();
+        let len = |r: usize| cols.range(r).len() * k;
+        let (whole, stack) = temp_slice::<T>(n * k, stack);
+        if !mode.is_transposed() {
+            let own = cols.local_range();
+            MatMut::from_row_major_slice_mut(&mut whole[own.start * k..own.end * k], own.len(), k).copy_from(rhs);
+            s.mpi(|c| gather(c, Gather::All, len, Pieces::All(&mut whole[..]), max));
+            mode.apply(&a, out, MatRef::from_row_major_slice(&whole[..], n, k), par, stack);
+        } else {
+            mode.apply(&a, MatMut::from_row_major_slice_mut(&mut whole[..], n, k), rhs, par, stack);
+            let (counts, stack) = temp_slice::<i32>(s.size(), stack);
+            let (mine, _) = temp_slice::<T>(cols.local_len() * k, stack);
+            s.mpi(|c| reduce_scatter(c, len, whole, mine, counts, max));
+            let mut out = out;
+            out.copy_from(MatRef::from_row_major_slice(&mine[..], cols.local_len(), k));
+        }
+    }
+}
+
+impl<T: Scalar> DistOp<T> for MpiLop<T> {
+    fn row_layout(&self) -> &Layout {
+        &self.row_layout
+    }
+
+    fn col_layout(&self) -> &Layout {
+        &self.col_layout
+    }
+
+    fn dist_scratch(&self, mode: Mode, k: usize, par: Par) -> StackReq {
+        let max = self.max_elems();
+        match &self.local {
+            Local::Sparse32(h) => h.dist_scratch(k, max, par),
+            Local::Sparse64(h) => h.dist_scratch(k, max, par),
+            Local::Mapped(_) | Local::Copied(_) => {
+                let (n, own) = (self.col_layout.len(), self.col_layout.local_len());
+                temp_slice_scratch::<T>(n * k).and(StackReq::any_of(&[
+                    self.with_local(|op| mode.scratch(op, k, par)),
+                    temp_slice_scratch::<i32>(self.comm.size()).and(temp_slice_scratch::<T>(own * k)),
+                ]))
+            }
+        }
+    }
+
+    fn dist_apply(
+        &self,
+        mode: Mode,
+        out: DistMatMut<'_, T>,
+        rhs: DistMatRef<'_, T>,
+        par: Par,
+        stack: &mut MemStack,
+    ) -> Result<(), Error> {
+        let (agreed, fault) = agreement(self, mode, &out, &rhs);
+        let settings =
+            [agreed[0], agreed[1], agreed[2], agreed[3], ("max_message_bytes", self.options.max_message_bytes as u64)];
+        let max = self.max_elems();
+        self.comm.collective(&settings, fault, |s| {
+            let (out, rhs) = (out.into_local(), rhs.local());
+            match &self.local {
+                Local::Sparse32(h) => h.dist_run(s, mode, out, rhs, max, par, stack),
+                Local::Sparse64(h) => h.dist_run(s, mode, out, rhs, max, par, stack),
+                Local::Mapped(_) | Local::Copied(_) => self.dense_dist(s, mode, out, rhs, max, par, stack),
+            }
+            Ok(())
+        })
+    }
+}

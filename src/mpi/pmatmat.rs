@@ -81,7 +81,7 @@ impl Ranks {
                 Ok(())
             })
         };
-        self.comm.collective(&settings, |s| {
+        self.comm.collective(&settings, None, |s| {
             if small {
                 // Every rank computes the whole (small) product: no message but the agreements.
                 return s.outcome(block(out.rb_mut(), rhs, stack));

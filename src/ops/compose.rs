@@ -53,6 +53,11 @@ impl<A, B> Compose<A, B> {
         Self { a, b }
     }
 
+    /// `a · b`, the factors' shapes checked by the caller.
+    pub(crate) fn from_parts(a: A, b: B) -> Self {
+        Self { a, b }
+    }
+
     /// The left and right factors.
     pub fn factors(&self) -> (&A, &B) {
         (&self.a, &self.b)

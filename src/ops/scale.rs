@@ -29,6 +29,18 @@ pub struct Scaled<T, A> {
     a: A,
 }
 
+impl<T, A> Scaled<T, A> {
+    /// `alpha · a`, for operators that are not faer's.
+    pub(crate) fn from_parts(alpha: T, a: A) -> Self {
+        Self { alpha, a }
+    }
+
+    /// The factor and the operator.
+    pub(crate) fn factor_and_op(&self) -> (&T, &A) {
+        (&self.alpha, &self.a)
+    }
+}
+
 impl<T: ComplexField, A: BiLinOp<T>> Scaled<T, A> {
     /// `alpha · a`.
     pub fn new(alpha: T, a: A) -> Self {

@@ -54,6 +54,11 @@ impl<A, B> Sum<A, B> {
         Self { a, b }
     }
 
+    /// `a + b`, the terms' shapes checked by the caller.
+    pub(crate) fn from_parts(a: A, b: B) -> Self {
+        Self { a, b }
+    }
+
     /// The two terms.
     pub fn terms(&self) -> (&A, &B) {
         (&self.a, &self.b)

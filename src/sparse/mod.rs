@@ -298,6 +298,21 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         self.parts().nnz_of(0..self.ptr.len() - 1)
     }
 
+    /// The transpose, a view of the same slices: a CSR matrix's arrays are
+    /// its transpose's CSC arrays, and the other way.
+    pub fn transpose(self) -> Self {
+        SparseView { format: self.format.other(), nrows: self.ncols, ncols: self.nrows, ..self }
+    }
+
+    /// The indices and values stored for outer index `j`: row `j` of a CSR
+    /// matrix, column `j` of a CSC one.
+    ///
+    /// # Panics
+    /// If `j` is not below the outer dimension.
+    pub fn outer_entries(&self, j: usize) -> (&'a [I], &'a [T]) {
+        self.parts().entries(j)
+    }
+
     fn parts(&self) -> Parts<'a, I, T> {
         Parts::of(*self)
     }

@@ -1,0 +1,221 @@
+//! A rank's share of a sparse `MpiLop`, split for the halo exchange: its
+//! rows of the matrix (CSR) or of the transpose (CSC), as the diagonal and
+//! off-diagonal [`Blocks`] of [`crate::halo`], with the [`HaloPlan`] of the
+//! exchange; the local products both the replicated and the distributed
+//! products are made of.
+//!
+//! Below, `B` is what the rank holds by rows: the matrix `A` for a CSR file
+//! (split by rows), `Aᵀ` for a CSC file (split by columns: a CSC matrix's
+//! arrays are its transpose's CSR arrays). A product of `A` in `mode` is a
+//! product of `B` in `mode` (CSR) or in `mode.transpose()` (CSC); a product
+//! of `B` is *forward* (`B·X`, `conj(B)·X`: the operand's ghosts come to the
+//! rank) or *reverse* (`Bᵀ·Y`, `Bᴴ·Y`: the ghosts' contributions go back to
+//! their owners).
+
+use core::mem::MaybeUninit;
+
+use faer::dyn_stack::{MemStack, StackReq};
+use faer::linalg::{temp_mat_scratch, temp_mat_zeroed};
+use faer::mat::AsMatMut;
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::traits::math_utils::add;
+use faer::{Index, MatMut, MatRef, Par};
+use mpi::ffi::MPI_Request;
+
+use super::collective::{temp_slice, temp_slice_scratch};
+use super::comm::Session;
+use super::exchange::HaloPlan;
+use crate::Scalar;
+use crate::halo::{Blocks, HaloStats};
+use crate::ops::{Mode, ModeOp, impl_bilinop};
+use crate::sparse::{matmul, matmul_scratch};
+
+/// A rank's rows of `B`, split, and the plan of their exchange.
+#[derive(Debug)]
+pub(crate) struct HaloMatrix<T, I> {
+    blocks: Blocks<I, T>,
+    plan: HaloPlan,
+    /// `B = Aᵀ` (a CSC file).
+    transposed: bool,
+    /// The columns of `B` (the length of a forward product's operand).
+    minor: usize,
+}
+
+impl<T: Scalar, I: Index> HaloMatrix<T, I> {
+    /// `blocks` (this rank's rows of `B`, split at the columns
+    /// `offsets[rank]..offsets[rank + 1]` it owns) and the plan of their
+    /// exchange, built with the other ranks (collective).
+    pub(crate) fn build(
+        s: &Session<'_>,
+        blocks: Blocks<I, T>,
+        offsets: &[usize],
+        transposed: bool,
+    ) -> Result<Self, crate::parallel::Error> {
+        let minor = *offsets.last().expect("p + 1 offsets");
+        let plan = HaloPlan::build(s, offsets, blocks.ghosts())?;
+        Ok(HaloMatrix { blocks, plan, transposed, minor })
+    }
+
+    /// The mode of `B` for a product of `A` in `mode`.
+    pub(crate) fn b_mode(&self, mode: Mode) -> Mode {
+        if self.transposed { mode.transpose() } else { mode }
+    }
+
+    /// The rank's rows of `B` and its own columns.
+    fn dims(&self) -> (usize, usize) {
+        (self.blocks.nrows(), self.blocks.own().len())
+    }
+
+    /// The stored entries of both blocks.
+    pub(crate) fn nnz(&self) -> usize {
+        let (d, o) = self.blocks.nnz();
+        d + o
+    }
+
+    /// The rank's statistics.
+    pub(crate) fn stats(&self, rank: usize) -> HaloStats {
+        let (rows, cols) = self.dims();
+        self.plan.stats(rank, rows, cols, self.blocks.nnz())
+    }
+
+    /// `out[off_rows] += B_o · ghosts` (`b_mode` forward).
+    fn add_off(&self, b_mode: Mode, mut out: MatMut<'_, T>, ghosts: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
+        let off = self.blocks.off();
+        if off.nrows() == 0 {
+            return;
+        }
+        let (mut t, stack) = temp_mat_zeroed::<T, _, _>(off.nrows(), ghosts.ncols(), stack);
+        let mut t = t.as_mat_mut();
+        matmul(t.rb_mut(), off, b_mode, ghosts, par, stack);
+        for (i, &r) in self.blocks.off_rows().iter().enumerate() {
+            let r = r.zx();
+            for j in 0..t.ncols() {
+                out[(r, j)] = add(&out[(r, j)], &t[(i, j)]);
+            }
+        }
+    }
+
+    /// `g = B_oᵀ · y[off_rows]` (or `ᴴ`; `b_mode` reverse), `g` the ghosts' rows.
+    fn off_reverse(&self, b_mode: Mode, g: MatMut<'_, T>, y: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
+        let off = self.blocks.off();
+        let (mut yo, stack) = temp_mat_zeroed::<T, _, _>(off.nrows(), y.ncols(), stack);
+        let mut yo = yo.as_mat_mut();
+        for (i, &r) in self.blocks.off_rows().iter().enumerate() {
+            yo.rb_mut().row_mut(i).copy_from(y.row(r.zx()));
+        }
+        matmul(g, off, b_mode, yo.rb(), par, stack);
+    }
+
+    /// Scratch of the local products with `k` columns (either direction).
+    fn local_scratch(&self, k: usize, par: Par) -> StackReq {
+        let (diag, off) = (self.blocks.diag(), self.blocks.off());
+        let fwd = [Mode::Apply, Mode::Transpose].map(|m| {
+            StackReq::any_of(&[
+                matmul_scratch(diag, m, k, par),
+                temp_mat_scratch::<T>(off.nrows(), k).and(matmul_scratch(off, m, k, par)),
+            ])
+        });
+        StackReq::any_of(&fwd)
+    }
+
+    /// Scratch of [`dist_run`](Self::dist_run).
+    pub(crate) fn dist_scratch(&self, k: usize, max: usize, par: Par) -> StackReq {
+        let (ghosts, sent) = (self.plan.ghosts(), self.plan.sent());
+        temp_slice_scratch::<T>(ghosts * k)
+            .and(temp_slice_scratch::<T>(sent * k))
+            .and(self.plan.scratch(k, max))
+            .and(self.local_scratch(k, par))
+    }
+
+    /// The distributed product `out = A_mode · rhs` on this rank's rows
+    /// (inside the product's collective call, shapes agreed): the exchange
+    /// posted, the diagonal block multiplied meanwhile, then the
+    /// off-diagonal one.
+    pub(crate) fn dist_run(
+        &self,
+        s: &Session<'_>,
+        mode: Mode,
+        mut out: MatMut<'_, T>,
+        rhs: MatRef<'_, T>,
+        max: usize,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        let b_mode = self.b_mode(mode);
+        let k = rhs.ncols();
+        let (ghosts, sent) = (self.plan.ghosts(), self.plan.sent());
+        let (ghost_buf, stack) = temp_slice::<T>(ghosts * k, stack);
+        let (sent_buf, stack) = temp_slice::<T>(sent * k, stack);
+        let (reqs, stack) = stack.make_uninit::<MPI_Request>(self.plan.messages(k, max));
+        let reqs: &mut [MaybeUninit<MPI_Request>] = reqs;
+        let diag = self.blocks.diag();
+        if !b_mode.is_transposed() {
+            // Forward: this rank's entries that others hold as ghosts go out.
+            for (i, &l) in self.plan.send_idx().iter().enumerate() {
+                MatMut::from_row_major_slice_mut(&mut sent_buf[i * k..(i + 1) * k], 1, k).copy_from(rhs.subrows(l, 1));
+            }
+            self.plan
+                .forward(s, ghost_buf, sent_buf, k, max, reqs, || matmul(out.rb_mut(), diag, b_mode, rhs, par, stack));
+            let ghosts = MatRef::from_row_major_slice(&ghost_buf[..], ghosts, k);
+            self.add_off(b_mode, out, ghosts, par, stack);
+        } else {
+            // Reverse: the ghosts' contributions go to their owners.
+            let g = MatMut::from_row_major_slice_mut(&mut ghost_buf[..], ghosts, k);
+            self.off_reverse(b_mode, g, rhs, par, stack);
+            self.plan
+                .reverse(s, sent_buf, ghost_buf, k, max, reqs, || matmul(out.rb_mut(), diag, b_mode, rhs, par, stack));
+            for (i, &l) in self.plan.send_idx().iter().enumerate() {
+                for j in 0..k {
+                    out[(l, j)] = add(&out[(l, j)], &sent_buf[i * k + j]);
+                }
+            }
+        }
+    }
+}
+
+/// The rank's block of `A` as an operator on whole operands, for the
+/// replicated products: its rows of `A` (CSR, `own × n`) or its columns
+/// (CSC, `m × own`); its forward products read the ghosts straight from
+/// the whole operand, its reverse products write them into the whole
+/// partial result.
+impl<T: Scalar, I: Index> ModeOp<T> for HaloMatrix<T, I> {
+    const NAME: &'static str = "MpiLop (a rank's block)";
+
+    fn shape(&self) -> (usize, usize) {
+        let h = self;
+        let rows = h.blocks.nrows();
+        if h.transposed { (h.minor, rows) } else { (rows, h.minor) }
+    }
+
+    fn scratch(&self, _: Mode, k: usize, par: Par) -> StackReq {
+        let h = self;
+        temp_mat_scratch::<T>(h.plan.ghosts(), k).and(h.local_scratch(k, par))
+    }
+
+    fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
+        let h = self;
+        let b_mode = h.b_mode(mode);
+        let own = h.blocks.own();
+        let ghosts = h.blocks.ghosts();
+        let (mut g, stack) = temp_mat_zeroed::<T, _, _>(ghosts.len(), rhs.ncols(), stack);
+        let mut g = g.as_mat_mut();
+        if !b_mode.is_transposed() {
+            for (i, &c) in ghosts.iter().enumerate() {
+                g.rb_mut().row_mut(i).copy_from(rhs.row(c));
+            }
+            matmul(out.rb_mut(), h.blocks.diag(), b_mode, rhs.subrows(own.start, own.len()), par, stack);
+            h.add_off(b_mode, out, g.rb(), par, stack);
+        } else {
+            out.fill(faer::traits::math_utils::zero());
+            matmul(out.rb_mut().subrows_mut(own.start, own.len()), h.blocks.diag(), b_mode, rhs, par, stack);
+            h.off_reverse(b_mode, g.rb_mut(), rhs, par, stack);
+            for (i, &c) in ghosts.iter().enumerate() {
+                for j in 0..g.ncols() {
+                    out[(c, j)] = add(&out[(c, j)], &g[(i, j)]);
+                }
+            }
+        }
+    }
+}
+
+impl_bilinop!([I: Index] HaloMatrix<T, I> where T: Scalar);
