@@ -8,6 +8,8 @@
 //! process, naming the test, when it takes too long (a hang).
 
 mod common;
+#[path = "mpi/dist.rs"]
+mod dist;
 
 use common::fixtures::{self, Formula};
 use common::{assert_close, product, reference};
@@ -1104,7 +1106,7 @@ fn a_damaged_sparse_member_is_an_error_on_every_rank(world: &SimpleCommunicator)
     }
     world.barrier();
     let bytes = std::fs::read(&good).unwrap();
-    let l = MpiLop::<f64>::new(world, &good, None, true, None).unwrap();
+    MpiLop::<f64>::new(world, &good, None, true, None).expect("the undamaged file opens");
     let npz = lazylinop::npz::SparseNpz::open(&good).unwrap();
     assert!(npz.part::<f64, u32>(0..npz.major()).unwrap().is_mapped(), "stored, aligned members");
     // Entries at the start, the middle and the end: in the first, a middle and the last rank's share.
@@ -1273,7 +1275,10 @@ type Test = fn(&SimpleCommunicator);
 
 fn main() {
     // Other arguments (cargo test's filters and flags) select the main suite.
-    let scenario = std::env::args().nth(1).filter(|a| a == "multiple" || a == "finalized").unwrap_or_default();
+    let scenario = std::env::args()
+        .nth(1)
+        .filter(|a| ["multiple", "finalized", "sigkill"].contains(&a.as_str()))
+        .unwrap_or_default();
     let threading = if scenario == "multiple" { mpi::Threading::Multiple } else { mpi::Threading::Single };
     let (universe, level) = mpi::initialize_with_threading(threading).expect("MPI initializes once");
     let world = universe.world();
@@ -1323,6 +1328,11 @@ fn main() {
                 120,
             ),
         ],
+        "sigkill" => {
+            let _deadline = watchdog("sigkill", 120);
+            dist::a_rank_killed_in_a_product(&world);
+            return;
+        }
         "multiple" => {
             assert_eq!(level, mpi::Threading::Multiple, "this MPI does not provide Threading::Multiple");
             &[("products_from_two_threads_are_never_wrong", products_from_two_threads_are_never_wrong, 120)]
@@ -1337,10 +1347,11 @@ fn main() {
         }
         _ => unreachable!("filtered above"),
     };
+    let tests: Vec<_> = tests.iter().chain(if scenario.is_empty() { dist::TESTS } else { &[] }).collect();
     // `LAZYLINOP_MPI_FILTER=text` runs only the tests whose name contains `text`.
     let filter = std::env::var("LAZYLINOP_MPI_FILTER").unwrap_or_default();
-    let tests: Vec<_> = tests.iter().filter(|t| t.0.contains(filter.as_str())).collect();
-    for &&(name, test, secs) in &tests {
+    let tests: Vec<_> = tests.into_iter().filter(|t| t.0.contains(filter.as_str())).collect();
+    for &(name, test, secs) in tests.iter().copied() {
         let deadline = watchdog(name, secs);
         test(&world);
         drop(deadline);
