@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check of the crate: formatting, clippy and tests with the
 # default features (what users get) and with all features, the docs, and the
-# MPI tests under mpirun with 1, 2 and 3 ranks. Installs what they need when it
-# is missing (OpenMPI and libclang from Debian's packages; rustfmt, clippy).
+# MPI tests under mpirun with 1 to 4 ranks, and a rank killed in the middle
+# of a product. Installs what they need when it is missing (OpenMPI and
+# libclang from Debian's packages; rustfmt, clippy).
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ bin=$(cargo test --all-features --test mpi --no-run --message-format=json 2>/dev
 # The examples, built with the test profile (optimized dependencies, shared with the tests).
 cargo build --profile test --features mpi --example pmatmat_mpi --example mpilop --example bm_mpilop
 examples=target/debug/examples
-for n in 1 2 3; do
+for n in 1 2 3 4; do
     # The main suite (Threading::Single), products from two threads (Threading::Multiple),
     # operators used and dropped after MPI_Finalize: one job each.
     for scenario in "" multiple finalized; do
@@ -53,5 +54,20 @@ for n in 1 2 3; do
     mpirun_n "$n" "$examples/bm_mpilop" 300 32 2
     mpirun_n "$n" "$examples/bm_mpilop" sparse 3000 16 2 20
 done
+
+echo "-- mpirun -n 3 tests/mpi.rs sigkill (rank 1 killed in a distributed product: the job must end, with an error)"
+start=$(date +%s)
+set +e
+out=$(timeout -k 10 120 mpirun --allow-run-as-root --oversubscribe -n 3 "$bin" sigkill 2>&1)
+rc=$?
+set -e
+elapsed=$(( $(date +%s) - start ))
+echo "$out" | tail -n 5
+if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || [ "$elapsed" -gt 60 ] \
+    || ! grep -q "killing itself" <<<"$out" || grep -q "the product returned\|did not finish" <<<"$out"; then
+    echo "sigkill scenario: mpirun exited $rc after ${elapsed}s: the other ranks did not end promptly" >&2
+    exit 1
+fi
+echo "   ended after ${elapsed}s (exit $rc)"
 
 step "all checks passed"

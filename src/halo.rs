@@ -384,28 +384,24 @@ pub(crate) fn other_offsets(major_offsets: &[usize], major: usize, minor: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faer::sparse::{SparseRowMat, Triplet};
-
-    fn csr(m: usize, n: usize, entries: &[(usize, usize, f64)]) -> SparseRowMat<usize, f64> {
-        let t: Vec<_> = entries.iter().map(|&(i, j, v)| Triplet::new(i, j, v)).collect();
-        SparseRowMat::try_new_from_triplets(m, n, &t).unwrap()
-    }
 
     #[test]
     fn split_keeps_every_entry_in_one_block() {
-        // Rows 2..5 of a 6×8 matrix, owning columns 3..6.
-        let a = csr(3, 8, &[(0, 0, 1.0), (0, 3, 2.0), (0, 7, 3.0), (1, 4, 4.0), (2, 0, 5.0), (2, 0, 6.0), (2, 5, 7.0)]);
-        let b = Blocks::split(SparseView::from(a.as_ref()), 3..6);
+        // Rows 2..5 of a 6×8 matrix, owning columns 3..6; row 2 repeats column 0.
+        let ptr = [0usize, 3, 4, 7];
+        let idx = [0usize, 3, 7, 4, 0, 0, 5];
+        let val = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let b = Blocks::<u32, f64>::split(SparseView::csr(3, 8, &ptr, &idx, &val).unwrap(), 3..6);
         assert_eq!(b.ghosts(), &[0, 7]);
         assert_eq!(b.off_rows(), &[0, 2]);
         assert_eq!(b.nnz(), (3, 4));
         let d = faer::Mat::from_fn(3, 3, |i, j| {
             let (idx, val) = b.diag().outer_entries(i);
-            idx.iter().zip(val).filter(|e| *e.0 == j).map(|e| *e.1).sum::<f64>()
+            idx.iter().zip(val).filter(|e| *e.0 as usize == j).map(|e| *e.1).sum::<f64>()
         });
         assert_eq!(d, faer::mat![[2.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 7.0]]);
         let (idx, val) = b.off().outer_entries(1);
-        assert_eq!((idx, val), (&[0usize, 0][..], &[5.0, 6.0][..]));
+        assert_eq!((idx, val), (&[0u32, 0][..], &[5.0, 6.0][..]));
     }
 
     #[test]

@@ -46,7 +46,10 @@
 //! - [`Scalar`]: the four scalar types (`f32`, `f64`, `c32`, `c64`) that
 //!   shared memory, MPI and `.npz` files carry, and their [`Dtype`].
 //! - [`dottest()`]: checks that an operator's adjoint matches its product.
-//! - [`random`]: reproducible random matrices of any scalar type.
+//! - [`random`]: reproducible random matrices of any scalar type;
+//!   [`gallery`]: the 7-point Laplacian on a 3-D grid.
+//! - [`halo`]: a sparse matrix's rows split into the columns a part owns
+//!   and its ghosts, and the exchange of such a split, computed offline.
 //!
 //! # Quick start
 //! ```
@@ -90,6 +93,7 @@ pub use faer::matrix_free::{BiLinOp, LinOp};
 
 pub mod dottest;
 mod ext;
+pub mod gallery;
 pub mod halo;
 #[cfg(feature = "mpi")]
 pub mod mpi;

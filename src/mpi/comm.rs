@@ -271,10 +271,10 @@ impl Session<'_> {
         let result = self.agree(settings, misuse.or(fault));
         // A misuse on any rank wins over other faults (`agree`) and makes the
         // operator dead on every rank: all learn it from the agreed message.
-        if let Err(Error::Rank { rank, message, .. }) = &result {
-            if message == WRONG_THREAD || message == NESTED {
-                lock(&self.comm.state).dead = Some((*rank, message.clone()));
-            }
+        if let Err(Error::Rank { rank, message, .. }) = &result
+            && (message == WRONG_THREAD || message == NESTED)
+        {
+            lock(&self.comm.state).dead = Some((*rank, message.clone()));
         }
         result
     }

@@ -146,6 +146,7 @@ impl HaloPlan {
     /// `send_buf` (`sent · k`, row-major, packed by the caller from
     /// [`send_idx`](Self::send_idx)) goes out; `meanwhile` runs between the
     /// posts and the wait.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward<T: Equivalence, R>(
         &self,
         s: &Session<'_>,
@@ -163,6 +164,7 @@ impl HaloPlan {
     /// contributions to others' entries) goes to the owners, and `recv_buf`
     /// (`sent · k`) receives the contributions to this rank's entries at
     /// [`send_idx`](Self::send_idx), for the caller to add.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn reverse<T: Equivalence, R>(
         &self,
         s: &Session<'_>,

@@ -72,6 +72,20 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
         d + o
     }
 
+    /// `d[i] = Σ B_d[i, i]` (a square matrix, whose row and column layouts
+    /// are the same: the diagonal lies in the diagonal block).
+    pub(crate) fn diagonal_into(&self, mut d: faer::ColMut<'_, T>) {
+        let diag = self.blocks.diag();
+        for i in 0..diag.nrows() {
+            let (idx, val) = diag.outer_entries(i);
+            for (c, v) in idx.iter().zip(val) {
+                if c.zx() == i {
+                    d[i] = add(&d[i], v);
+                }
+            }
+        }
+    }
+
     /// The rank's statistics.
     pub(crate) fn stats(&self, rank: usize) -> HaloStats {
         let (rows, cols) = self.dims();
@@ -131,6 +145,7 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
     /// (inside the product's collective call, shapes agreed): the exchange
     /// posted, the diagonal block multiplied meanwhile, then the
     /// off-diagonal one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn dist_run(
         &self,
         s: &Session<'_>,

@@ -17,7 +17,7 @@ use super::collective::{
 };
 use super::comm::{Comm, Session};
 use super::dist::{DistOp, agreement};
-use super::distmat::{DistMatMut, DistMatRef};
+use super::distmat::{DistMat, DistMatMut, DistMatRef};
 use super::halo::HaloMatrix;
 use super::layout::Layout;
 use crate::Scalar;
@@ -129,7 +129,7 @@ impl<T: Scalar> MpiLop<T> {
     /// When any rank fails, every rank returns the same [`Error::Rank`],
     /// naming the lowest failing rank and, in its message, the path and the
     /// reason; on the failing rank its `source` is the typed
-    /// [`NpzError`]. Reasons: the file missing on one rank, not a zip,
+    /// [`NpzError`](crate::npz::NpzError). Reasons: the file missing on one rank, not a zip,
     /// truncated or damaged data (CRC-32), a dtype other than `T`'s; for a
     /// dense file a missing member, big-endian data that cannot be read, not
     /// a 2-D array, a header that lies about its size; for a sparse file a
@@ -290,6 +290,35 @@ impl<T: Scalar> MpiLop<T> {
     /// blocks otherwise.
     pub fn col_layout(&self) -> &Layout {
         &self.col_layout
+    }
+
+    /// The diagonal of a square matrix, distributed as the rows: each rank
+    /// reads the diagonal entries of its own block (repeated entries
+    /// summed). No communication. The Jacobi preconditioner's diagonal.
+    ///
+    /// # Errors
+    /// [`Error::Mpi`] (on every rank: the shape is) if the matrix is not square.
+    pub fn diagonal(&self) -> Result<DistMat<T>, Error> {
+        if self.nrows != self.ncols {
+            return Err(Error::Mpi(format!(
+                "the diagonal of a {}×{} matrix: it is not square",
+                self.nrows, self.ncols
+            )));
+        }
+        let mut d = DistMat::zeros(&self.row_layout, 1);
+        let mut out = d.local_mut();
+        let rows = self.row_layout.local_range();
+        match &self.local {
+            Local::Sparse32(h) => h.diagonal_into(out.col_mut(0)),
+            Local::Sparse64(h) => h.diagonal_into(out.col_mut(0)),
+            Local::Mapped(_) | Local::Copied(_) => {
+                let a = self.local_dense().expect("a dense block");
+                for (i, g) in rows.enumerate() {
+                    out[(i, 0)] = a[(i, g)];
+                }
+            }
+        }
+        Ok(d)
     }
 
     /// What this rank exchanges in a distributed product (a sparse file;

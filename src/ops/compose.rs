@@ -54,6 +54,7 @@ impl<A, B> Compose<A, B> {
     }
 
     /// `a · b`, the factors' shapes checked by the caller.
+    #[cfg(feature = "mpi")]
     pub(crate) fn from_parts(a: A, b: B) -> Self {
         Self { a, b }
     }

@@ -29,6 +29,7 @@ pub struct Scaled<T, A> {
     a: A,
 }
 
+#[cfg(feature = "mpi")]
 impl<T, A> Scaled<T, A> {
     /// `alpha · a`, for operators that are not faer's.
     pub(crate) fn from_parts(alpha: T, a: A) -> Self {

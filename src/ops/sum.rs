@@ -55,6 +55,7 @@ impl<A, B> Sum<A, B> {
     }
 
     /// `a + b`, the terms' shapes checked by the caller.
+    #[cfg(feature = "mpi")]
     pub(crate) fn from_parts(a: A, b: B) -> Self {
         Self { a, b }
     }

@@ -157,6 +157,8 @@ fn halo_cases_and_stats(world: &SimpleCommunicator) {
                 .with_options(MpiOptions::default().gather(Gather::All));
             let dense = a.to_dense();
             check_dist(&l, dense.as_ref(), Some(&l), &name);
+            let diag = l.diagonal().unwrap().gather(Gather::All).unwrap().unwrap();
+            assert_eq!(diag, Mat::from_fn(40, 1, |i, _| dense[(i, i)]), "{name}: the diagonal");
             let stats = l.halo_stats().expect("a sparse file has a halo");
             let npz = lazylinop::npz::SparseNpz::open(&path).unwrap();
             let offline = halo::stats_of_file(&npz, size).unwrap();
