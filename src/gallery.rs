@@ -54,6 +54,9 @@ impl Grid {
     pub fn index(&self, p: [usize; 3]) -> usize {
         assert!((0..3).all(|a| p[a] < self.n[a]), "point {p:?} not on the grid {:?}", self.n);
         let [nx, ny, _] = self.n;
+        if self.blocks == [1; 3] {
+            return p[0] + nx * (p[1] + ny * p[2]);
+        }
         let b: [usize; 3] = core::array::from_fn(|a| self.box_of(a, p[a]));
         let [(sx, lx), (sy, ly), (sz, lz)] = [self.cut(0, b[0]), self.cut(1, b[1]), self.cut(2, b[2])];
         // Boxes before: whole layers of boxes (along z), rows of boxes (y), boxes (x).
@@ -68,6 +71,9 @@ impl Grid {
     pub fn point(&self, i: usize) -> [usize; 3] {
         assert!(i < self.len(), "point {i} of a grid of {}", self.len());
         let [nx, ny, _] = self.n;
+        if self.blocks == [1; 3] {
+            return [i % nx, (i / nx) % ny, i / (nx * ny)];
+        }
         let bz = self.box_of(2, i / (nx * ny));
         let (sz, lz) = self.cut(2, bz);
         let rest = i - sz * nx * ny;
