@@ -249,6 +249,63 @@ impl<T: Scalar> DistMat<T> {
         })
     }
 
+    /// Writes the matrix as member `member` of a new `.npz` file at `path`
+    /// (numpy reads it with `np.load`; [`read_npz`](Self::read_npz) reads it
+    /// back, each rank its rows): stored, in C order, so that each rank's rows
+    /// are one contiguous piece of it. Rank 0 writes the file, receiving the
+    /// other ranks' rows one block at a time (in messages of at most 1 GiB):
+    /// no rank holds the whole matrix. Atomic, as [`npz::save`](crate::npz::save).
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`Error::Rank`] on every rank if rank 0 cannot write the file (its
+    /// [`NpzError`](crate::npz::NpzError) as the source on rank 0).
+    pub fn save_npz(&self, path: impl AsRef<Path>, member: &str) -> Result<(), Error> {
+        let (layout, k, path) = (&self.layout, self.ncols, path.as_ref());
+        let settings = [("the number of columns", k as u64), ("the layout (a hash of its offsets)", layout.hash())];
+        layout.comm().collective(&settings, None, |s| {
+            let max = DEFAULT_MAX_MESSAGE_BYTES / size_of::<T>();
+            if s.rank() != 0 {
+                s.mpi(|c| {
+                    let root = c.process_at_rank(0);
+                    for chunk in self.data.chunks(max) {
+                        mpi::point_to_point::Destination::send(&root, chunk);
+                    }
+                });
+                return s.outcome(Ok(()));
+            }
+            // Every block is received, even when the file cannot be written: the
+            // other ranks are sending them.
+            let receive_all = |mut w: Option<&mut dyn std::io::Write>| -> std::io::Result<()> {
+                let mut result = w.as_mut().map_or(Ok(()), |w| w.write_all(bytemuck::cast_slice(&self.data)));
+                let widest = (1..layout.size()).map(|r| layout.range(r).len() * k).max().unwrap_or(0);
+                let mut piece = vec![zero::<T>(); widest.min(max)];
+                for r in 1..layout.size() {
+                    let mut left = layout.range(r).len() * k;
+                    while left > 0 {
+                        let chunk = &mut piece[..left.min(max)];
+                        s.mpi(|c| mpi::point_to_point::Source::receive_into(&c.process_at_rank(r as i32), chunk));
+                        if let (Ok(()), Some(w)) = (&result, w.as_mut()) {
+                            result = w.write_all(bytemuck::cast_slice(chunk));
+                        }
+                        left -= chunk.len();
+                    }
+                }
+                result
+            };
+            let mut received = false;
+            let written = crate::npz::save_rows::<T>(path, member, (layout.len(), k), |w| {
+                received = true;
+                receive_all(Some(w))
+            });
+            if !received {
+                let _ = receive_all(None);
+            }
+            let written = written.map_err(Fault::from);
+            s.outcome(written)
+        })
+    }
+
     /// The layout of the rows.
     pub fn layout(&self) -> &Layout {
         &self.layout

@@ -97,6 +97,8 @@ use memmap2::Mmap;
 
 pub use self::error::{NpzError, NpzErrorKind};
 use self::read::{Inflate, Source, data_error, swap_bytes};
+#[cfg(feature = "mpi")]
+pub(crate) use self::save::save_rows;
 pub use self::save::{SparseRef, save, save_sparse};
 pub use self::sparse::{IndexDtype, NpzLayout, SparseIndex, SparseMember, SparseNpz, SparsePart, detect, split_nnz};
 pub use crate::{Dtype, Scalar};

@@ -49,6 +49,63 @@ pub fn save<T: Scalar>(path: impl AsRef<Path>, member: &str, mat: MatRef<'_, T>)
     Ok(())
 }
 
+/// [`save`] for a matrix that arrives in pieces: member `member` of shape
+/// `nrows × ncols`, in C order (row by row), its data written by `rows`
+/// into the writer it is given, row after row (`nrows · ncols` elements of
+/// `T`, as bytes in the machine's order); what a distributed matrix's rows,
+/// gathered one block at a time, are written with. Atomic, as [`save`].
+///
+/// # Errors
+/// As [`save`], and `rows`'s own error, or [`NpzErrorKind::Io`] if it wrote
+/// another number of bytes than the shape's.
+pub(crate) fn save_rows<T: Scalar>(
+    path: &Path,
+    member: &str,
+    (m, n): (usize, usize),
+    rows: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), NpzError> {
+    let error =
+        |e: io::Error| NpzError { path: path.to_owned(), member: Some(member.to_owned()), kind: NpzErrorKind::Io(e) };
+    let (temp, file) = temporary(path).map_err(error)?;
+    let written = (|| {
+        let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
+        let len = m * n * size_of::<T>();
+        start_member(&mut zip, member, &descr_of(T::DTYPE), false, &format!("({m}, {n})"), len)?;
+        let mut counted = Counted { inner: &mut zip, bytes: 0 };
+        rows(&mut counted)?;
+        if counted.bytes != len {
+            return Err(io::Error::other(format!(
+                "{} bytes of data written for a {m}×{n} member of {len}",
+                counted.bytes
+            )));
+        }
+        finish(zip)
+    })()
+    .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(error(e));
+    }
+    Ok(())
+}
+
+/// A writer that counts what goes through.
+struct Counted<'a, W> {
+    inner: &'a mut W,
+    bytes: usize,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A new file next to `path`, named `.{name}.{pid}.{n}.tmp`.
 fn temporary(path: &Path) -> io::Result<(PathBuf, File)> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);

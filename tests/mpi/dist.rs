@@ -268,6 +268,27 @@ fn distributed_reductions_match(world: &SimpleCommunicator) {
         let want = Mat::from_fn(m, n, |i, j| f64::value(seed, i, j));
         assert_eq!(x.gather(Gather::All).unwrap().unwrap(), want, "read_npz {file}:{member}");
     }
+    // Written by rank 0 from every rank's rows, read back by rows; a path that cannot be
+    // written (a directory) is the same error on every rank, not a hang.
+    let mut pid = std::process::id();
+    world.process_at_rank(0).broadcast_into(&mut pid);
+    let path = std::env::temp_dir().join(format!("lazylinop-dist-{pid}-saved.npz"));
+    for (n, k) in [(0, 3), (1, 1), (37, 5), (8, 0)] {
+        let layout = Layout::even(world, n).unwrap();
+        let x = random::mat::<faer::c64>(n, k, 11);
+        DistMat::from_full(&layout, x.as_ref()).save_npz(&path, "x").unwrap();
+        let npz = lazylinop::npz::NpzMatrix::open(&path, Some("x")).unwrap();
+        assert_eq!((npz.shape(), npz.order()), ((n, k), lazylinop::npz::Order::C), "saved {n}×{k}");
+        let back = DistMat::<faer::c64>::read_npz(&layout, &path, None).unwrap();
+        assert_eq!(back.gather(Gather::All).unwrap().unwrap(), x, "saved {n}×{k}");
+        world.barrier();
+    }
+    if world.rank() == 0 {
+        std::fs::remove_file(&path).unwrap();
+    }
+    let layout = Layout::even(world, 10).unwrap();
+    let x = DistMat::<f64>::zeros(&layout, 2);
+    same_error_everywhere(world, x.save_npz(std::env::temp_dir(), "x"), "rank 0 failed");
 }
 
 /// `got` is an error on every rank, the same message everywhere, containing `needle`.
