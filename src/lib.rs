@@ -41,8 +41,10 @@
 //!   sparse `.npz` files (CSR, CSC) read by shares of their nonzeros
 //!   ([`npz::SparseNpz`]), and [`npz::save_sparse`].
 //! - `mpi` (feature `mpi`): MPI's one home: the communicator each operator
-//!   duplicates, the rules of collective products, and `MpiLop`, a matrix
-//!   from a `.npz` (dense, or scipy csr/csc) distributed over MPI ranks.
+//!   duplicates, the rules of collective products, `MpiLop`, a matrix
+//!   from a `.npz` (dense, or scipy csr/csc) distributed over MPI ranks, and
+//!   distributed vectors (`Layout`, `DistMat`) with the operators that take
+//!   them (`DistOp`: halo exchanges for sparse matrices).
 //! - [`Scalar`]: the four scalar types (`f32`, `f64`, `c32`, `c64`) that
 //!   shared memory, MPI and `.npz` files carry, and their [`Dtype`].
 //! - [`dottest()`]: checks that an operator's adjoint matches its product.

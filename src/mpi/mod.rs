@@ -1,15 +1,54 @@
 //! MPI (feature `mpi`): the [`pmatmat`](crate::parallel::pmatmat) backend
 //! ([`pmatmat_mpi`](crate::parallel::pmatmat_mpi),
-//! [`Method::Mpi`](crate::parallel::Method::Mpi)) and [`MpiLop`], with the
-//! rules every MPI operator of this crate follows.
+//! [`Method::Mpi`](crate::parallel::Method::Mpi)), [`MpiLop`], and
+//! distributed vectors ([`Layout`], [`DistMat`]) with the operators that take
+//! them ([`DistOp`]), with the rules every MPI object of this crate follows.
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `comm` | an operator's communicator: a duplicate of the user's, the thread checks, the one road to MPI |
-//! | `collective` | the agreement every product starts with; chunked broadcast, gather and sum |
+//! | `comm` | a communicator: a duplicate of the user's, the thread checks, the one road to MPI |
+//! | `collective` | the agreement every collective call starts with; chunked broadcast, gather, scatter, sum, reduce-scatter |
 //! | `pmatmat` | the `pmatmat` backend: column blocks over ranks |
-//! | `mpilop` | [`MpiLop`]: a `.npz` matrix (dense, or scipy csr/csc) distributed by rows or columns |
+//! | `mpilop` | [`MpiLop`]: a `.npz` matrix (dense, or scipy csr/csc) distributed by rows or columns, replicated and distributed products |
+//! | `layout` | [`Layout`]: which contiguous range of indices each rank owns |
+//! | `distmat` | [`DistMat`] and its views: each rank's rows, reductions in one allreduce, local updates, `.npz` in and out |
+//! | `dist` | [`DistOp`]: products on distributed vectors, and their algebra ([`DistOpExt`], [`DistLocal`], [`DistDiag`]) |
+//! | `halo` | a sparse share as the diagonal and off-diagonal blocks of [`crate::halo`], the local products |
+//! | `exchange` | the halo's plan (built once) and its exchange, forward and in reverse |
 //!
+//! # Two kinds of products
+//! An [`MpiLop`] is a faer operator on whole vectors, as Python lazylinop's
+//! `MPILop`: every rank gives the whole operand (or rank 0 broadcasts it),
+//! and the whole result is gathered on rank 0 or on every rank
+//! ([`Gather`](crate::parallel::Gather)). That suits lazylinop's programs and
+//! faer's solvers run on every rank, but each rank holds and receives whole
+//! vectors.
+//!
+//! As a [`DistOp`], the same operator takes and gives [`DistMat`]s: each rank
+//! holds only its rows of each vector. A sparse share is split, as PETSc's
+//! `MatMPIAIJ` splits it, into the columns the rank owns and the *ghosts*
+//! (columns other ranks own, renumbered compactly); the plan of which ranks
+//! need which of this rank's entries is built once, collectively, when the
+//! operator is made. `L·X` posts the ghost exchange with the neighbours only,
+//! multiplies the diagonal block meanwhile, waits, then adds the
+//! off-diagonal block; `Lᴴ·Y` multiplies the off-diagonal block first, sends
+//! the ghosts' contributions back to their owners (summed there) and
+//! multiplies the diagonal block meanwhile. A CSC share is the CSR share of
+//! the transpose: the same plan, used the other way. A dense share needs the
+//! whole operand: `L·X` all-gathers it, `Lᴴ·Y` reduce-scatters the partial
+//! result. Both kinds of products run on the same blocks and through the same
+//! communicator.
+//!
+//! Every distributed product starts with one agreement: the mode, the column
+//! count and the operands' layouts (checked on every rank against the
+//! operator's: the same indices over the same ranks in the same order) — a
+//! mismatch on any rank is the same [`Error`](crate::parallel::Error) on every
+//! rank. A rank-local operator ([`DistLocal`]) agrees once more on its
+//! outcome, so that a panic in it is an error everywhere. Reductions of
+//! [`DistMat`]s ([`norms`](DistMatRef::norms_into),
+//! [`dots`](DistMatRef::dots_into), [`gram`](DistMatRef::gram_into)) agree
+//! on their length and layout, then reduce all columns in one allreduce.
+
 //! # A communicator of its own
 //! Every operator duplicates the communicator it is given, once,
 //! collectively, when it is built (as PETSc and Trilinos do), and runs all
