@@ -104,6 +104,8 @@ pub mod ops;
 pub mod parallel;
 pub mod random;
 mod scalar;
+#[cfg(feature = "mpi")]
+pub mod solvers;
 pub mod sparse;
 
 pub use dottest::{DotTest, dottest};

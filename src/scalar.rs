@@ -88,6 +88,13 @@ pub trait Scalar: ComplexField + bytemuck::Pod + sealed::Sealed {
 
     /// A real value of this type (`f32` or `f64`) as an `f64`, exactly.
     fn real_to_f64(r: Self::Real) -> f64;
+
+    /// This value as a `c64` (exactly; imaginary part 0 for a real type).
+    fn to_c64(self) -> faer::c64;
+
+    /// `z` as this type (rounded for `f32` and `c32`; only the real part
+    /// for a real type).
+    fn from_c64(z: faer::c64) -> Self;
 }
 
 impl Scalar for f32 {
@@ -95,11 +102,23 @@ impl Scalar for f32 {
     fn real_to_f64(r: f32) -> f64 {
         f64::from(r)
     }
+    fn to_c64(self) -> faer::c64 {
+        faer::c64::new(f64::from(self), 0.0)
+    }
+    fn from_c64(z: faer::c64) -> Self {
+        z.re as f32
+    }
 }
 impl Scalar for f64 {
     const DTYPE: Dtype = Dtype::Float64;
     fn real_to_f64(r: f64) -> f64 {
         r
+    }
+    fn to_c64(self) -> faer::c64 {
+        faer::c64::new(self, 0.0)
+    }
+    fn from_c64(z: faer::c64) -> Self {
+        z.re
     }
 }
 impl Scalar for faer::c32 {
@@ -107,11 +126,23 @@ impl Scalar for faer::c32 {
     fn real_to_f64(r: f32) -> f64 {
         f64::from(r)
     }
+    fn to_c64(self) -> faer::c64 {
+        faer::c64::new(f64::from(self.re), f64::from(self.im))
+    }
+    fn from_c64(z: faer::c64) -> Self {
+        faer::c32::new(z.re as f32, z.im as f32)
+    }
 }
 impl Scalar for faer::c64 {
     const DTYPE: Dtype = Dtype::Complex128;
     fn real_to_f64(r: f64) -> f64 {
         r
+    }
+    fn to_c64(self) -> faer::c64 {
+        self
+    }
+    fn from_c64(z: faer::c64) -> Self {
+        z
     }
 }
 

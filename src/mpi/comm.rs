@@ -158,6 +158,23 @@ impl Comm {
         fault: Option<Fault>,
         body: impl FnOnce(&Session<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
+        self.call(Some((settings, fault)), body)
+    }
+
+    /// A collective call without the agreement: for a call whose place in
+    /// every rank's sequence was agreed by an earlier call of the same
+    /// computation, on the same thread (the reductions of an iterative
+    /// solver, whose start is agreed and whose every branch depends on
+    /// values all ranks share). The same checks otherwise.
+    pub(crate) fn unagreed<R>(&self, body: impl FnOnce(&Session<'_>) -> Result<R, Error>) -> Result<R, Error> {
+        self.call(None, body)
+    }
+
+    fn call<R>(
+        &self,
+        agreement: Option<(&[(&'static str, u64)], Option<Fault>)>,
+        body: impl FnOnce(&Session<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         // Finalization is collective: every rank sees it at the same call.
         if mpi::is_finalized() {
             return Err(Error::Mpi(FINALIZED.into()));
@@ -178,7 +195,9 @@ impl Comm {
             }
         };
         let session = Session { comm: self, communicator: self.comm.as_ref().expect("alive") };
-        session.first_agreement(settings, fault)?;
+        if let Some((settings, fault)) = agreement {
+            session.first_agreement(settings, fault)?;
+        }
         let value = body(&session);
         drop(busy);
         value

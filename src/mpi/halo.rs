@@ -86,6 +86,24 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
         }
     }
 
+    /// The diagonal block of `A` (its own rows and columns; a square matrix
+    /// whose row and column layouts are the same), as faer's CSR matrix.
+    pub(crate) fn diagonal_block(&self) -> faer::sparse::SparseRowMat<usize, T> {
+        let d = self.blocks.diag();
+        let n = d.nrows();
+        let (mut ptr, mut idx, mut val) = (vec![0usize], Vec::with_capacity(d.nnz()), Vec::with_capacity(d.nnz()));
+        for i in 0..n {
+            let (is, vs) = d.outer_entries(i);
+            idx.extend(is.iter().map(|c| c.zx()));
+            val.extend_from_slice(vs);
+            ptr.push(idx.len());
+        }
+        let symbolic = faer::sparse::SymbolicSparseRowMat::new_unsorted_checked(n, d.ncols(), ptr, None, idx);
+        let b = faer::sparse::SparseRowMat::new(symbolic, val);
+        // B = Aᵀ for a CSC share: A's block is the transpose of B's.
+        if self.transposed { b.as_ref().transpose().to_row_major().expect("a copy of a valid block") } else { b }
+    }
+
     /// The rank's statistics.
     pub(crate) fn stats(&self, rank: usize) -> HaloStats {
         let (rows, cols) = self.dims();

@@ -176,6 +176,15 @@ impl Layout {
         crate::halo::owner(&self.inner.offsets, i)
     }
 
+    /// `recv = Σ over the ranks of send`, one allreduce, no agreement: see
+    /// [`Comm::unagreed`] for when that is right (a solver's reductions).
+    pub(crate) fn sum_unagreed(&self, send: &[faer::c64], recv: &mut [faer::c64]) -> Result<(), Error> {
+        self.inner.comm.unagreed(|s| {
+            s.mpi(|c| c.all_reduce_into(send, recv, mpi::collective::SystemOperation::sum()));
+            Ok(())
+        })
+    }
+
     pub(crate) fn comm(&self) -> &Arc<Comm> {
         &self.inner.comm
     }

@@ -133,4 +133,19 @@ pub use dist::{DistDiag, DistLocal, DistOp, DistOpExt};
 pub use distmat::{DistMat, DistMatMut, DistMatRef};
 pub use layout::Layout;
 pub use mpilop::MpiLop;
+
+/// A rank's fault for an agreement (for the solvers).
+pub(crate) fn fault(message: String) -> collective::Fault {
+    collective::Fault::new(message)
+}
+
+/// One agreement on `layout`'s communicator: `settings` the same on every
+/// rank, and no rank's `fault` (the same error everywhere otherwise).
+pub(crate) fn agree_on(
+    layout: &Layout,
+    settings: &[(&'static str, u64)],
+    fault: Option<collective::Fault>,
+) -> Result<(), crate::parallel::Error> {
+    layout.comm().collective(settings, fault, |_| Ok(()))
+}
 pub(crate) use pmatmat::Ranks;

@@ -321,6 +321,34 @@ impl<T: Scalar> MpiLop<T> {
         Ok(d)
     }
 
+    /// This rank's diagonal block of a square matrix: its own rows and
+    /// columns (a copy, as faer's CSR matrix), for a block-Jacobi
+    /// preconditioner (factor it with faer, e.g. `sp_lu`, and apply it on
+    /// each rank's rows with [`DistLocal`](super::DistLocal); see
+    /// [`solvers::block_jacobi`](crate::solvers::block_jacobi)). No
+    /// communication.
+    ///
+    /// # Errors
+    /// [`Error::Mpi`] if the matrix is not square.
+    pub fn diagonal_block(&self) -> Result<faer::sparse::SparseRowMat<usize, T>, Error> {
+        if self.nrows != self.ncols {
+            return Err(Error::Mpi(format!("the diagonal block of a {}×{} matrix: it is not square", self.nrows, self.ncols)));
+        }
+        let rows = self.row_layout.local_range();
+        Ok(match &self.local {
+            Local::Sparse32(h) => h.diagonal_block(),
+            Local::Sparse64(h) => h.diagonal_block(),
+            Local::Mapped(_) | Local::Copied(_) => {
+                let a = self.local_dense().expect("a dense block").subcols(rows.start, rows.len());
+                let triplets: Vec<_> = (0..rows.len())
+                    .flat_map(|i| (0..rows.len()).map(move |j| faer::sparse::Triplet::new(i, j, a[(i, j)])))
+                    .collect();
+                faer::sparse::SparseRowMat::try_new_from_triplets(rows.len(), rows.len(), &triplets)
+                    .map_err(|e| Error::Mpi(format!("the diagonal block: {e:?}")))?
+            }
+        })
+    }
+
     /// What this rank exchanges in a distributed product (a sparse file;
     /// `None` for a dense one, whose distributed products gather the whole
     /// operand): its neighbours and ghost entries. For a CSC file the halo

@@ -1,0 +1,242 @@
+//! Preconditioned conjugate gradients, standard and fused (Chronopoulos–Gear).
+
+use faer::c64;
+use faer::{Par, unzip, zip};
+
+use super::{Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, converged, local_dots, relative, xpby, zeros};
+use crate::Scalar;
+use crate::mpi::{DistMatMut, DistMatRef, DistOp};
+use crate::ops::Mode;
+
+/// Which CG recurrence [`cg`] runs (see the [module docs](super) for their
+/// rounding).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum CgVariant {
+    /// Hestenes–Stiefel: two allreduces per iteration.
+    #[default]
+    Standard,
+    /// Chronopoulos–Gear: one allreduce per iteration (both inner products
+    /// and the residual norm together), `A·p` by a recurrence.
+    Fused,
+}
+
+/// Solves `A·X = B` for Hermitian positive definite `A` (square, its row
+/// and column layouts the same), `k` right-hand sides at once, with the
+/// preconditioner `m` (`M ≈ A⁻¹`, Hermitian positive definite) if given;
+/// `x` holds the initial guess ([`InitialGuess::Given`]) and receives the
+/// solution. Collective. `callback` is called on rank 0 after each
+/// iteration. See the [module docs](super).
+///
+/// # Errors
+/// The same on every rank: [`SolveError::Mpi`] if the operands' layouts or
+/// columns do not fit `A`, the ranks' parameters differ, or a product
+/// fails; [`SolveError::Breakdown`] if `pᴴAp ≤ 0` or `rᴴMr < 0` (not
+/// positive definite); [`SolveError::NotFinite`]; [`SolveError::NoConvergence`]
+/// after `max_iters` (`x` holds the last iterate).
+#[allow(clippy::too_many_arguments)]
+pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
+    mut x: DistMatMut<'_, T>,
+    a: &A,
+    m: Option<&dyn DistOp<T>>,
+    b: DistMatRef<'_, T>,
+    params: Params,
+    variant: CgVariant,
+    mut callback: Callback<'_>,
+    par: Par,
+) -> Result<SolveInfo, SolveError> {
+    let square = a.row_layout().offsets() == a.col_layout().offsets();
+    let fault_square = (!square).then(|| crate::mpi::fault("cg: the operator is not square (its row and column layouts differ)".into()));
+    if let Some(f) = fault_square {
+        crate::mpi::agree_on(b.layout(), &[], Some(f))?;
+    }
+    let extra = [("the CG variant (0 standard, 1 fused)", u64::from(variant == CgVariant::Fused))];
+    let mut work = Work::start("cg", a, m, &x, &b, &params, &extra, par)?;
+    let layout = a.row_layout();
+    let k = b.ncols();
+    let mut r = zeros::<T>(layout, k);
+    let mut z = zeros::<T>(layout, k);
+    let mut p = zeros::<T>(layout, k);
+    let mut q = zeros::<T>(layout, k);
+    // r = b − A·x
+    match params.initial_guess {
+        InitialGuess::Zero => x.fill_zero(),
+        InitialGuess::Given => work.apply(a, Mode::Apply, r.as_mut(), x.rb())?,
+    }
+    zip!(r.local_mut(), b.local()).for_each(|unzip!(r, b)| *r = faer::traits::math_utils::sub(b, r));
+    let mut info = SolveInfo {
+        iterations: 0,
+        column_iterations: vec![0; k],
+        abs_residuals: vec![0.0; k],
+        rel_residuals: vec![0.0; k],
+    };
+    let mut b_norms = vec![0.0; k];
+    let mut active = vec![true; k];
+    let mut residuals = vec![0.0; k];
+    let rank0 = layout.rank() == 0;
+    let zero = c64::new(0.0, 0.0);
+    // What one reduction gave: per column (rᴴz, ‖r‖², other).
+    let mut gamma = vec![zero; k];
+    let mut alpha = vec![zero; k];
+    let mut beta = vec![zero; k];
+    let mut delta = vec![zero; k];
+
+    // Updates `residuals`, `info` and `active` from ‖r‖²; `true` when all have converged.
+    let mut check = |iteration: usize, rr: &[c64], active: &mut [bool], info: &mut SolveInfo, residuals: &mut [f64], b_norms: &[f64]| -> Result<bool, SolveError> {
+        for j in 0..k {
+            let norm = rr[j].re.max(0.0).sqrt();
+            if !norm.is_finite() {
+                return Err(SolveError::NotFinite { iteration, column: j });
+            }
+            residuals[j] = norm;
+            if active[j] {
+                info.column_iterations[j] = iteration;
+                if converged(norm, b_norms[j], &params) {
+                    active[j] = false;
+                }
+            }
+        }
+        if rank0 && iteration > 0 {
+            if let Some(cb) = callback.as_mut() {
+                cb(&Progress { iteration, column: None, residuals });
+            }
+        }
+        Ok(active.iter().all(|a| !a))
+    };
+
+    match variant {
+        CgVariant::Standard => {
+            work.precond(m, z.as_mut(), r.as_ref())?;
+            p.local_mut().copy_from(z.local());
+            let red = work.reduce(3 * k, |v| {
+                local_dots(r.local(), z.local(), &mut v[..k]);
+                local_dots(r.local(), r.local(), &mut v[k..2 * k]);
+                local_dots(b.local(), b.local(), &mut v[2 * k..]);
+            })?;
+            gamma.copy_from_slice(&red[..k]);
+            let rr = red[k..2 * k].to_vec();
+            for j in 0..k {
+                b_norms[j] = red[2 * k + j].re.max(0.0).sqrt();
+            }
+            let mut done = check(0, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
+            let mut it = 0;
+            while !done && it < params.max_iters {
+                it += 1;
+                work.apply(a, Mode::Apply, q.as_mut(), p.as_ref())?;
+                let red = work.reduce(k, |v| local_dots(p.local(), q.local(), v))?;
+                delta.copy_from_slice(red);
+                for j in 0..k {
+                    alpha[j] = zero;
+                    if active[j] {
+                        let (d, g) = (delta[j], gamma[j]);
+                        if !(d.re.is_finite() && g.re.is_finite()) {
+                            return Err(SolveError::NotFinite { iteration: it, column: j });
+                        }
+                        if d.re <= 0.0 {
+                            return Err(SolveError::Breakdown { iteration: it, column: j, what: "pᴴ·A·p ≤ 0: A is not positive definite" });
+                        }
+                        alpha[j] = g / d;
+                    }
+                }
+                axpy(x.local_mut(), &alpha, p.local());
+                let neg: Vec<c64> = alpha.iter().map(|a| -a).collect();
+                axpy(r.local_mut(), &neg, q.local());
+                work.precond(m, z.as_mut(), r.as_ref())?;
+                let red = work.reduce(2 * k, |v| {
+                    local_dots(r.local(), z.local(), &mut v[..k]);
+                    local_dots(r.local(), r.local(), &mut v[k..]);
+                })?;
+                let (new_gamma, rr) = (red[..k].to_vec(), red[k..].to_vec());
+                done = check(it, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
+                for j in 0..k {
+                    beta[j] = zero;
+                    if active[j] {
+                        if new_gamma[j].re < 0.0 {
+                            return Err(SolveError::Breakdown { iteration: it, column: j, what: "rᴴ·M·r < 0: M is not positive definite" });
+                        }
+                        beta[j] = new_gamma[j] / gamma[j];
+                    }
+                    gamma[j] = new_gamma[j];
+                }
+                xpby(p.local_mut(), z.local(), &beta);
+            }
+            info.iterations = it;
+        }
+        CgVariant::Fused => {
+            // u = M·r (in z), w = A·u (in q), s = A·p by recurrence.
+            let mut s = zeros::<T>(layout, k);
+            work.precond(m, z.as_mut(), r.as_ref())?;
+            work.apply(a, Mode::Apply, q.as_mut(), z.as_ref())?;
+            let red = work.reduce(4 * k, |v| {
+                local_dots(r.local(), z.local(), &mut v[..k]);
+                local_dots(z.local(), q.local(), &mut v[k..2 * k]);
+                local_dots(r.local(), r.local(), &mut v[2 * k..3 * k]);
+                local_dots(b.local(), b.local(), &mut v[3 * k..]);
+            })?;
+            gamma.copy_from_slice(&red[..k]);
+            delta.copy_from_slice(&red[k..2 * k]);
+            let rr = red[2 * k..3 * k].to_vec();
+            for j in 0..k {
+                b_norms[j] = red[3 * k + j].re.max(0.0).sqrt();
+            }
+            let mut done = check(0, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
+            for j in 0..k {
+                if active[j] {
+                    if !(delta[j].re > 0.0) {
+                        return Err(SolveError::Breakdown { iteration: 0, column: j, what: "uᴴ·A·u ≤ 0: A is not positive definite" });
+                    }
+                    alpha[j] = gamma[j] / delta[j];
+                }
+            }
+            p.local_mut().copy_from(z.local());
+            s.local_mut().copy_from(q.local());
+            let mut it = 0;
+            while !done && it < params.max_iters {
+                it += 1;
+                for j in 0..k {
+                    if !active[j] {
+                        alpha[j] = zero;
+                    }
+                }
+                axpy(x.local_mut(), &alpha, p.local());
+                let neg: Vec<c64> = alpha.iter().map(|a| -a).collect();
+                axpy(r.local_mut(), &neg, s.local());
+                work.precond(m, z.as_mut(), r.as_ref())?;
+                work.apply(a, Mode::Apply, q.as_mut(), z.as_ref())?;
+                let red = work.reduce(3 * k, |v| {
+                    local_dots(r.local(), z.local(), &mut v[..k]);
+                    local_dots(z.local(), q.local(), &mut v[k..2 * k]);
+                    local_dots(r.local(), r.local(), &mut v[2 * k..]);
+                })?;
+                let (new_gamma, new_delta, rr) = (red[..k].to_vec(), red[k..2 * k].to_vec(), red[2 * k..].to_vec());
+                done = check(it, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
+                for j in 0..k {
+                    beta[j] = zero;
+                    if active[j] {
+                        let b = new_gamma[j] / gamma[j];
+                        let denom = new_delta[j] - b * new_gamma[j] / alpha[j];
+                        if !(denom.re.is_finite() && b.re.is_finite()) {
+                            return Err(SolveError::NotFinite { iteration: it, column: j });
+                        }
+                        if denom.re <= 0.0 {
+                            return Err(SolveError::Breakdown { iteration: it, column: j, what: "pᴴ·A·p ≤ 0 (by recurrence): A is not positive definite" });
+                        }
+                        beta[j] = b;
+                        alpha[j] = new_gamma[j] / denom;
+                    }
+                    gamma[j] = new_gamma[j];
+                }
+                xpby(p.local_mut(), z.local(), &beta);
+                xpby(s.local_mut(), q.local(), &beta);
+            }
+            info.iterations = it;
+        }
+    }
+    for j in 0..k {
+        info.abs_residuals[j] = residuals[j];
+        info.rel_residuals[j] = relative(residuals[j], b_norms[j]);
+    }
+    if active.iter().any(|&a| a) {
+        return Err(SolveError::NoConvergence(info));
+    }
+    Ok(info)
+}

@@ -1,0 +1,451 @@
+//! Krylov solvers on distributed operators and vectors (feature `mpi`):
+//! every rank takes part, every vector is a [`DistMat`] (no rank holds a
+//! whole one), and every decision is taken from values all ranks share, so
+//! outcomes, iteration counts and residuals are the same on every rank.
+//!
+//! | solver | for | reductions per iteration |
+//! |---|---|---|
+//! | [`cg`] with [`CgVariant::Standard`] | Hermitian positive definite `A`, `k` right-hand sides at once | two allreduces, each for all `k` columns |
+//! | [`cg`] with [`CgVariant::Fused`] | the same (Chronopoulos–Gear) | one |
+//! | [`gmres`] | any square `A` (restarted GMRES(m), right preconditioning) | one (classical Gram–Schmidt), two when it reorthogonalises |
+//! | [`lsqr`] | rectangular `A`, least squares (Paige–Saunders) | two |
+//!
+//! A product of the operator also agrees once with the other ranks on its
+//! operands ([`DistOp`]); the preconditioner is any [`DistOp`] (`M ≈ A⁻¹`):
+//! [`jacobi`] for the diagonal of an [`MpiLop`], a [`DistLocal`] around a
+//! local solve of each rank's diagonal block ([`MpiLop::diagonal_block`])
+//! for block-Jacobi, or the user's own.
+//!
+//! With `k` right-hand sides, [`cg`] runs `k` CG iterations side by side:
+//! each column keeps its own coefficients (a column that has converged stops
+//! moving), and each iteration reads the matrix once for all of them (one
+//! product with `k` columns) and reduces all their dot products together: `k`
+//! systems cost far less than `k` solves. [`gmres`] and [`lsqr`] solve the
+//! columns one after the other.
+//!
+//! Stopping test, as faer's solvers: column `j` has converged when
+//! `‖rⱼ‖ ≤ max(abs_tolerance, rel_tolerance · ‖bⱼ‖)` with `r = b − A·x` the
+//! residual the recurrence carries (unpreconditioned; for [`lsqr`], the
+//! residual of the normal equations `‖Aᴴr‖` against `‖A‖·‖r‖`, or `‖r‖`
+//! against `‖b‖` for a consistent system).
+//!
+//! # Rounding
+//! The fused CG computes `A·p` by a recurrence (`s = w + β s` with `w = A·u`)
+//! instead of a product, and both inner products from the same vectors, so
+//! that one allreduce serves an iteration; in exact arithmetic it is CG, in
+//! floating point the recurred residual drifts from the true one by a few
+//! more ulps per iteration: its attainable accuracy is somewhat worse (a
+//! relative residual of `1e-12` instead of `1e-14` on ill-conditioned
+//! systems), and it may need a few more iterations. Prefer the standard
+//! variant for tight tolerances, the fused one when the allreduce's latency
+//! dominates (many ranks).
+//!
+//! [`MpiLop`]: crate::mpi::MpiLop
+//! [`MpiLop::diagonal_block`]: crate::mpi::MpiLop::diagonal_block
+//! [`DistLocal`]: crate::mpi::DistLocal
+
+mod cg;
+mod gmres;
+mod lsqr;
+
+use core::fmt;
+
+use faer::c64;
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::reborrow::ReborrowMut;
+use faer::traits::math_utils::{add, mul};
+use faer::{MatMut, MatRef, Par, unzip, zip};
+
+pub use cg::{CgVariant, cg};
+pub use gmres::gmres;
+pub use lsqr::lsqr;
+
+use crate::Scalar;
+use crate::mpi::{DistDiag, DistLocal, DistMat, DistMatMut, DistMatRef, DistOp, Layout, MpiLop};
+use crate::ops::Mode;
+use crate::parallel::Error;
+
+/// Where the iteration starts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum InitialGuess {
+    /// From `x = 0` (what `x` holds is overwritten).
+    #[default]
+    Zero,
+    /// From the `x` given.
+    Given,
+}
+
+/// The parameters of a solve.
+#[derive(Copy, Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Params {
+    /// Stop when `‖r‖ ≤ abs_tolerance` (or the relative test holds). `0` by default.
+    pub abs_tolerance: f64,
+    /// Stop when `‖r‖ ≤ rel_tolerance · ‖b‖`. `1e-8` by default.
+    pub rel_tolerance: f64,
+    /// The most iterations (for GMRES, over all restarts). `1000` by default.
+    pub max_iters: usize,
+    /// Where to start.
+    pub initial_guess: InitialGuess,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { abs_tolerance: 0.0, rel_tolerance: 1e-8, max_iters: 1000, initial_guess: InitialGuess::Zero }
+    }
+}
+
+impl Params {
+    /// Sets [`Params::rel_tolerance`].
+    pub fn rel_tolerance(mut self, tol: f64) -> Self {
+        self.rel_tolerance = tol;
+        self
+    }
+
+    /// Sets [`Params::abs_tolerance`].
+    pub fn abs_tolerance(mut self, tol: f64) -> Self {
+        self.abs_tolerance = tol;
+        self
+    }
+
+    /// Sets [`Params::max_iters`].
+    pub fn max_iters(mut self, n: usize) -> Self {
+        self.max_iters = n;
+        self
+    }
+
+    /// Sets [`Params::initial_guess`].
+    pub fn initial_guess(mut self, guess: InitialGuess) -> Self {
+        self.initial_guess = guess;
+        self
+    }
+
+    /// The settings every rank must share.
+    fn settings(&self) -> [(&'static str, u64); 4] {
+        [
+            ("abs_tolerance", self.abs_tolerance.to_bits()),
+            ("rel_tolerance", self.rel_tolerance.to_bits()),
+            ("max_iters", self.max_iters as u64),
+            ("initial_guess (0 zero, 1 given)", u64::from(self.initial_guess == InitialGuess::Given)),
+        ]
+    }
+}
+
+/// How a solve ended: the same on every rank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SolveInfo {
+    /// The iterations (the most over the columns; for GMRES and LSQR, the
+    /// sum over the columns, each solved in turn).
+    pub iterations: usize,
+    /// Each column's iterations.
+    pub column_iterations: Vec<usize>,
+    /// Each column's final residual norm `‖rⱼ‖` (see the module docs).
+    pub abs_residuals: Vec<f64>,
+    /// `‖rⱼ‖ / ‖bⱼ‖` (`‖rⱼ‖` when `bⱼ = 0`).
+    pub rel_residuals: Vec<f64>,
+}
+
+/// Why a solve did not give a solution: the same on every rank.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SolveError {
+    /// A product, a reduction or the preconditioner failed ([`Error`]).
+    Mpi(Error),
+    /// A coefficient the method divides by vanished or had the wrong sign:
+    /// for CG, `pᴴ·A·p ≤ 0` (the operator or the preconditioner is not
+    /// Hermitian positive definite).
+    Breakdown {
+        /// The iteration.
+        iteration: usize,
+        /// The column.
+        column: usize,
+        /// What broke down.
+        what: &'static str,
+    },
+    /// A residual or coefficient became infinite or NaN.
+    NotFinite {
+        /// The iteration.
+        iteration: usize,
+        /// The column.
+        column: usize,
+    },
+    /// The tolerance was not reached within `max_iters`; the info of the
+    /// last iterate (`x` holds it).
+    NoConvergence(SolveInfo),
+}
+
+impl fmt::Display for SolveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SolveError::Mpi(e) => write!(f, "{e}"),
+            SolveError::Breakdown { iteration, column, what } => {
+                write!(f, "breakdown at iteration {iteration}, column {column}: {what}")
+            }
+            SolveError::NotFinite { iteration, column } => {
+                write!(f, "a residual or coefficient is not finite at iteration {iteration}, column {column}")
+            }
+            SolveError::NoConvergence(info) => write!(
+                f,
+                "no convergence within {} iterations (relative residuals {:?})",
+                info.iterations, info.rel_residuals
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SolveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SolveError::Mpi(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for SolveError {
+    fn from(e: Error) -> Self {
+        SolveError::Mpi(e)
+    }
+}
+
+/// One iteration's state, given to the callback on rank 0.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    /// The iteration (from 1).
+    pub iteration: usize,
+    /// The column being solved (GMRES, LSQR) or `None` for all (CG).
+    pub column: Option<usize>,
+    /// The residual norms, one per column (`‖r‖` of that column for GMRES, LSQR).
+    pub residuals: &'a [f64],
+}
+
+/// The callback of a solve: called on rank 0 after each iteration.
+pub type Callback<'a> = Option<&'a mut dyn FnMut(&Progress<'_>)>;
+
+/// The Jacobi preconditioner of a square `MpiLop`: the inverse of its
+/// diagonal ([`MpiLop::diagonal`]), distributed as its rows.
+///
+/// # Errors
+/// [`Error::Mpi`] if the matrix is not square; [`Error::Rank`] on every
+/// rank if a diagonal entry is zero (naming the lowest such row).
+pub fn jacobi<T: Scalar>(a: &MpiLop<T>) -> Result<DistDiag<T>, Error> {
+    let mut d = a.diagonal()?;
+    let start = d.layout().local_range().start;
+    let mut zero_at = None;
+    for (i, x) in d.local_mut().col_mut(0).iter_mut().enumerate() {
+        let z = x.to_c64();
+        if z.re == 0.0 && z.im == 0.0 {
+            zero_at = zero_at.or(Some(start + i));
+        } else {
+            *x = T::from_c64(c64::new(1.0, 0.0) / z);
+        }
+    }
+    // The lowest failing rank's message names the lowest zero row.
+    let fault = zero_at.map(|row| crate::mpi::fault(format!("jacobi: the diagonal entry of row {row} is zero")));
+    crate::mpi::agree_on(d.layout(), &[], fault)?;
+    Ok(DistDiag::new(d))
+}
+
+/// A faer factorization (`Lu`, `Llt`, … of this rank's block) as the
+/// operator `B⁻¹`: its products solve with the factors (faer's solves take
+/// their own scratch). For [`DistLocal`](crate::mpi::DistLocal).
+#[derive(Debug)]
+pub struct LocalSolve<S> {
+    n: usize,
+    factors: S,
+}
+
+impl<S> LocalSolve<S> {
+    /// The inverse of the `n × n` matrix whose factorization is `factors`.
+    pub fn new(n: usize, factors: S) -> Self {
+        LocalSolve { n, factors }
+    }
+}
+
+impl<T: Scalar, S: faer::linalg::solvers::SolveCore<T> + Sync + fmt::Debug> crate::ops::ModeOp<T> for LocalSolve<S> {
+    const NAME: &'static str = "LocalSolve";
+    fn shape(&self) -> (usize, usize) {
+        (self.n, self.n)
+    }
+    fn scratch(&self, _: Mode, _: usize, _: Par) -> StackReq {
+        StackReq::EMPTY
+    }
+    fn run(&self, mode: Mode, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, _: Par, _: &mut MemStack) {
+        use faer::Conj;
+        out.copy_from(rhs);
+        let conj = if mode.is_conj() { Conj::Yes } else { Conj::No };
+        if mode.is_transposed() {
+            self.factors.solve_transpose_in_place_with_conj(conj, out);
+        } else {
+            self.factors.solve_in_place_with_conj(conj, out);
+        }
+    }
+}
+
+crate::ops::impl_bilinop!([S: faer::linalg::solvers::SolveCore<T> + Sync + fmt::Debug] LocalSolve<S> where T: Scalar);
+
+/// The block-Jacobi preconditioner of a square `MpiLop`: on each rank, the
+/// sparse LU factors (faer's `sp_lu`) of its diagonal block
+/// ([`MpiLop::diagonal_block`]), applied to its rows.
+///
+/// # Errors
+/// [`Error::Mpi`] if the matrix is not square; [`Error::Rank`] on every rank
+/// if a rank's block cannot be factored (singular).
+pub fn block_jacobi<T: Scalar>(
+    a: &MpiLop<T>,
+) -> Result<DistLocal<LocalSolve<faer::sparse::linalg::solvers::Lu<usize, T>>>, Error> {
+    let block = a.diagonal_block()?;
+    let rows = a.row_layout();
+    let lu = block.sp_lu();
+    let fault = lu.as_ref().err().map(|e| crate::mpi::fault(format!("block_jacobi: the diagonal block of rank {} cannot be factored: {e:?}", rows.rank())));
+    crate::mpi::agree_on(rows, &[], fault)?;
+    let lu = lu.expect("agreed");
+    Ok(DistLocal::new(rows, rows, LocalSolve::new(rows.local_len(), lu)))
+}
+
+/// The workspace every solver shares: the product's scratch, the buffers of
+/// the fused reductions.
+struct Work<'a, T> {
+    /// The layout whose communicator the reductions run on (the operands').
+    layout: &'a Layout,
+    send: Vec<c64>,
+    recv: Vec<c64>,
+    scratch: MemBuffer,
+    par: Par,
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<'a, T: Scalar> Work<'a, T> {
+    /// The workspace of products of `ops` in `modes` with `k` columns, after
+    /// the agreement that starts the solve: `settings` (the solver's own and
+    /// `params`') and the operands' layouts (`x` against `a`'s columns and
+    /// `b` against its rows in `mode`).
+    #[allow(clippy::too_many_arguments)]
+    fn start<A: DistOp<T> + ?Sized>(
+        name: &'static str,
+        a: &A,
+        m: Option<&dyn DistOp<T>>,
+        x: &DistMatMut<'_, T>,
+        b: &DistMatRef<'a, T>,
+        params: &Params,
+        extra: &[(&'static str, u64)],
+        par: Par,
+    ) -> Result<Self, Error> {
+        let k = b.ncols();
+        let fault = a
+            .row_layout()
+            .mismatch(b.layout(), "the right-hand side")
+            .or_else(|| a.col_layout().mismatch(x.layout(), "the solution"))
+            .or_else(|| {
+                (x.ncols() != k).then(|| {
+                    crate::mpi::fault(format!("{name}: the solution has {} columns, the right-hand side {k}", x.ncols()))
+                })
+            })
+            .or_else(|| {
+                m.and_then(|m| {
+                    m.row_layout()
+                        .mismatch(a.col_layout(), "the preconditioner's rows")
+                        .or_else(|| m.col_layout().mismatch(a.row_layout(), "the preconditioner's columns"))
+                })
+            });
+        let mut settings = params.settings().to_vec();
+        settings.push(("the number of right-hand sides", k as u64));
+        settings.push(("a preconditioner (0 none, 1 given)", u64::from(m.is_some())));
+        settings.extend_from_slice(extra);
+        let layout = b.layout();
+        crate::mpi::agree_on(layout, &settings, fault)?;
+        let req = StackReq::any_of(&[
+            a.dist_scratch(Mode::Apply, k, par),
+            a.dist_scratch(Mode::Adjoint, k, par),
+            m.map_or(StackReq::EMPTY, |m| m.dist_scratch(Mode::Apply, k, par)),
+        ]);
+        Ok(Work {
+            layout,
+            send: Vec::new(),
+            recv: Vec::new(),
+            scratch: MemBuffer::new(req),
+            par,
+            _t: core::marker::PhantomData,
+        })
+    }
+
+    /// `out = op_mode · rhs`.
+    fn apply<A: DistOp<T> + ?Sized>(
+        &mut self,
+        op: &A,
+        mode: Mode,
+        out: DistMatMut<'_, T>,
+        rhs: DistMatRef<'_, T>,
+    ) -> Result<(), Error> {
+        op.dist_apply(mode, out, rhs, self.par, MemStack::new(&mut self.scratch))
+    }
+
+    /// `out = M · rhs` (a copy without a preconditioner).
+    fn precond(
+        &mut self,
+        m: Option<&dyn DistOp<T>>,
+        mut out: DistMatMut<'_, T>,
+        rhs: DistMatRef<'_, T>,
+    ) -> Result<(), Error> {
+        match m {
+            Some(m) => self.apply(m, Mode::Apply, out, rhs),
+            None => {
+                out.local_mut().copy_from(rhs.local());
+                Ok(())
+            }
+        }
+    }
+
+    /// Sums over the ranks the `n` values `fill` writes locally, in one
+    /// allreduce.
+    fn reduce(&mut self, n: usize, fill: impl FnOnce(&mut [c64])) -> Result<&[c64], Error> {
+        self.send.clear();
+        self.send.resize(n, c64::new(0.0, 0.0));
+        self.recv.clear();
+        self.recv.resize(n, c64::new(0.0, 0.0));
+        fill(&mut self.send);
+        self.layout.sum_unagreed(&self.send, &mut self.recv)?;
+        Ok(&self.recv)
+    }
+}
+
+/// `out[j] = xⱼᴴ · yⱼ` for each column, on this rank's rows.
+fn local_dots<T: Scalar>(x: MatRef<'_, T>, y: MatRef<'_, T>, out: &mut [c64]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = (x.col(j).adjoint() * y.col(j)).to_c64();
+    }
+}
+
+/// `y_j += a[j] · x_j` for each column.
+fn axpy<T: Scalar>(mut y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>) {
+    for (j, a) in a.iter().enumerate() {
+        if *a == c64::new(0.0, 0.0) {
+            continue;
+        }
+        let a = T::from_c64(*a);
+        zip!(y.rb_mut().col_mut(j), x.col(j)).for_each(|unzip!(y, x)| *y = add(y, &mul(&a, x)));
+    }
+}
+
+/// `y_j = x_j + b[j] · y_j` for each column.
+fn xpby<T: Scalar>(mut y: MatMut<'_, T>, x: MatRef<'_, T>, b: &[c64]) {
+    for (j, b) in b.iter().enumerate() {
+        let b = T::from_c64(*b);
+        zip!(y.rb_mut().col_mut(j), x.col(j)).for_each(|unzip!(y, x)| *y = add(x, &mul(&b, y)));
+    }
+}
+
+/// A new zero multi-vector like `like`'s layout.
+fn zeros<T: Scalar>(layout: &Layout, k: usize) -> DistMat<T> {
+    DistMat::zeros(layout, k)
+}
+
+/// Whether `‖r‖` (`norm`) passes the test against `‖b‖`.
+fn converged(norm: f64, b_norm: f64, params: &Params) -> bool {
+    norm <= params.abs_tolerance.max(params.rel_tolerance * b_norm)
+}
+
+/// `‖r‖ / ‖b‖`, or `‖r‖` when `b = 0`.
+fn relative(norm: f64, b_norm: f64) -> f64 {
+    if b_norm > 0.0 { norm / b_norm } else { norm }
+}
