@@ -10,6 +10,8 @@
 mod common;
 #[path = "mpi/dist.rs"]
 mod dist;
+#[path = "mpi/solvers.rs"]
+mod solvers;
 
 use common::fixtures::{self, Formula};
 use common::{assert_close, product, reference};
@@ -1347,7 +1349,8 @@ fn main() {
         }
         _ => unreachable!("filtered above"),
     };
-    let tests: Vec<_> = tests.iter().chain(if scenario.is_empty() { dist::TESTS } else { &[] }).collect();
+    let extra: &[&[(&str, Test, u64)]] = if scenario.is_empty() { &[dist::TESTS, solvers::TESTS] } else { &[] };
+    let tests: Vec<_> = tests.iter().chain(extra.iter().flat_map(|t| t.iter())).collect();
     // `LAZYLINOP_MPI_FILTER=text` runs only the tests whose name contains `text`.
     let filter = std::env::var("LAZYLINOP_MPI_FILTER").unwrap_or_default();
     let tests: Vec<_> = tests.into_iter().filter(|t| t.0.contains(filter.as_str())).collect();

@@ -332,7 +332,10 @@ impl<T: Scalar> MpiLop<T> {
     /// [`Error::Mpi`] if the matrix is not square.
     pub fn diagonal_block(&self) -> Result<faer::sparse::SparseRowMat<usize, T>, Error> {
         if self.nrows != self.ncols {
-            return Err(Error::Mpi(format!("the diagonal block of a {}×{} matrix: it is not square", self.nrows, self.ncols)));
+            return Err(Error::Mpi(format!(
+                "the diagonal block of a {}×{} matrix: it is not square",
+                self.nrows, self.ncols
+            )));
         }
         let rows = self.row_layout.local_range();
         Ok(match &self.local {

@@ -3,7 +3,10 @@
 use faer::c64;
 use faer::{Par, unzip, zip};
 
-use super::{Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, converged, local_dots, relative, xpby, zeros};
+use super::{
+    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, converged, local_dots, norm_of,
+    relative, xpby, zeros,
+};
 use crate::Scalar;
 use crate::mpi::{DistMatMut, DistMatRef, DistOp};
 use crate::ops::Mode;
@@ -45,7 +48,8 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
     par: Par,
 ) -> Result<SolveInfo, SolveError> {
     let square = a.row_layout().offsets() == a.col_layout().offsets();
-    let fault_square = (!square).then(|| crate::mpi::fault("cg: the operator is not square (its row and column layouts differ)".into()));
+    let fault_square = (!square)
+        .then(|| crate::mpi::fault("cg: the operator is not square (its row and column layouts differ)".into()));
     if let Some(f) = fault_square {
         crate::mpi::agree_on(b.layout(), &[], Some(f))?;
     }
@@ -81,10 +85,16 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
     let mut delta = vec![zero; k];
 
     // Updates `residuals`, `info` and `active` from ‖r‖²; `true` when all have converged.
-    let mut check = |iteration: usize, rr: &[c64], active: &mut [bool], info: &mut SolveInfo, residuals: &mut [f64], b_norms: &[f64]| -> Result<bool, SolveError> {
+    let mut check = |iteration: usize,
+                     rr: &[c64],
+                     active: &mut [bool],
+                     info: &mut SolveInfo,
+                     residuals: &mut [f64],
+                     b_norms: &[f64]|
+     -> Result<bool, SolveError> {
         for j in 0..k {
-            let norm = rr[j].re.max(0.0).sqrt();
-            if !norm.is_finite() {
+            let norm = norm_of(rr[j]);
+            if !(norm.is_finite() && b_norms[j].is_finite()) {
                 return Err(SolveError::NotFinite { iteration, column: j });
             }
             residuals[j] = norm;
@@ -115,7 +125,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
             gamma.copy_from_slice(&red[..k]);
             let rr = red[k..2 * k].to_vec();
             for j in 0..k {
-                b_norms[j] = red[2 * k + j].re.max(0.0).sqrt();
+                b_norms[j] = norm_of(red[2 * k + j]);
             }
             let mut done = check(0, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
             let mut it = 0;
@@ -132,7 +142,11 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                             return Err(SolveError::NotFinite { iteration: it, column: j });
                         }
                         if d.re <= 0.0 {
-                            return Err(SolveError::Breakdown { iteration: it, column: j, what: "pᴴ·A·p ≤ 0: A is not positive definite" });
+                            return Err(SolveError::Breakdown {
+                                iteration: it,
+                                column: j,
+                                what: "pᴴ·A·p ≤ 0: A is not positive definite",
+                            });
                         }
                         alpha[j] = g / d;
                     }
@@ -151,7 +165,11 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                     beta[j] = zero;
                     if active[j] {
                         if new_gamma[j].re < 0.0 {
-                            return Err(SolveError::Breakdown { iteration: it, column: j, what: "rᴴ·M·r < 0: M is not positive definite" });
+                            return Err(SolveError::Breakdown {
+                                iteration: it,
+                                column: j,
+                                what: "rᴴ·M·r < 0: M is not positive definite",
+                            });
                         }
                         beta[j] = new_gamma[j] / gamma[j];
                     }
@@ -176,13 +194,17 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
             delta.copy_from_slice(&red[k..2 * k]);
             let rr = red[2 * k..3 * k].to_vec();
             for j in 0..k {
-                b_norms[j] = red[3 * k + j].re.max(0.0).sqrt();
+                b_norms[j] = norm_of(red[3 * k + j]);
             }
             let mut done = check(0, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
             for j in 0..k {
                 if active[j] {
                     if !(delta[j].re > 0.0) {
-                        return Err(SolveError::Breakdown { iteration: 0, column: j, what: "uᴴ·A·u ≤ 0: A is not positive definite" });
+                        return Err(SolveError::Breakdown {
+                            iteration: 0,
+                            column: j,
+                            what: "uᴴ·A·u ≤ 0: A is not positive definite",
+                        });
                     }
                     alpha[j] = gamma[j] / delta[j];
                 }
@@ -218,7 +240,11 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                             return Err(SolveError::NotFinite { iteration: it, column: j });
                         }
                         if denom.re <= 0.0 {
-                            return Err(SolveError::Breakdown { iteration: it, column: j, what: "pᴴ·A·p ≤ 0 (by recurrence): A is not positive definite" });
+                            return Err(SolveError::Breakdown {
+                                iteration: it,
+                                column: j,
+                                what: "pᴴ·A·p ≤ 0 (by recurrence): A is not positive definite",
+                            });
                         }
                         beta[j] = b;
                         alpha[j] = new_gamma[j] / denom;

@@ -5,7 +5,10 @@ use faer::c64;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, unzip, zip};
 
-use super::{Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, converged, local_dots, relative, zeros};
+use super::{
+    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, converged, local_dots, norm_of, relative,
+    zeros,
+};
 use crate::Scalar;
 use crate::mpi::{DistMat, DistMatMut, DistMatRef, DistOp};
 use crate::ops::Mode;
@@ -62,7 +65,8 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
     let mut h_local = Mat::<T>::zeros(restart + 1, 1);
     let mut y_t = Mat::<T>::zeros(restart, 1);
     let mut hess = vec![c64::new(0.0, 0.0); (restart + 1) * restart];
-    let (mut cs, mut sn, mut g) = (vec![0.0f64; restart], vec![c64::new(0.0, 0.0); restart], vec![c64::new(0.0, 0.0); restart + 1]);
+    let (mut cs, mut sn, mut g) =
+        (vec![0.0f64; restart], vec![c64::new(0.0, 0.0); restart], vec![c64::new(0.0, 0.0); restart + 1]);
     let mut failed = false;
     for col in 0..k {
         let mut xj = x.rb_mut().subcols_mut(col, 1);
@@ -80,11 +84,11 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
             local_dots(r.local(), r.local(), &mut s[..1]);
             local_dots(bj.local(), bj.local(), &mut s[1..]);
         })?;
-        let (mut beta, b_norm) = (red[0].re.max(0.0).sqrt(), red[1].re.max(0.0).sqrt());
+        let (mut beta, b_norm) = (norm_of(red[0]), norm_of(red[1]));
         let mut its = 0;
         let mut res = beta;
         loop {
-            if !beta.is_finite() {
+            if !(beta.is_finite() && b_norm.is_finite()) {
                 return Err(SolveError::NotFinite { iteration: its, column: col });
             }
             if converged(beta, b_norm, &params) || its >= params.max_iters {
@@ -92,7 +96,8 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
             }
             // V₀ = r / β
             let inv = T::from_c64(c64::new(1.0 / beta, 0.0));
-            zip!(v.local_mut().col_mut(0), r.local().col(0)).for_each(|unzip!(v, r)| *v = faer::traits::math_utils::mul(&inv, r));
+            zip!(v.local_mut().col_mut(0), r.local().col(0))
+                .for_each(|unzip!(v, r)| *v = faer::traits::math_utils::mul(&inv, r));
             g.fill(c64::new(0.0, 0.0));
             g[0] = c64::new(beta, 0.0);
             let mut n = 0;
@@ -105,7 +110,14 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
                 let mut norm2 = 0.0;
                 for pass in 0..2 {
                     let vs = v.local().subcols(0, i + 1);
-                    matmul(h_local.as_mut().subrows_mut(0, i + 1), Accum::Replace, vs.adjoint(), w.local(), faer::traits::math_utils::one(), Par::Seq);
+                    matmul(
+                        h_local.as_mut().subrows_mut(0, i + 1),
+                        Accum::Replace,
+                        vs.adjoint(),
+                        w.local(),
+                        faer::traits::math_utils::one(),
+                        Par::Seq,
+                    );
                     let red = work.reduce(i + 2, |s| {
                         for (q, sq) in s[..i + 1].iter_mut().enumerate() {
                             *sq = h_local[(q, 0)].to_c64();
@@ -120,13 +132,20 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
                         h_local[(q, 0)] = T::from_c64(red[q]);
                     }
                     // w −= V·h
-                    matmul(w.local_mut(), Accum::Add, vs, h_local.as_ref().subrows(0, i + 1), T::from_c64(c64::new(-1.0, 0.0)), Par::Seq);
+                    matmul(
+                        w.local_mut(),
+                        Accum::Add,
+                        vs,
+                        h_local.as_ref().subrows(0, i + 1),
+                        T::from_c64(c64::new(-1.0, 0.0)),
+                        Par::Seq,
+                    );
                     norm2 = ww - hh;
                     if !(norm2 <= REORTH * ww) || pass == 1 {
                         break;
                     }
                 }
-                let hn = norm2.max(0.0).sqrt();
+                let hn = if norm2.is_finite() { norm2.max(0.0).sqrt() } else { f64::NAN };
                 if !hn.is_finite() {
                     return Err(SolveError::NotFinite { iteration: its + 1, column: col });
                 }
@@ -134,7 +153,8 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
                 if hn > 0.0 && i + 1 <= restart {
                     let inv = T::from_c64(c64::new(1.0 / hn, 0.0));
                     let wl = w.local();
-                    zip!(v.local_mut().col_mut(i + 1), wl.col(0)).for_each(|unzip!(v, w)| *v = faer::traits::math_utils::mul(&inv, w));
+                    zip!(v.local_mut().col_mut(i + 1), wl.col(0))
+                        .for_each(|unzip!(v, w)| *v = faer::traits::math_utils::mul(&inv, w));
                 }
                 // Givens rotations: the earlier ones on column i, then a new one.
                 let col_h = &mut hess[i * (restart + 1)..(i + 1) * (restart + 1)];
@@ -146,7 +166,11 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
                 let (a0, a1) = (col_h[i], col_h[i + 1]);
                 let d = (a0.norm_sqr() + a1.norm_sqr()).sqrt();
                 if d == 0.0 {
-                    return Err(SolveError::Breakdown { iteration: its + 1, column: col, what: "the Hessenberg matrix is singular" });
+                    return Err(SolveError::Breakdown {
+                        iteration: its + 1,
+                        column: col,
+                        what: "the Hessenberg matrix is singular",
+                    });
                 }
                 let (c, s) = if a0.norm() == 0.0 {
                     (0.0, a1.conj() / a1.norm())
@@ -185,7 +209,14 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
             for q in 0..n {
                 y_t[(q, 0)] = T::from_c64(y[q]);
             }
-            matmul(w.local_mut(), Accum::Replace, v.local().subcols(0, n), y_t.as_ref().subrows(0, n), faer::traits::math_utils::one(), Par::Seq);
+            matmul(
+                w.local_mut(),
+                Accum::Replace,
+                v.local().subcols(0, n),
+                y_t.as_ref().subrows(0, n),
+                faer::traits::math_utils::one(),
+                Par::Seq,
+            );
             work.precond(m, t.as_mut(), w.as_ref())?;
             zip!(xj.local_mut(), t.local()).for_each(|unzip!(x, t)| *x = faer::traits::math_utils::add(x, t));
             hess.fill(c64::new(0.0, 0.0));
@@ -193,7 +224,7 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
             work.apply(a, Mode::Apply, r.as_mut(), xj.rb())?;
             zip!(r.local_mut(), bj.local()).for_each(|unzip!(r, b)| *r = faer::traits::math_utils::sub(b, r));
             let red = work.reduce(1, |s| local_dots(r.local(), r.local(), s))?;
-            beta = red[0].re.max(0.0).sqrt();
+            beta = norm_of(red[0]);
             res = beta;
         }
         info.column_iterations[col] = its;

@@ -4,7 +4,10 @@
 use faer::c64;
 use faer::{Par, unzip, zip};
 
-use super::{Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, converged, local_dots, relative, xpby, zeros};
+use super::{
+    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, converged, local_dots, norm_of,
+    relative, xpby, zeros,
+};
 use crate::Scalar;
 use crate::mpi::{DistMatMut, DistMatRef, DistOp};
 use crate::ops::Mode;
@@ -61,28 +64,31 @@ pub fn lsqr<T: Scalar, A: DistOp<T> + ?Sized>(
             local_dots(u.local(), u.local(), &mut s[..1]);
             local_dots(bj.local(), bj.local(), &mut s[1..]);
         })?;
-        let (mut beta, b_norm) = (red[0].re.max(0.0).sqrt(), red[1].re.max(0.0).sqrt());
+        let (mut beta, b_norm) = (norm_of(red[0]), norm_of(red[1]));
         scale(&mut u, beta);
         work.apply(a, Mode::Adjoint, v.as_mut(), u.as_ref())?;
-        let mut alpha = work.reduce(1, |s| local_dots(v.local(), v.local(), s))?[0].re.max(0.0).sqrt();
+        let mut alpha = norm_of(work.reduce(1, |s| local_dots(v.local(), v.local(), s))?[0]);
         scale(&mut v, alpha);
         w.local_mut().copy_from(v.local());
         let (mut phibar, mut rhobar) = (beta, alpha);
         let mut anorm2 = 0.0;
         let (mut rnorm, mut its) = (beta, 0);
+        if !(alpha.is_finite() && beta.is_finite() && b_norm.is_finite()) {
+            return Err(SolveError::NotFinite { iteration: 0, column: col });
+        }
         let mut done = converged(rnorm, b_norm, &params) || alpha * beta == 0.0;
         while !done && its < params.max_iters {
             its += 1;
             // β·u = A·v − α·u
             work.apply(a, Mode::Apply, au.as_mut(), v.as_ref())?;
             xpby(u.local_mut(), au.local(), &[c64::new(-alpha, 0.0)]);
-            beta = work.reduce(1, |s| local_dots(u.local(), u.local(), s))?[0].re.max(0.0).sqrt();
+            beta = norm_of(work.reduce(1, |s| local_dots(u.local(), u.local(), s))?[0]);
             scale(&mut u, beta);
             anorm2 += alpha * alpha + beta * beta;
             // α·v = Aᴴ·u − β·v
             work.apply(a, Mode::Adjoint, av.as_mut(), u.as_ref())?;
             xpby(v.local_mut(), av.local(), &[c64::new(-beta, 0.0)]);
-            alpha = work.reduce(1, |s| local_dots(v.local(), v.local(), s))?[0].re.max(0.0).sqrt();
+            alpha = norm_of(work.reduce(1, |s| local_dots(v.local(), v.local(), s))?[0]);
             scale(&mut v, alpha);
             let rho = rhobar.hypot(beta);
             if !(rho.is_finite() && alpha.is_finite() && beta.is_finite()) {

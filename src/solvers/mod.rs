@@ -297,7 +297,9 @@ pub fn block_jacobi<T: Scalar>(
     let block = a.diagonal_block()?;
     let rows = a.row_layout();
     let lu = block.sp_lu();
-    let fault = lu.as_ref().err().map(|e| crate::mpi::fault(format!("block_jacobi: the diagonal block of rank {} cannot be factored: {e:?}", rows.rank())));
+    let fault = lu.as_ref().err().map(|e| {
+        crate::mpi::fault(format!("block_jacobi: the diagonal block of rank {} cannot be factored: {e:?}", rows.rank()))
+    });
     crate::mpi::agree_on(rows, &[], fault)?;
     let lu = lu.expect("agreed");
     Ok(DistLocal::new(rows, rows, LocalSolve::new(rows.local_len(), lu)))
@@ -338,7 +340,10 @@ impl<'a, T: Scalar> Work<'a, T> {
             .or_else(|| a.col_layout().mismatch(x.layout(), "the solution"))
             .or_else(|| {
                 (x.ncols() != k).then(|| {
-                    crate::mpi::fault(format!("{name}: the solution has {} columns, the right-hand side {k}", x.ncols()))
+                    crate::mpi::fault(format!(
+                        "{name}: the solution has {} columns, the right-hand side {k}",
+                        x.ncols()
+                    ))
                 })
             })
             .or_else(|| {
@@ -438,6 +443,12 @@ fn xpby<T: Scalar>(mut y: MatMut<'_, T>, x: MatRef<'_, T>, b: &[c64]) {
 /// A new zero multi-vector like `like`'s layout.
 fn zeros<T: Scalar>(layout: &Layout, k: usize) -> DistMat<T> {
     DistMat::zeros(layout, k)
+}
+
+/// `√re(z)` for a sum of squares `z`: NaN when it is not finite (a NaN is
+/// never taken for 0), 0 for a rounding below 0.
+fn norm_of(z: c64) -> f64 {
+    if z.re.is_finite() { z.re.max(0.0).sqrt() } else { f64::NAN }
 }
 
 /// Whether `‖r‖` (`norm`) passes the test against `‖b‖`.

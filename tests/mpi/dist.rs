@@ -121,6 +121,36 @@ fn saved<T: Scalar>(
     path
 }
 
+/// A scipy-style CSR file of `a`, written by rank 0; the path (in the
+/// system's temporary directory, named after the job and `name`).
+pub(super) fn saved_sparse<T: Scalar>(
+    world: &SimpleCommunicator,
+    name: &str,
+    a: faer::sparse::SparseRowMatRef<'_, u32, T>,
+) -> std::path::PathBuf {
+    let mut pid = std::process::id();
+    world.process_at_rank(0).broadcast_into(&mut pid);
+    let path = std::env::temp_dir().join(format!("lazylinop-dist-{pid}-{name}.npz"));
+    if world.rank() == 0 {
+        lazylinop::npz::save_sparse(&path, a).unwrap();
+    }
+    world.barrier();
+    path
+}
+
+/// A solver's error on every rank, the same everywhere, containing `needle`.
+#[track_caller]
+pub(super) fn same_error_everywhere_solve(
+    world: &SimpleCommunicator,
+    got: Result<lazylinop::solvers::SolveInfo, lazylinop::solvers::SolveError>,
+    needle: &str,
+) {
+    let err = got.expect_err(needle).to_string();
+    assert!(err.contains(needle), "expected an error about {needle:?}, got: {err}");
+    let all = all_gather_u64(world, [fnv(&err)]);
+    assert!(all.iter().all(|h| *h == all[0]), "the ranks got different errors: {err}");
+}
+
 /// An `n × n` matrix whose rank blocks of an even split hold only their
 /// own columns (no ghosts) when `coupled` is false; a tridiagonal matrix
 /// with repeated entries (coupled neighbours) otherwise.
