@@ -118,14 +118,14 @@ fn main() {
         // The local kernel alone: this rank's rows (global columns) on a whole operand.
         let npz = SparseNpz::open(&path).unwrap();
         let rows = l.row_layout().local_range();
-        let part = npz.part::<f64, u32>(rows.clone()).expect("an int32 file");
-        let op = Sparse::new(part.view());
         let xw = Mat::<f64>::from_fn(n, k, |i, j| 1.0 + ((i * 7 + j * 3) % 11) as f64);
-        let mut yw = Mat::<f64>::zeros(rows.len(), k);
-        let mut kbuf = MemBuffer::new(op.apply_scratch(k, Par::Seq));
-        let t_kernel = timed(&world, reps, || op.apply(yw.as_mut(), xw.as_ref(), Par::Seq, MemStack::new(&mut kbuf)));
-        drop(op);
-        drop(part);
+        let t_kernel = {
+            let part = npz.part::<f64, u32>(rows.clone()).expect("an int32 file");
+            let op = Sparse::new(part.view());
+            let mut yw = Mat::<f64>::zeros(rows.len(), k);
+            let mut kbuf = MemBuffer::new(op.apply_scratch(k, Par::Seq));
+            timed(&world, reps, || op.apply(yw.as_mut(), xw.as_ref(), Par::Seq, MemStack::new(&mut kbuf)))
+        };
         // The exchange alone: the halo's messages, rank to rank, the same sizes.
         let send: Vec<Vec<f64>> = stats.send_to.iter().map(|&(_, e)| vec![1.0; e * k]).collect();
         let mut recv: Vec<Vec<f64>> = stats.recv_from.iter().map(|&(_, e)| vec![0.0; e * k]).collect();

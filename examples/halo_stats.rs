@@ -24,7 +24,7 @@ fn boxes(p: usize) -> [usize; 3] {
     let mut best = [p, 1, 1];
     for px in 1..=p {
         for py in 1..=p / px {
-            if p % (px * py) == 0 {
+            if p.is_multiple_of(px * py) {
                 let b = [px, py, p / (px * py)];
                 if b.iter().max() < best.iter().max() {
                     best = b;

@@ -37,7 +37,8 @@ bin=$(cargo test --all-features --test mpi --no-run --message-format=json 2>/dev
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 [ -x "$bin" ] || { echo "could not find the MPI test binary" >&2; exit 1; }
 # The examples, built with the test profile (optimized dependencies, shared with the tests).
-cargo build --profile test --features mpi --example pmatmat_mpi --example mpilop --example bm_mpilop
+cargo build --profile test --features mpi --example pmatmat_mpi --example mpilop --example bm_mpilop \
+    --example dist_product --example dist_cg
 examples=target/debug/examples
 for n in 1 2 3 4; do
     # The main suite (Threading::Single), products from two threads (Threading::Multiple),
@@ -53,6 +54,8 @@ for n in 1 2 3 4; do
     mpirun_n "$n" "$examples/mpilop" tests/data/sparse/csr_float64_int32_aligned.npz
     mpirun_n "$n" "$examples/bm_mpilop" 300 32 2
     mpirun_n "$n" "$examples/bm_mpilop" sparse 3000 16 2 20
+    mpirun_n "$n" "$examples/dist_product" laplace 12 2
+    mpirun_n "$n" "$examples/dist_cg" laplace 10 5
 done
 
 echo "-- mpirun -n 3 tests/mpi.rs sigkill (rank 1 killed in a distributed product: the job must end, with an error)"

@@ -172,7 +172,7 @@ impl Comm {
 
     fn call<R>(
         &self,
-        agreement: Option<(&[(&'static str, u64)], Option<Fault>)>,
+        agreement: Option<Agreement<'_>>,
         body: impl FnOnce(&Session<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         // Finalization is collective: every rank sees it at the same call.
@@ -311,3 +311,6 @@ impl Session<'_> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// What a collective call agrees on first: its settings, and this rank's misuse.
+type Agreement<'a> = (&'a [(&'static str, u64)], Option<Fault>);

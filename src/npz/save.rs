@@ -58,6 +58,7 @@ pub fn save<T: Scalar>(path: impl AsRef<Path>, member: &str, mat: MatRef<'_, T>)
 /// # Errors
 /// As [`save`], and `rows`'s own error, or [`NpzErrorKind::Io`] if it wrote
 /// another number of bytes than the shape's.
+#[cfg(feature = "mpi")]
 pub(crate) fn save_rows<T: Scalar>(
     path: &Path,
     member: &str,
@@ -90,11 +91,13 @@ pub(crate) fn save_rows<T: Scalar>(
 }
 
 /// A writer that counts what goes through.
+#[cfg(feature = "mpi")]
 struct Counted<'a, W> {
     inner: &'a mut W,
     bytes: usize,
 }
 
+#[cfg(feature = "mpi")]
 impl<W: Write> Write for Counted<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;

@@ -83,6 +83,8 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
     let mut alpha = vec![zero; k];
     let mut beta = vec![zero; k];
     let mut delta = vec![zero; k];
+    // Per-iteration buffers (no allocation in the loop).
+    let (mut neg, mut new_gamma, mut new_delta, mut rr) = (vec![zero; k], vec![zero; k], vec![zero; k], vec![zero; k]);
 
     // Updates `residuals`, `info` and `active` from ‖r‖²; `true` when all have converged.
     let mut check = |iteration: usize,
@@ -105,10 +107,11 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                 }
             }
         }
-        if rank0 && iteration > 0 {
-            if let Some(cb) = callback.as_mut() {
-                cb(&Progress { iteration, column: None, residuals });
-            }
+        if rank0
+            && iteration > 0
+            && let Some(cb) = callback.as_mut()
+        {
+            cb(&Progress { iteration, column: None, residuals });
         }
         Ok(active.iter().all(|a| !a))
     };
@@ -123,7 +126,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                 local_dots(b.local(), b.local(), &mut v[2 * k..]);
             })?;
             gamma.copy_from_slice(&red[..k]);
-            let rr = red[k..2 * k].to_vec();
+            rr.copy_from_slice(&red[k..2 * k]);
             for j in 0..k {
                 b_norms[j] = norm_of(red[2 * k + j]);
             }
@@ -152,14 +155,15 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                     }
                 }
                 axpy(x.local_mut(), &alpha, p.local());
-                let neg: Vec<c64> = alpha.iter().map(|a| -a).collect();
+                neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
                 axpy(r.local_mut(), &neg, q.local());
                 work.precond(m, z.as_mut(), r.as_ref())?;
                 let red = work.reduce(2 * k, |v| {
                     local_dots(r.local(), z.local(), &mut v[..k]);
                     local_dots(r.local(), r.local(), &mut v[k..]);
                 })?;
-                let (new_gamma, rr) = (red[..k].to_vec(), red[k..].to_vec());
+                new_gamma.copy_from_slice(&red[..k]);
+                rr.copy_from_slice(&red[k..]);
                 done = check(it, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
                 for j in 0..k {
                     beta[j] = zero;
@@ -192,14 +196,14 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
             })?;
             gamma.copy_from_slice(&red[..k]);
             delta.copy_from_slice(&red[k..2 * k]);
-            let rr = red[2 * k..3 * k].to_vec();
+            rr.copy_from_slice(&red[2 * k..3 * k]);
             for j in 0..k {
                 b_norms[j] = norm_of(red[3 * k + j]);
             }
             let mut done = check(0, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
             for j in 0..k {
                 if active[j] {
-                    if !(delta[j].re > 0.0) {
+                    if delta[j].re.is_nan() || delta[j].re <= 0.0 {
                         return Err(SolveError::Breakdown {
                             iteration: 0,
                             column: j,
@@ -220,7 +224,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                     }
                 }
                 axpy(x.local_mut(), &alpha, p.local());
-                let neg: Vec<c64> = alpha.iter().map(|a| -a).collect();
+                neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
                 axpy(r.local_mut(), &neg, s.local());
                 work.precond(m, z.as_mut(), r.as_ref())?;
                 work.apply(a, Mode::Apply, q.as_mut(), z.as_ref())?;
@@ -229,7 +233,9 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                     local_dots(z.local(), q.local(), &mut v[k..2 * k]);
                     local_dots(r.local(), r.local(), &mut v[2 * k..]);
                 })?;
-                let (new_gamma, new_delta, rr) = (red[..k].to_vec(), red[k..2 * k].to_vec(), red[2 * k..].to_vec());
+                new_gamma.copy_from_slice(&red[..k]);
+                new_delta.copy_from_slice(&red[k..2 * k]);
+                rr.copy_from_slice(&red[2 * k..]);
                 done = check(it, &rr, &mut active, &mut info, &mut residuals, &b_norms)?;
                 for j in 0..k {
                     beta[j] = zero;

@@ -1,6 +1,8 @@
 //! Restarted GMRES(m), right-preconditioned, classical Gram–Schmidt with
 //! one fused allreduce per iteration.
 
+use std::cmp::Ordering;
+
 use faer::c64;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, unzip, zip};
@@ -141,7 +143,8 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
                         Par::Seq,
                     );
                     norm2 = ww - hh;
-                    if !(norm2 <= REORTH * ww) || pass == 1 {
+                    if !matches!(norm2.partial_cmp(&(REORTH * ww)), Some(Ordering::Less | Ordering::Equal)) || pass == 1
+                    {
                         break;
                     }
                 }
@@ -150,7 +153,7 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
                     return Err(SolveError::NotFinite { iteration: its + 1, column: col });
                 }
                 hess[i + 1 + i * (restart + 1)] = c64::new(hn, 0.0);
-                if hn > 0.0 && i + 1 <= restart {
+                if hn > 0.0 && i < restart {
                     let inv = T::from_c64(c64::new(1.0 / hn, 0.0));
                     let wl = w.local();
                     zip!(v.local_mut().col_mut(i + 1), wl.col(0))
@@ -188,10 +191,8 @@ pub fn gmres<T: Scalar, A: DistOp<T> + ?Sized>(
                 res = g[i + 1].norm();
                 its += 1;
                 n += 1;
-                if rank0 {
-                    if let Some(cb) = callback.as_mut() {
-                        cb(&Progress { iteration: its, column: Some(col), residuals: &[res] });
-                    }
+                if rank0 && let Some(cb) = callback.as_mut() {
+                    cb(&Progress { iteration: its, column: Some(col), residuals: &[res] });
                 }
                 if converged(res, b_norm, &params) || hn == 0.0 {
                     break;

@@ -107,10 +107,8 @@ pub fn lsqr<T: Scalar, A: DistOp<T> + ?Sized>(
             xpby(w.local_mut(), v.local(), &[c64::new(-theta / rho, 0.0)]);
             rnorm = phibar;
             let arnorm = phibar * alpha * c.abs();
-            if rank0 {
-                if let Some(cb) = callback.as_mut() {
-                    cb(&Progress { iteration: its, column: Some(col), residuals: &[rnorm] });
-                }
+            if rank0 && let Some(cb) = callback.as_mut() {
+                cb(&Progress { iteration: its, column: Some(col), residuals: &[rnorm] });
             }
             done = converged(rnorm, b_norm, &params) || arnorm <= params.rel_tolerance * anorm2.sqrt() * rnorm;
         }

@@ -53,7 +53,7 @@ use core::fmt;
 use faer::c64;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::reborrow::ReborrowMut;
-use faer::traits::math_utils::{add, mul};
+use faer::traits::math_utils::{add, conj, mul, zero};
 use faer::{MatMut, MatRef, Par, unzip, zip};
 
 pub use cg::{CgVariant, cg};
@@ -414,29 +414,108 @@ impl<'a, T: Scalar> Work<'a, T> {
     }
 }
 
-/// `out[j] = xⱼᴴ · yⱼ` for each column, on this rank's rows.
+/// `m`'s entries as one row-major slice, when they are contiguous so (the
+/// local rows of a `DistMat`).
+fn row_major<'a, T>(m: MatRef<'a, T>) -> Option<&'a [T]> {
+    let (n, k) = (m.nrows(), m.ncols());
+    if n == 0 || k == 0 {
+        return Some(&[]);
+    }
+    (m.col_stride() == 1 && (n == 1 || m.row_stride() == k as isize)).then(|| {
+        // SAFETY: the n·k entries of `m` are contiguous from `as_ptr` (checked
+        // above), and `m` borrows them for 'a.
+        unsafe { core::slice::from_raw_parts(m.as_ptr(), n * k) }
+    })
+}
+
+/// The same, mutable.
+fn row_major_mut<'a, T>(m: MatMut<'a, T>) -> Result<&'a mut [T], MatMut<'a, T>> {
+    let (n, k) = (m.nrows(), m.ncols());
+    if n == 0 || k == 0 {
+        return Ok(&mut []);
+    }
+    if m.col_stride() == 1 && (n == 1 || m.row_stride() == k as isize) {
+        // SAFETY: as `row_major`, and `m` is borrowed mutably for 'a.
+        Ok(unsafe { core::slice::from_raw_parts_mut(m.as_ptr_mut(), n * k) })
+    } else {
+        Err(m)
+    }
+}
+
+/// `out[j] = xⱼᴴ · yⱼ` for each column, on this rank's rows: faer's SIMD
+/// dot for one column, one pass over the rows for several.
 fn local_dots<T: Scalar>(x: MatRef<'_, T>, y: MatRef<'_, T>, out: &mut [c64]) {
+    let k = out.len();
+    if let (true, Some(xs), Some(ys)) = (k > 1, row_major(x), row_major(y)) {
+        out.fill(c64::new(0.0, 0.0));
+        // Partial sums over blocks of rows, in T, added up in c64.
+        const BLOCK: usize = 256;
+        let mut acc = [zero::<T>(); 64];
+        for j0 in (0..k).step_by(64) {
+            let w = (k - j0).min(64);
+            for (xb, yb) in xs.chunks(BLOCK * k).zip(ys.chunks(BLOCK * k)) {
+                acc[..w].fill(zero());
+                for (xr, yr) in xb.chunks_exact(k).zip(yb.chunks_exact(k)) {
+                    for ((a, xv), yv) in acc[..w].iter_mut().zip(&xr[j0..j0 + w]).zip(&yr[j0..j0 + w]) {
+                        *a = add(a, &mul(&conj(xv), yv));
+                    }
+                }
+                for (o, a) in out[j0..j0 + w].iter_mut().zip(&acc[..w]) {
+                    *o += a.to_c64();
+                }
+            }
+        }
+        return;
+    }
     for (j, o) in out.iter_mut().enumerate() {
         *o = (x.col(j).adjoint() * y.col(j)).to_c64();
     }
 }
 
-/// `y_j += a[j] · x_j` for each column.
-fn axpy<T: Scalar>(mut y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>) {
-    for (j, a) in a.iter().enumerate() {
-        if *a == c64::new(0.0, 0.0) {
-            continue;
+/// `y_j = b[j] · y_j + a[j] · x_j` for each column, in one pass.
+fn update<T: Scalar>(y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>, b: &[c64]) {
+    let k = a.len();
+    let (mut av, mut bv) = ([zero::<T>(); 64], [zero::<T>(); 64]);
+    match (k > 1 && k <= 64, row_major(x), row_major_mut(y)) {
+        (true, Some(xs), Ok(ys)) => {
+            for j in 0..k {
+                (av[j], bv[j]) = (T::from_c64(a[j]), T::from_c64(b[j]));
+            }
+            for (yr, xr) in ys.chunks_exact_mut(k).zip(xs.chunks_exact(k)) {
+                for j in 0..k {
+                    yr[j] = add(&mul(&bv[j], &yr[j]), &mul(&av[j], &xr[j]));
+                }
+            }
         }
-        let a = T::from_c64(*a);
-        zip!(y.rb_mut().col_mut(j), x.col(j)).for_each(|unzip!(y, x)| *y = add(y, &mul(&a, x)));
+        (_, _, Ok(ys)) => update_cols(MatMut::from_row_major_slice_mut(ys, x.nrows(), k), a, x, b),
+        (_, _, Err(y)) => update_cols(y, a, x, b),
+    }
+}
+
+fn update_cols<T: Scalar>(mut y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>, b: &[c64]) {
+    for j in 0..a.len() {
+        let (a, b) = (T::from_c64(a[j]), T::from_c64(b[j]));
+        zip!(y.rb_mut().col_mut(j), x.col(j)).for_each(|unzip!(y, x)| *y = add(&mul(&b, y), &mul(&a, x)));
+    }
+}
+
+/// `y_j += a[j] · x_j` for each column.
+fn axpy<T: Scalar>(y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>) {
+    const ONES: [c64; 64] = [c64::new(1.0, 0.0); 64];
+    if a.len() <= 64 {
+        update(y, a, x, &ONES[..a.len()]);
+    } else {
+        update_cols(y, a, x, &vec![c64::new(1.0, 0.0); a.len()]);
     }
 }
 
 /// `y_j = x_j + b[j] · y_j` for each column.
-fn xpby<T: Scalar>(mut y: MatMut<'_, T>, x: MatRef<'_, T>, b: &[c64]) {
-    for (j, b) in b.iter().enumerate() {
-        let b = T::from_c64(*b);
-        zip!(y.rb_mut().col_mut(j), x.col(j)).for_each(|unzip!(y, x)| *y = add(x, &mul(&b, y)));
+fn xpby<T: Scalar>(y: MatMut<'_, T>, x: MatRef<'_, T>, b: &[c64]) {
+    const ONES: [c64; 64] = [c64::new(1.0, 0.0); 64];
+    if b.len() <= 64 {
+        update(y, &ONES[..b.len()], x, b);
+    } else {
+        update_cols(y, &vec![c64::new(1.0, 0.0); b.len()], x, b);
     }
 }
 
