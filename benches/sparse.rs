@@ -11,7 +11,11 @@
 //! ```
 //!
 //! Every matrix is CSR with `u32` indices. `A·X` is measured under the
-//! matrix's name, `Aᵀ·X` (the scatter walk) under `<name>_t`. For each
+//! matrix's name, `Aᵀ·X` (the scatter walk) under `<name>_t`. `lazylinop`
+//! is `Sparse::new(view)` (zero-copy); `lazylinop_prepared` is
+//! `Sparse::new(Prepared::new(BothWays::new(view)?, par))`: a CSC copy (the
+//! matrix's memory again) on which `Aᵀ·X` gathers, and the thread chunks
+//! computed once. For each
 //! case the variants run in turns (faer, plain, prepared, again) until
 //! `--budget` seconds per variant have passed (at least 5 turns), and the
 //! median of each is kept: on a shared machine the variants then see the
@@ -41,7 +45,7 @@ use faer::sparse::{SparseRowMat, SymbolicSparseRowMat};
 use faer::{Accum, Mat, MatMut, MatRef, Par, c64};
 use lazylinop::Scalar;
 use lazylinop::prelude::*;
-use lazylinop::sparse::{Prepared, SparseView};
+use lazylinop::sparse::{BothWays, Prepared, SparseView};
 
 /// A generated matrix: name and CSR arrays (f64 values).
 struct Generated {
@@ -228,20 +232,26 @@ fn measure(variants: &mut [&mut dyn FnMut()], budget: f64) -> Vec<f64> {
         .collect()
 }
 
-/// An operand of `rows × k` in `layout` ("col": faer's `Mat`; "row": a
-/// transposed `Mat`, rows contiguous), owned by `store`.
-fn operand<T: Scalar>(store: &mut Mat<T>, rows: usize, k: usize, layout: &str, seed: u64) -> bool {
-    let row_major = layout == "row";
-    *store = if row_major { lazylinop::random::mat::<T>(k, rows, seed) } else { lazylinop::random::mat(rows, k, seed) };
-    row_major
+/// A `rows × k` matrix of pseudo-random entries in one contiguous slice,
+/// row-major or column-major (a `Mat` pads its columns, and a transposed
+/// one its rows).
+fn operand<T: Scalar>(rows: usize, k: usize, row_major: bool, seed: u64) -> Vec<T> {
+    let m = lazylinop::random::mat::<T>(rows, k, seed);
+    let mut v = vec![faer::traits::math_utils::zero::<T>(); rows * k];
+    view_mut(&mut v, rows, k, row_major).copy_from(&m);
+    v
 }
 
-fn view<T>(m: &Mat<T>, row_major: bool) -> MatRef<'_, T> {
-    if row_major { m.as_ref().transpose() } else { m.as_ref() }
+fn view<T>(v: &[T], rows: usize, k: usize, row_major: bool) -> MatRef<'_, T> {
+    if row_major { MatRef::from_row_major_slice(v, rows, k) } else { MatRef::from_column_major_slice(v, rows, k) }
 }
 
-fn view_mut<T>(m: &mut Mat<T>, row_major: bool) -> MatMut<'_, T> {
-    if row_major { m.as_mut().transpose_mut() } else { m.as_mut() }
+fn view_mut<T>(v: &mut [T], rows: usize, k: usize, row_major: bool) -> MatMut<'_, T> {
+    if row_major {
+        MatMut::from_row_major_slice_mut(v, rows, k)
+    } else {
+        MatMut::from_column_major_slice_mut(v, rows, k)
+    }
 }
 
 struct Case<'a> {
@@ -293,17 +303,18 @@ fn bench_matrix<T: Scalar<Real = f64>>(
     let item = core::mem::size_of::<T>();
     let flops_per_entry = if T::IS_REAL { 2.0 } else { 8.0 };
     let plain = Sparse::new(a);
-    let prepared = Sparse::new(Prepared::new(a, Par::rayon(opts.threads.iter().copied().max().unwrap_or(1))));
+    // Prepared for the most threads measured, held both ways so that `Aᵀ·X` gathers too.
+    let threads = opts.threads.iter().copied().max().unwrap_or(1);
+    let prepared = Sparse::new(Prepared::new(BothWays::new(a).unwrap(), Par::rayon(threads)));
     for transpose in [false, true] {
         let (rows, cols) = if transpose { (g.ncols, g.nrows) } else { (g.nrows, g.ncols) };
         let name = if transpose { format!("{}_t", g.name) } else { g.name.to_string() };
         for layout in &opts.layouts {
             for &k in &opts.ks {
-                let (mut xs, mut ys) = (Mat::<T>::new(), Mat::<T>::new());
-                let row_major = operand(&mut xs, cols, k, layout, 1);
-                operand(&mut ys, rows, k, layout, 2);
-                let ys = RefCell::new(ys);
-                let x = view(&xs, row_major);
+                let row_major = layout == "row";
+                let xs = operand::<T>(cols, k, row_major, 1);
+                let ys = RefCell::new(operand::<T>(rows, k, row_major, 2));
+                let x = view(&xs, cols, k, row_major);
                 let flops = flops_per_entry * g.idx.len() as f64 * k as f64;
                 let bytes = compulsory_bytes(g, item, rows, cols, k);
                 for &threads in &opts.threads {
@@ -321,7 +332,7 @@ fn bench_matrix<T: Scalar<Real = f64>>(
                     });
                     let mut run_plain = || {
                         let (mut y, s) = (ys.borrow_mut(), MemStack::new(&mut b1));
-                        let y = black_box(view_mut(&mut y, row_major));
+                        let y = black_box(view_mut(&mut y, rows, k, row_major));
                         if transpose {
                             plain.transpose_apply(y, black_box(x), par, s)
                         } else {
@@ -330,7 +341,7 @@ fn bench_matrix<T: Scalar<Real = f64>>(
                     };
                     let mut run_prepared = || {
                         let (mut y, s) = (ys.borrow_mut(), MemStack::new(&mut b2));
-                        let y = black_box(view_mut(&mut y, row_major));
+                        let y = black_box(view_mut(&mut y, rows, k, row_major));
                         if transpose {
                             prepared.transpose_apply(y, black_box(x), par, s)
                         } else {
@@ -339,7 +350,7 @@ fn bench_matrix<T: Scalar<Real = f64>>(
                     };
                     let mut run_faer = || {
                         let mut y = ys.borrow_mut();
-                        let o = black_box(view_mut(&mut y, row_major));
+                        let o = black_box(view_mut(&mut y, rows, k, row_major));
                         if transpose {
                             sparse_dense_matmul(
                                 o,
@@ -362,10 +373,10 @@ fn bench_matrix<T: Scalar<Real = f64>>(
                     };
                     // The three agree before they are timed.
                     run_faer();
-                    let want = view(&ys.borrow(), row_major).to_owned();
+                    let want = view(&ys.borrow(), rows, k, row_major).to_owned();
                     for run in [&mut run_plain as &mut dyn FnMut(), &mut run_prepared] {
                         run();
-                        let err = (view(&ys.borrow(), row_major) - &want).norm_max();
+                        let err = (view(&ys.borrow(), rows, k, row_major) - &want).norm_max();
                         assert!(
                             err <= 1e-10 * want.norm_max().max(1e-300),
                             "{name} {dtype} k={k} {layout}: off by {err}"
