@@ -888,20 +888,15 @@ impl Plan {
     }
 
     /// The width of the staged panel starting `remaining` columns before the
-    /// end (padded to whole vectors).
+    /// end: the widest, or (the last panel) the narrowest kernel width that
+    /// holds every remaining column, padded (three vectors' worth takes four:
+    /// members claiming whole panels count on one panel for the rest).
     fn panel_width(&self, remaining: usize) -> usize {
         if self.w <= 1 {
             return self.w;
         }
         let vectors = remaining.div_ceil(self.lanes).min(self.w / self.lanes);
-        self.lanes
-            * if vectors >= 4 {
-                4
-            } else if vectors >= 2 {
-                2
-            } else {
-                1
-            }
+        self.lanes * if vectors > 2 { 4 } else { vectors }
     }
 
     /// The width of the in-place panel starting `remaining` columns before
@@ -1420,8 +1415,8 @@ mod tests {
     }
 
     /// Every plan's panels have widths the kernels have (the `unreachable!`
-    /// in `Kernel` is never hit) and fit the scratch, and with whole panels
-    /// per thread every thread gets one: every type, both walks, one lane
+    /// in `Kernel` is never hit), fit the scratch and hold the columns left,
+    /// and with whole panels per thread every thread gets one: every type, both walks, one lane
     /// (pulp's scalar set) and this machine's, k up to 300, 1 to 17 threads.
     #[test]
     fn plans_pick_widths_the_kernels_have() {
@@ -1446,6 +1441,9 @@ mod tests {
                         for left in 1..=k {
                             let w = plan.panel_width(left);
                             assert!(w <= plan.w && ok(w, k), "{what}: {w} wide with {left} columns left");
+                            // Members claiming whole panels take panel `q` at column `q·w`:
+                            // the last must hold every column left (three vectors' worth did not).
+                            assert!(w >= left.min(plan.w), "{what}: {w} wide with {left} columns left");
                         }
                         if plan.by_panels {
                             assert!(k.div_ceil(plan.w) >= plan.threads, "{what}: a thread without a panel");
