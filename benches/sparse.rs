@@ -1,257 +1,528 @@
-//! Sparse × dense products side by side, in one run: faer's
-//! `sparse_dense_matmul` against this crate's kernel (`Sparse`) on one
-//! thread and on two, CSR and CSC, f64, a random pattern of 20000 × 20000
-//! with 40 entries a column, for k = 1, 16 and 128 columns (CSC also held
-//! both ways, `BothWays`); the composite `S₁·S₂ + D` on faer's matrices, on
-//! `Sparse` and on `Sparse<BothWays>`; and a STREAM-style copy
-//! for the machine's memory bandwidth. Prints a table at the end: medians,
-//! GFLOP/s, the compulsory memory traffic per second (each pass over the
-//! matrix, plus operand and output once) against the copy's bandwidth, and
-//! the ratio to faer: of the two medians, and, for one thread, the median
-//! of ratios over runs alternating faer and the variant (the steadier
-//! figure on a shared machine).
+//! The sparse suite: generated matrices of the kinds users bring, faer's
+//! product against this crate's `Sparse` kernel (plain and prepared), and
+//! the memory-bandwidth bound, side by side in one run; Intel MKL's products
+//! on the same matrices come from `scripts/bench_mkl.py`, which reads the
+//! files this bench writes (`--out DIR`). `scripts/bench_sparse.sh` runs
+//! both, alternating, and merges them into `bench-results/sparse.csv`.
 //!
-//! `cargo bench --bench sparse` (filter with `-- csr_k16`, say).
+//! ```text
+//! cargo bench --bench sparse -- [--matrices stencil2d,...] [--dtypes f64,c64] [--ks 1,4,16,64]
+//!     [--layouts col,row] [--threads 1,2] [--budget SECONDS] [--out DIR] [--csv FILE] [--wakeup]
+//! ```
+//!
+//! Every matrix is CSR with `u32` indices. `A·X` is measured under the
+//! matrix's name, `Aᵀ·X` (the scatter walk) under `<name>_t`. `lazylinop`
+//! is `Sparse::new(view)` (zero-copy); `lazylinop_prepared` is
+//! `Sparse::new(Prepared::new(BothWays::new(view)?, par))`: a CSC copy (the
+//! matrix's memory again) on which `Aᵀ·X` gathers, and the thread chunks
+//! computed once. For each
+//! case the variants run in turns (faer, plain, prepared, again) until
+//! `--budget` seconds per variant have passed (at least 5 turns), and the
+//! median of each is kept: on a shared machine the variants then see the
+//! same load. faer's product ignores `Par`, so it runs on one thread only.
+//!
+//! The bound: the bytes a product must move — the matrix once (values,
+//! 4-byte indices, offsets), the operand read once, the output written once —
+//! over the bandwidth of a STREAM-style triad measured at the start of the
+//! run on the same number of threads (STREAM's count: 24 bytes an element).
+//!
+//! CSV columns: `matrix,dtype,rows,cols,nnz,k,layout,threads,kernel,seconds,gflops,gbytes_per_s`
+//! (gflops: 2 flops an entry and column, 8 for complex; gbytes_per_s: the
+//! compulsory bytes over the time).
+//!
+//! `--wakeup` instead measures what waking rayon's workers costs a small
+//! product (about 0.2 ms): back to back, and after a pause in which the
+//! pool's workers fall asleep.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::hint::black_box;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::sparse::linalg::matmul::sparse_dense_matmul;
-use faer::sparse::{SparseColMat, SparseRowMat, Triplet};
-use faer::{Accum, Mat, Par};
-use lazylinop::parallel::{Method, pmatmat};
+use faer::sparse::{SparseRowMat, SymbolicSparseRowMat};
+use faer::{Accum, Mat, MatMut, MatRef, Par, c64};
+use lazylinop::Scalar;
 use lazylinop::prelude::*;
-use lazylinop::random;
-use lazylinop::sparse::BothWays;
+use lazylinop::sparse::{BothWays, Prepared, SparseView};
 
-const N: usize = 20_000;
-const PER_COL: usize = 40;
-
-/// A sparse `n × n` matrix with `per_col` entries a column at pseudo-random rows.
-fn sparse(n: usize, per_col: usize, seed: u64) -> SparseColMat<usize, f64> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let triplets: Vec<_> = (0..n)
-        .flat_map(|j| {
-            (0..per_col)
-                .map(|t| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    Triplet::new((state % n as u64) as usize, j, 1.0 / (1.0 + t as f64))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    SparseColMat::try_new_from_triplets(n, n, &triplets).unwrap()
+/// A generated matrix: name and CSR arrays (f64 values).
+struct Generated {
+    name: &'static str,
+    nrows: usize,
+    ncols: usize,
+    ptr: Vec<u32>,
+    idx: Vec<u32>,
+    val: Vec<f64>,
 }
 
-fn configure(g: &mut BenchmarkGroup<'_, WallTime>, flops: usize) {
-    if flops > 1 << 26 {
-        g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    } else {
-        g.sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+/// xorshift64*.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (((self.next() >> 11) as u128 * n as u128) >> 53) as usize
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
-/// `op`'s product with `k` columns through faer's trait; operand, output
-/// and scratch allocated once.
-fn runner<'a, L: BiLinOp<f64>>(op: &'a L, k: usize, par: Par) -> impl FnMut() + 'a {
-    let x = random::mat::<f64>(op.ncols(), k, 1);
-    let mut out = Mat::zeros(op.nrows(), k);
-    let mut buf = MemBuffer::new(op.apply_scratch(k, par));
-    move || op.apply(black_box(out.as_mut()), black_box(x.as_ref()), par, MemStack::new(&mut buf))
+/// CSR arrays from the column indices of each row (sorted, repeats removed).
+fn from_rows(name: &'static str, nrows: usize, ncols: usize, mut row: impl FnMut(usize, &mut Vec<u32>)) -> Generated {
+    let (mut ptr, mut idx, mut val) = (vec![0u32], Vec::new(), Vec::new());
+    let mut cols = Vec::new();
+    for i in 0..nrows {
+        cols.clear();
+        row(i, &mut cols);
+        cols.sort_unstable();
+        cols.dedup();
+        for &j in &cols {
+            idx.push(j);
+            val.push(if j as usize == i { 4.0 } else { -1.0 - (j % 7) as f64 / 8.0 });
+        }
+        ptr.push(u32::try_from(idx.len()).unwrap());
+    }
+    Generated { name, nrows, ncols, ptr, idx, val }
 }
 
-/// Paired ratios: (group, variant, faer's time over the variant's).
-static PAIRED: Mutex<Vec<(String, String, f64)>> = Mutex::new(Vec::new());
+/// The suite: each matrix far larger than the last-level cache (32 MB here).
+fn suite(only: &[String]) -> Vec<Generated> {
+    let want = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let mut out = Vec::new();
+    if want("stencil2d") {
+        // 2-D 5-point Laplacian on a 1000 × 1000 grid.
+        let g = 1000;
+        out.push(from_rows("stencil2d", g * g, g * g, |i, c| {
+            let (x, y) = (i % g, i / g);
+            c.push(i as u32);
+            if x > 0 {
+                c.push(i as u32 - 1)
+            }
+            if x + 1 < g {
+                c.push(i as u32 + 1)
+            }
+            if y > 0 {
+                c.push((i - g) as u32)
+            }
+            if y + 1 < g {
+                c.push((i + g) as u32)
+            }
+        }));
+    }
+    if want("stencil3d") {
+        // 3-D 7-point Laplacian on a 100³ grid.
+        let g = 100;
+        out.push(from_rows("stencil3d", g * g * g, g * g * g, |i, c| {
+            let (x, y, z) = (i % g, i / g % g, i / (g * g));
+            c.push(i as u32);
+            for (d, at) in [(1, x), (g, y), (g * g, z)] {
+                if at > 0 {
+                    c.push((i - d) as u32)
+                }
+                if at + 1 < g {
+                    c.push((i + d) as u32)
+                }
+            }
+        }));
+    }
+    if want("powerlaw") {
+        // Chung–Lu graph: 500 000 nodes, Pareto degrees (exponent 2.1, mean
+        // about 16, at most 20 000), neighbours drawn in proportion to degree.
+        let n = 500_000;
+        let mut rng = Rng(7);
+        let degree: Vec<usize> =
+            (0..n).map(|_| ((8.4 * (1.0 - rng.uniform()).powf(-1.0 / 1.1)) as usize).clamp(1, 20_000)).collect();
+        let mut cum = Vec::with_capacity(n + 1);
+        cum.push(0usize);
+        for d in &degree {
+            cum.push(cum.last().unwrap() + d);
+        }
+        let total = *cum.last().unwrap();
+        out.push(from_rows("powerlaw", n, n, |i, c| {
+            for _ in 0..degree[i] {
+                let t = rng.below(total);
+                c.push((cum.partition_point(|&s| s <= t) - 1) as u32);
+            }
+        }));
+    }
+    if want("random") {
+        // 500 000², 16 entries a row at uniform columns.
+        let n = 500_000;
+        let mut rng = Rng(11);
+        out.push(from_rows("random", n, n, |_, c| c.extend((0..16).map(|_| rng.below(n) as u32))));
+    }
+    if want("banded") {
+        // 500 000², every entry within 8 of the diagonal.
+        let n = 500_000usize;
+        out.push(from_rows("banded", n, n, |i, c| c.extend((i.saturating_sub(8)..(i + 9).min(n)).map(|j| j as u32))));
+    }
+    if want("lsq") {
+        // A least-squares matrix, 1 000 000 × 250 000: 8 entries a row, four
+        // near the row's place along the columns, four anywhere.
+        let (m, n) = (1_000_000usize, 250_000usize);
+        let mut rng = Rng(13);
+        out.push(from_rows("lsq", m, n, |i, c| {
+            let at = i * n / m;
+            for _ in 0..4 {
+                c.push((at + rng.below(64)).min(n - 1) as u32);
+                c.push(rng.below(n) as u32);
+            }
+        }));
+    }
+    out
+}
 
-/// One variant of `g` (named `group`): criterion's measurement, then, given
-/// `faer`, the median ratio of faer's time to its time over runs that
-/// alternate the two (at least 11 pairs, about 2 s): both then see the
-/// machine in the same state, which two medians taken a minute apart on a
-/// shared machine do not. Only for one thread: after each of faer's runs, a
-/// threaded variant would first wake the pool's sleeping workers.
-fn variant(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    group: &str,
-    id: &str,
-    mut run: impl FnMut(),
-    faer: Option<&mut dyn FnMut()>,
-) {
-    let mut ran = false;
-    g.bench_function(id, |b| {
-        ran = true;
-        b.iter(&mut run)
-    });
-    let (Some(faer), true) = (faer, ran) else { return };
+/// Bytes a product must move (see the file's docs).
+fn compulsory_bytes(g: &Generated, item: usize, rows: usize, cols: usize, k: usize) -> f64 {
+    (g.idx.len() * (item + 4) + g.ptr.len() * 4 + (rows + cols) * k * item) as f64
+}
+
+/// The STREAM triad `a = b + s·c` on `threads` threads, arrays of 2²⁴ f64
+/// (128 MiB each): bytes per second, STREAM's count, best of 10.
+fn triad(threads: usize) -> f64 {
+    let len = 1 << 24;
+    let (mut a, b, c) = (vec![0.0f64; len], vec![1.0f64; len], vec![2.0f64; len]);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let mut best = f64::INFINITY;
+    for _ in 0..10 {
+        let t = Instant::now();
+        pool.install(|| {
+            use rayon::prelude::*;
+            let chunk = len.div_ceil(threads);
+            a.par_chunks_mut(chunk).zip(b.par_chunks(chunk)).zip(c.par_chunks(chunk)).for_each(|((a, b), c)| {
+                for ((a, b), c) in a.iter_mut().zip(b).zip(c) {
+                    *a = b + 3.0 * c;
+                }
+            })
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        black_box(&mut a);
+    }
+    3.0 * (len * 8) as f64 / best
+}
+
+/// Median seconds of each variant, run in turns for about `budget` seconds each.
+fn measure(variants: &mut [&mut dyn FnMut()], budget: f64) -> Vec<f64> {
+    for v in variants.iter_mut() {
+        v();
+    }
+    let mut times = vec![Vec::new(); variants.len()];
     let start = Instant::now();
-    let mut ratios = Vec::new();
-    while ratios.len() < 11 || (start.elapsed() < Duration::from_secs(2) && ratios.len() < 1000) {
-        let t = Instant::now();
-        faer();
-        let tf = t.elapsed();
-        let t = Instant::now();
-        run();
-        ratios.push(tf.as_secs_f64() / t.elapsed().as_secs_f64());
-    }
-    ratios.sort_by(f64::total_cmp);
-    PAIRED.lock().unwrap().push((group.into(), id.into(), ratios[ratios.len() / 2]));
-}
-
-/// faer against the kernel on `Par::Seq` and `Par::rayon(2)`, both formats.
-fn spmm(c: &mut Criterion, csc: &SparseColMat<usize, f64>, csr: &SparseRowMat<usize, f64>, k: usize) {
-    let x = random::mat::<f64>(N, k, 1);
-    let mut out = Mat::<f64>::zeros(N, k);
-    for (name, is_csr) in [("csc", false), ("csr", true)] {
-        let group = format!("{name}_k{k}");
-        let mut g = c.benchmark_group(&group);
-        configure(&mut g, 2 * csc.val().len() * k);
-        let mut faer = || {
-            let out = black_box(out.as_mut());
-            if is_csr {
-                sparse_dense_matmul(out, Accum::Replace, csr.as_ref(), black_box(x.as_ref()), 1.0, Par::Seq)
-            } else {
-                sparse_dense_matmul(out, Accum::Replace, csc.as_ref(), black_box(x.as_ref()), 1.0, Par::Seq)
-            }
-        };
-        variant(&mut g, &group, "faer", &mut faer, None);
-        // The CSC matrix held both ways: its product gathers on the CSR copy.
-        let both = Sparse::new(BothWays::new(csc).unwrap());
-        let (on_csr, on_csc) = (Sparse::new(csr), Sparse::new(csc));
-        for (id, par) in [("kernel_seq", Par::Seq), ("kernel_par2", Par::rayon(2))] {
-            let run: Box<dyn FnMut()> =
-                if is_csr { Box::new(runner(&on_csr, k, par)) } else { Box::new(runner(&on_csc, k, par)) };
-            variant(&mut g, &group, id, run, (par == Par::Seq).then_some(&mut faer));
+    let total = Duration::from_secs_f64(budget * variants.len() as f64);
+    while times[0].len() < 5 || (start.elapsed() < total && times[0].len() < 10_000) {
+        for (v, t) in variants.iter_mut().zip(&mut times) {
+            let s = Instant::now();
+            v();
+            t.push(s.elapsed().as_secs_f64());
         }
-        if !is_csr {
-            for (id, par) in [("both_seq", Par::Seq), ("both_par2", Par::rayon(2))] {
-                variant(&mut g, &group, id, runner(&both, k, par), (par == Par::Seq).then_some(&mut faer));
-            }
-        }
-        g.finish();
     }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
 }
 
-/// `S₁·S₂ + D` (k = 128): on faer's sparse matrices, and on `Sparse`,
-/// sequential and with pmatmat's thread backend.
-fn composite(c: &mut Criterion, s1: &SparseColMat<usize, f64>) {
-    let k = 128;
-    let s2 = sparse(N, PER_COL, 2);
-    let d = diag(faer::Col::from_fn(N, |i| 1.0 + i as f64));
-    let on_faer = s1.compose(&s2).plus(&d);
-    let on_sparse = Sparse::new(s1).compose(Sparse::new(&s2)).plus(&d);
-    let (b1, b2) = (BothWays::new(s1).unwrap(), BothWays::new(&s2).unwrap());
-    let on_both = Sparse::new(&b1).compose(Sparse::new(&b2)).plus(&d);
-    let (thread, both_thread) = (
-        pmatmat(&on_sparse, Method::Thread, Some(2), false).unwrap(),
-        pmatmat(&on_both, Method::Thread, Some(2), false).unwrap(),
-    );
-    let group = format!("composite_k{k}");
-    let mut g = c.benchmark_group(&group);
-    configure(&mut g, 1 << 30);
-    let mut faer = runner(&on_faer, k, Par::Seq);
-    variant(&mut g, &group, "faer", &mut faer, None);
-    variant(&mut g, &group, "kernel_seq", runner(&on_sparse, k, Par::Seq), Some(&mut faer));
-    variant(&mut g, &group, "kernel_thread", runner(&thread, k, Par::Seq), None);
-    variant(&mut g, &group, "both_seq", runner(&on_both, k, Par::Seq), Some(&mut faer));
-    variant(&mut g, &group, "both_thread", runner(&both_thread, k, Par::Seq), None);
-    g.finish();
+/// A `rows × k` matrix of pseudo-random entries in one contiguous slice,
+/// row-major or column-major (a `Mat` pads its columns, and a transposed
+/// one its rows).
+fn operand<T: Scalar>(rows: usize, k: usize, row_major: bool, seed: u64) -> Vec<T> {
+    let m = lazylinop::random::mat::<T>(rows, k, seed);
+    let mut v = vec![faer::traits::math_utils::zero::<T>(); rows * k];
+    view_mut(&mut v, rows, k, row_major).copy_from(&m);
+    v
 }
 
-/// A STREAM-style copy of 2 × 128 MiB: bytes read plus bytes written per second.
-fn stream(c: &mut Criterion) {
-    let len = 16 << 20;
-    let src = vec![1.0f64; len];
-    let mut dst = vec![0.0f64; len];
-    let mut g = c.benchmark_group("stream_copy_128MiB");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    g.bench_function("copy", |b| b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&src))));
-    g.finish();
+fn view<T>(v: &[T], rows: usize, k: usize, row_major: bool) -> MatRef<'_, T> {
+    if row_major { MatRef::from_row_major_slice(v, rows, k) } else { MatRef::from_column_major_slice(v, rows, k) }
 }
 
-/// Flops and compulsory bytes of a variant: the matrix is read once per
-/// pass (faer: once per column; the kernel: once per panel, 16 columns for
-/// the gather (CSR, or CSC held both ways) and 16 (k = 16) or 32 for the
-/// scatter (CSC) with AVX-512), operand and output once. The matrix (12.8 MB) partly stays in the last-level cache between
-/// faer's passes, so faer's figure can pass the copy's bandwidth.
-fn model(group: &str, variant: &str) -> Option<(f64, f64)> {
-    let k: f64 = group.rsplit_once("_k")?.1.parse().ok()?;
-    let nnz = (N * PER_COL) as f64;
-    let matrix_bytes = nnz * 16.0 + (N as f64 + 1.0) * 8.0;
-    let dense_bytes = 2.0 * N as f64 * k * 8.0;
-    let gathers = group.starts_with("csr") || variant.starts_with("both");
-    let panel = if !gathers && k >= 32.0 { 32.0 } else { 16.0 };
-    let passes = if variant == "faer" { k } else { (k / panel).ceil() };
-    let (flops, bytes) = if group.starts_with("composite") {
-        // Two sparse products and a diagonal one.
-        (2.0 * (2.0 * nnz * k) + 2.0 * N as f64 * k, 2.0 * (passes * matrix_bytes + dense_bytes))
+fn view_mut<T>(v: &mut [T], rows: usize, k: usize, row_major: bool) -> MatMut<'_, T> {
+    if row_major {
+        MatMut::from_row_major_slice_mut(v, rows, k)
     } else {
-        (2.0 * nnz * k, passes * matrix_bytes + dense_bytes)
-    };
-    Some((flops, bytes))
+        MatMut::from_column_major_slice_mut(v, rows, k)
+    }
 }
 
-/// The medians of this run (since `start`), grouped, with GFLOP/s,
-/// compulsory GB/s (and its share of the copy's bandwidth) and the ratio to
-/// each group's `faer` variant.
-fn summary(start: std::time::SystemTime) {
-    let target =
-        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
-    let root = std::path::Path::new(&target).join("criterion");
-    let median = |group: &str, id: &str| -> Option<f64> {
-        let path = root.join(group).join(id).join("new/estimates.json");
-        if std::fs::metadata(&path).ok()?.modified().ok()? < start {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-        Some(v["median"]["point_estimate"].as_f64()? * 1e-9)
-    };
-    let bandwidth = median("stream_copy_128MiB", "copy").map(|t| 2.0 * (128u64 << 20) as f64 / t);
-    if let Some(bw) = bandwidth {
-        println!("\nSTREAM-style copy: {:.1} GB/s (bytes read + written)", bw * 1e-9);
+struct Case<'a> {
+    csv: &'a mut String,
+    name: String,
+    dtype: &'static str,
+    rows: usize,
+    cols: usize,
+    nnz: usize,
+    k: usize,
+    layout: &'a str,
+    threads: usize,
+}
+
+impl Case<'_> {
+    fn row(&mut self, kernel: &str, seconds: f64, flops: f64, bytes: f64) {
+        let Case { name, dtype, rows, cols, nnz, k, layout, threads, .. } = self;
+        let line = format!(
+            "{name},{dtype},{rows},{cols},{nnz},{k},{layout},{threads},{kernel},{seconds:.6e},{:.4},{:.4}",
+            flops / seconds * 1e-9,
+            bytes / seconds * 1e-9
+        );
+        println!("{line}");
+        writeln!(self.csv, "{line}").unwrap();
     }
-    println!(
-        "\n| case | variant | median | GFLOP/s | compulsory GB/s | % of copy | vs faer | paired vs faer |\n|---|---|---|---|---|---|---|---|"
+}
+
+struct Options {
+    ks: Vec<usize>,
+    layouts: Vec<String>,
+    threads: Vec<usize>,
+    budget: f64,
+}
+
+/// Every case of one matrix and scalar type: `A·X` and `Aᵀ·X`.
+fn bench_matrix<T: Scalar<Real = f64>>(
+    g: &Generated,
+    dtype: &'static str,
+    opts: &Options,
+    bw: &[(usize, f64)],
+    csv: &mut String,
+) {
+    let val: Vec<T> = g.val.iter().enumerate().map(|(p, &v)| value::<T>(v, p)).collect();
+    let a = SparseView::csr(g.nrows, g.ncols, &g.ptr, &g.idx, &val).unwrap();
+    let faer_csr = faer::sparse::SparseRowMatRef::new(
+        faer::sparse::SymbolicSparseRowMatRef::new_checked(g.nrows, g.ncols, &g.ptr, None, &g.idx),
+        &val,
     );
-    let mut groups: Vec<String> = ["csr", "csc"]
-        .iter()
-        .flat_map(|f| [1, 16, 128].map(|k| format!("{f}_k{k}")))
-        .chain(["composite_k128".to_string()])
-        .collect();
-    groups.dedup();
-    for group in groups {
-        let faer = median(&group, "faer");
-        for id in ["faer", "kernel_seq", "kernel_par2", "kernel_thread", "both_seq", "both_par2", "both_thread"] {
-            let Some(t) = median(&group, id) else { continue };
-            let Some((flops, bytes)) = model(&group, id) else { continue };
-            let share = bandwidth.map_or("-".into(), |bw| format!("{:.0}%", 100.0 * bytes / t / bw));
-            let ratio = faer.map_or("-".into(), |f| format!("{:.2}", f / t));
-            let paired =
-                PAIRED.lock().unwrap().iter().find(|(g, v, _)| (g, v) == (&group, &id.to_string())).map(|p| p.2);
-            let paired = paired.map_or("-".into(), |r| format!("{r:.2}"));
-            println!(
-                "| {group} | {id} | {:.3} ms | {:.2} | {:.1} | {share} | {ratio} | {paired} |",
-                t * 1e3,
-                flops / t * 1e-9,
-                bytes / t * 1e-9
-            );
+    let item = core::mem::size_of::<T>();
+    let flops_per_entry = if T::IS_REAL { 2.0 } else { 8.0 };
+    let plain = Sparse::new(a);
+    // Prepared for the most threads measured, held both ways so that `Aᵀ·X` gathers too.
+    let threads = opts.threads.iter().copied().max().unwrap_or(1);
+    let prepared = Sparse::new(Prepared::new(BothWays::new(a).unwrap(), Par::rayon(threads)));
+    for transpose in [false, true] {
+        let (rows, cols) = if transpose { (g.ncols, g.nrows) } else { (g.nrows, g.ncols) };
+        let name = if transpose { format!("{}_t", g.name) } else { g.name.to_string() };
+        for layout in &opts.layouts {
+            for &k in &opts.ks {
+                let row_major = layout == "row";
+                let xs = operand::<T>(cols, k, row_major, 1);
+                let ys = RefCell::new(operand::<T>(rows, k, row_major, 2));
+                let x = view(&xs, cols, k, row_major);
+                let flops = flops_per_entry * g.idx.len() as f64 * k as f64;
+                let bytes = compulsory_bytes(g, item, rows, cols, k);
+                for &threads in &opts.threads {
+                    let par = if threads == 1 { Par::Seq } else { Par::rayon(threads) };
+                    let scratch = |op: &dyn Fn(usize, Par) -> faer::dyn_stack::StackReq| MemBuffer::new(op(k, par));
+                    let mut b1 = scratch(&|k, par| {
+                        if transpose { plain.transpose_apply_scratch(k, par) } else { plain.apply_scratch(k, par) }
+                    });
+                    let mut b2 = scratch(&|k, par| {
+                        if transpose {
+                            prepared.transpose_apply_scratch(k, par)
+                        } else {
+                            prepared.apply_scratch(k, par)
+                        }
+                    });
+                    let mut run_plain = || {
+                        let (mut y, s) = (ys.borrow_mut(), MemStack::new(&mut b1));
+                        let y = black_box(view_mut(&mut y, rows, k, row_major));
+                        if transpose {
+                            plain.transpose_apply(y, black_box(x), par, s)
+                        } else {
+                            plain.apply(y, black_box(x), par, s)
+                        }
+                    };
+                    let mut run_prepared = || {
+                        let (mut y, s) = (ys.borrow_mut(), MemStack::new(&mut b2));
+                        let y = black_box(view_mut(&mut y, rows, k, row_major));
+                        if transpose {
+                            prepared.transpose_apply(y, black_box(x), par, s)
+                        } else {
+                            prepared.apply(y, black_box(x), par, s)
+                        }
+                    };
+                    let mut run_faer = || {
+                        let mut y = ys.borrow_mut();
+                        let o = black_box(view_mut(&mut y, rows, k, row_major));
+                        if transpose {
+                            sparse_dense_matmul(
+                                o,
+                                Accum::Replace,
+                                faer_csr.transpose(),
+                                black_box(x),
+                                faer::traits::math_utils::one::<T>(),
+                                Par::Seq,
+                            )
+                        } else {
+                            sparse_dense_matmul(
+                                o,
+                                Accum::Replace,
+                                faer_csr,
+                                black_box(x),
+                                faer::traits::math_utils::one::<T>(),
+                                Par::Seq,
+                            )
+                        }
+                    };
+                    // The three agree before they are timed.
+                    run_faer();
+                    let want = view(&ys.borrow(), rows, k, row_major).to_owned();
+                    for run in [&mut run_plain as &mut dyn FnMut(), &mut run_prepared] {
+                        run();
+                        let err = (view(&ys.borrow(), rows, k, row_major) - &want).norm_max();
+                        assert!(
+                            err <= 1e-10 * want.norm_max().max(1e-300),
+                            "{name} {dtype} k={k} {layout}: off by {err}"
+                        );
+                    }
+                    let mut case =
+                        Case { csv, name: name.clone(), dtype, rows, cols, nnz: g.idx.len(), k, layout, threads };
+                    let times = if threads == 1 {
+                        measure(&mut [&mut run_faer, &mut run_plain, &mut run_prepared], opts.budget)
+                    } else {
+                        let t = measure(&mut [&mut run_plain, &mut run_prepared], opts.budget);
+                        vec![f64::NAN, t[0], t[1]]
+                    };
+                    for (kernel, t) in ["faer", "lazylinop", "lazylinop_prepared"].into_iter().zip(times) {
+                        if !t.is_nan() {
+                            case.row(kernel, t, flops, bytes);
+                        }
+                    }
+                    let bw = bw.iter().find(|(t, _)| *t == threads).map_or(f64::NAN, |b| b.1);
+                    case.row("bound", bytes / bw, flops, bytes);
+                }
+            }
         }
+    }
+}
+
+/// The suite's values as `T`: the f64 value, with an imaginary part for complex types.
+fn value<T: Scalar>(v: f64, p: usize) -> T {
+    let re: T = faer::traits::math_utils::from_f64(v);
+    if T::IS_REAL {
+        re
+    } else {
+        let i: T = faer::traits::math_utils::sqrt(&faer::traits::math_utils::from_f64(-1.0));
+        re + i * faer::traits::math_utils::from_f64::<T>(((p % 5) as f64 - 2.0) / 4.0)
+    }
+}
+
+/// What waking rayon's workers costs a product of about 0.2 ms (3-D 7-point
+/// stencil, 40³ rows, one column): back to back, and after 1 ms of other
+/// work on the calling thread (as a solver's vector operations), by which
+/// time the pool's workers sleep.
+fn wakeup() {
+    let g = 40;
+    let s = from_rows("stencil3d_small", g * g * g, g * g * g, |i, c| {
+        let (x, y, z) = (i % g, i / g % g, i / (g * g));
+        c.push(i as u32);
+        for (d, at) in [(1, x), (g, y), (g * g, z)] {
+            if at > 0 {
+                c.push((i - d) as u32)
+            }
+            if at + 1 < g {
+                c.push((i + d) as u32)
+            }
+        }
+    });
+    let a = SparseView::csr(s.nrows, s.ncols, &s.ptr, &s.idx, &s.val).unwrap();
+    let op = Sparse::new(a);
+    let x = Mat::<f64>::from_fn(s.ncols, 1, |i, _| i as f64);
+    let mut y = Mat::<f64>::zeros(s.nrows, 1);
+    let spin = |d: Duration| {
+        let s = Instant::now();
+        while s.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    };
+    println!("| product | pause before each | median | min |\n|---|---|---|---|");
+    for par in [Par::Seq, Par::rayon(2)] {
+        let mut buf = MemBuffer::new(op.apply_scratch(1, par));
+        for pause in [Duration::ZERO, Duration::from_millis(1)] {
+            let mut t = Vec::new();
+            for _ in 0..2000 {
+                spin(pause);
+                let s = Instant::now();
+                op.apply(y.as_mut(), x.as_ref(), par, MemStack::new(&mut buf));
+                t.push(s.elapsed().as_secs_f64() * 1e6);
+            }
+            t.sort_by(f64::total_cmp);
+            println!("| SpMV {par:?} | {pause:?} | {:.1} µs | {:.1} µs |", t[t.len() / 2], t[0]);
+        }
+    }
+    for pause in [Duration::ZERO, Duration::from_millis(1)] {
+        let mut t = Vec::new();
+        for _ in 0..2000 {
+            spin(pause);
+            let s = Instant::now();
+            rayon::join(|| black_box(0), || black_box(1));
+            t.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        t.sort_by(f64::total_cmp);
+        println!("| empty rayon::join from outside the pool | {pause:?} | {:.1} µs | {:.1} µs |", t[t.len() / 2], t[0]);
     }
 }
 
 fn main() {
-    let start = std::time::SystemTime::now();
-    let mut c = Criterion::default().configure_from_args();
-    let csc = sparse(N, PER_COL, 1);
-    let csr = csc.to_row_major().unwrap();
-    stream(&mut c);
-    for k in [1, 16, 128] {
-        spmm(&mut c, &csc, &csr, k);
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let list = |flag: &str, default: &str| -> Vec<String> {
+        get(flag).unwrap_or_else(|| default.into()).split(',').filter(|s| !s.is_empty()).map(String::from).collect()
+    };
+    if args.iter().any(|a| a == "--wakeup") {
+        return wakeup();
     }
-    composite(&mut c, &csc);
-    c.final_summary();
-    summary(start);
+    let opts = Options {
+        ks: list("--ks", "1,4,16,64").iter().map(|k| k.parse().unwrap()).collect(),
+        layouts: list("--layouts", "col,row"),
+        threads: list("--threads", "1,2").iter().map(|k| k.parse().unwrap()).collect(),
+        budget: get("--budget").map_or(0.3, |b| b.parse().unwrap()),
+    };
+    let dtypes = list("--dtypes", "f64,c64");
+    let out_dir = get("--out").map(std::path::PathBuf::from);
+    let bw: Vec<(usize, f64)> = opts.threads.iter().map(|&t| (t, triad(t))).collect();
+    for (t, b) in &bw {
+        eprintln!("STREAM triad, {t} thread(s): {:.1} GB/s", b * 1e-9);
+    }
+    let mut csv = String::from("matrix,dtype,rows,cols,nnz,k,layout,threads,kernel,seconds,gflops,gbytes_per_s\n");
+    println!("{}", csv.trim_end());
+    for g in suite(&list("--matrices", "")) {
+        eprintln!("{}: {} × {}, {} entries", g.name, g.nrows, g.ncols, g.idx.len());
+        for dtype in &dtypes {
+            match dtype.as_str() {
+                "f64" => {
+                    save(&out_dir, &g, "f64", &g.val);
+                    bench_matrix::<f64>(&g, "f64", &opts, &bw, &mut csv)
+                }
+                "c64" => {
+                    let val: Vec<c64> = g.val.iter().enumerate().map(|(p, &v)| value::<c64>(v, p)).collect();
+                    save(&out_dir, &g, "c64", &val);
+                    bench_matrix::<c64>(&g, "c64", &opts, &bw, &mut csv)
+                }
+                other => panic!("dtype {other}: f64 or c64"),
+            }
+        }
+    }
+    if let Some(path) = get("--csv") {
+        std::fs::write(path, csv).unwrap();
+    }
+}
+
+/// Writes `g` with values `val` to `DIR/<name>.<dtype>.npz` for the MKL script, unless there.
+fn save<T: Scalar>(dir: &Option<std::path::PathBuf>, g: &Generated, dtype: &str, val: &[T]) {
+    let Some(dir) = dir else { return };
+    let path = dir.join(format!("{}.{dtype}.npz", g.name));
+    if path.exists() {
+        return;
+    }
+    let sym = SymbolicSparseRowMat::new_checked(g.nrows, g.ncols, g.ptr.clone(), None, g.idx.clone());
+    let a = SparseRowMat::new(sym, val.to_vec());
+    lazylinop::npz::save_sparse(&path, a.as_ref()).unwrap();
 }

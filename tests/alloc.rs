@@ -163,7 +163,7 @@ fn thread_backend_products_do_not_allocate_per_product() {
     }
 }
 
-/// Sparse operators (CSR, CSC and both ways, in a composite without dense parts, whose
+/// Sparse operators (CSR, CSC, both ways and prepared, column-major and row-major operands, in a composite without dense parts, whose
 /// faer products allocate on several threads), on one thread and on two: no
 /// allocation per product beyond rayon's occasional job-queue block.
 fn sparse_products_do_not_allocate() {
@@ -178,18 +178,22 @@ fn sparse_products_do_not_allocate() {
     let l = Sparse::new(&csr)
         .compose(Sparse::new(&csc))
         .plus(Sparse::new(csc.as_ref()).scale(2.0))
-        .plus(Sparse::new(&both));
-    for k in [1, 5, 40] {
+        .plus(Sparse::new(&both))
+        .plus(Sparse::new(lazylinop::sparse::Prepared::new(&csr, Par::rayon(2))));
+    for (k, row_major) in [(1, false), (5, false), (40, false), (5, true), (40, true)] {
+        // Row-major operands are read in place, column-major ones staged.
         let x = random::mat::<f64>(n, k, 3);
+        let x = if row_major { x.transpose().to_owned() } else { x };
+        let x = if row_major { x.transpose() } else { x.as_ref() };
         let mut out = Mat::zeros(n, k);
         for par in [Par::Seq, Par::rayon(2)] {
             let mut buf = MemBuffer::new(l.apply_scratch(k, par).or(l.transpose_apply_scratch(k, par)));
             let rounds = 50;
             let products = |buf: &mut MemBuffer, out: &mut Mat<f64>| {
-                l.apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
-                l.conj_apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
-                l.transpose_apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
-                l.adjoint_apply(out.as_mut(), x.as_ref(), par, MemStack::new(buf));
+                l.apply(out.as_mut(), x, par, MemStack::new(buf));
+                l.conj_apply(out.as_mut(), x, par, MemStack::new(buf));
+                l.transpose_apply(out.as_mut(), x, par, MemStack::new(buf));
+                l.adjoint_apply(out.as_mut(), x, par, MemStack::new(buf));
             };
             // Warm up (faer's dense kernels set themselves up once per process).
             products(&mut buf, &mut out);
@@ -203,16 +207,16 @@ fn sparse_products_do_not_allocate() {
                 assert_eq!(count, 0, "k = {k}: heap allocations inside sequential sparse products");
             } else {
                 // rayon's job queue takes a block of 63 slots every 63 jobs
-                // entering the pool: one job per threaded sparse product (four
+                // entering the pool: one job per threaded sparse product (five
                 // in each of the composite's products).
-                let sparse_products = 4 * 4 * rounds;
+                let sparse_products = 4 * 5 * rounds;
                 assert!(
                     32 * count <= sparse_products,
                     "k = {k}, {par:?}: {count} allocations in {sparse_products} sparse products"
                 );
             }
         }
-        let want = (csr.to_dense() * csc.to_dense() + csc.to_dense() * 3.0).transpose() * &x;
+        let want = (csr.to_dense() * csc.to_dense() + csc.to_dense() * 3.0 + csr.to_dense()).transpose() * x;
         assert!((&out - &want).norm_max() < 1e-9 * want.norm_max());
     }
 }

@@ -13,10 +13,10 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::sparse::{
     SparseColMat, SparseColMatRef, SparseRowMat, SymbolicSparseColMat, SymbolicSparseColMatRef, SymbolicSparseRowMat,
 };
-use faer::{Index, Mat, MatRef, Par};
+use faer::{Index, Mat, MatMut, MatRef, Par};
 use lazylinop::parallel::{Method, pmatmat};
 use lazylinop::prelude::*;
-use lazylinop::sparse::{BothWays, Format, SparseError, SparseView, matmul, matmul_scratch};
+use lazylinop::sparse::{BothWays, Format, Prepared, SparseError, SparseView, matmul, matmul_scratch};
 use lazylinop::{Scalar, random};
 
 /// Compressed arrays with `outer` offsets over `inner`: some outers empty,
@@ -151,6 +151,135 @@ fn threaded_products_match() {
         }
     }
     for_all_types!(run);
+}
+
+/// Every layout of operand and output the kernels treat apart — column-major
+/// (staged), row-major (read and written in place), row-major with a row
+/// stride wider than the columns, a column-major output beside a row-major
+/// operand and the other way round — for widths from 0 to 70 (whole
+/// vectors, partial panels, tails narrower than a vector), every mode, on
+/// 1, 2 and 3 threads, on a matrix large enough that threads split even one
+/// column; plain, prepared, and prepared both ways.
+#[test]
+fn layouts_widths_and_teams() {
+    /// `rows × k` in `layout` (0: column-major, 1: row-major, 2: row-major
+    /// with 3 spare columns a row), in `store`.
+    fn place<T: Scalar>(store: &mut Vec<T>, m: MatRef<'_, T>, layout: usize) -> (usize, usize) {
+        let (rows, k) = (m.nrows(), m.ncols());
+        let stride = if layout == 2 { k + 3 } else { k };
+        *store = vec![T::from_f64_impl(7.25); rows.max(1) * stride.max(1) + rows + k];
+        for i in 0..rows {
+            for j in 0..k {
+                let at = if layout == 0 { i + j * rows } else { i * stride + j };
+                store[at] = m[(i, j)];
+            }
+        }
+        (rows, stride)
+    }
+    fn view<T>(store: &[T], rows: usize, k: usize, stride: usize, layout: usize) -> MatRef<'_, T> {
+        match layout {
+            0 => MatRef::from_column_major_slice(&store[..rows * k], rows, k),
+            _ => MatRef::from_row_major_slice_with_stride(&store[..(rows * stride).max(rows * k)], rows, k, stride),
+        }
+    }
+    fn run<T: Scalar>() {
+        let (m, n) = (500, 400);
+        for format in [Format::Csr, Format::Csc] {
+            let (outer, inner) = if format == Format::Csr { (m, n) } else { (n, m) };
+            let (ptr, idx, val) = raw::<T>(outer, inner, 200, 21);
+            let dense = densify(format, m, n, &ptr, &idx, &val);
+            let a = match format {
+                Format::Csr => SparseView::csr(m, n, &ptr, &idx, &val).unwrap(),
+                Format::Csc => SparseView::csc(m, n, &ptr, &idx, &val).unwrap(),
+            };
+            let plain = Sparse::new(a);
+            let prepared = Sparse::new(Prepared::new(a, Par::rayon(3)));
+            let both = Sparse::new(Prepared::new(BothWays::new(a).unwrap(), Par::rayon(2)));
+            let ops: [(&dyn BiLinOp<T>, &str); 3] = [(&plain, "plain"), (&prepared, "prepared"), (&both, "both ways")];
+            for k in [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 70] {
+                for mode in Mode::ALL {
+                    let (rows, cols) = mode.dims((m, n));
+                    let x = random::mat::<T>(cols, k, k as u64);
+                    let want = reference(dense.as_ref(), mode, x.as_ref());
+                    for (op, name) in ops {
+                        for par in pars() {
+                            // The prepared operators on one layout pair, the plain one on all.
+                            let pairs: &[(usize, usize)] =
+                                if name == "plain" { &[(0, 0), (1, 1), (2, 0), (0, 1), (2, 2)] } else { &[(1, 1)] };
+                            for &(lx, ly) in pairs {
+                                let (mut xs, mut ys) = (Vec::new(), Vec::new());
+                                let (_, sx) = place(&mut xs, x.as_ref(), lx);
+                                let fill = Mat::<T>::from_fn(rows, k, |_, _| T::from_f64_impl(f64::NAN));
+                                let (_, sy) = place(&mut ys, fill.as_ref(), ly);
+                                let outside: Vec<T> = ys.clone();
+                                let xv = view(&xs, cols, k, sx, lx);
+                                let mut buf = MemBuffer::new(mode.scratch(op, k, par));
+                                {
+                                    let yv = match ly {
+                                        0 => MatMut::from_column_major_slice_mut(&mut ys[..rows * k], rows, k),
+                                        _ => {
+                                            // (faer 0.24.4's `from_row_major_slice_with_stride_mut`
+                                            // makes a column-major view: its transpose's twin instead.)
+                                            let len = (rows * sy).max(rows * k);
+                                            MatMut::from_column_major_slice_with_stride_mut(&mut ys[..len], k, rows, sy)
+                                                .transpose_mut()
+                                        }
+                                    };
+                                    mode.apply(op, yv, xv, par, MemStack::new(&mut buf));
+                                }
+                                let got = view(&ys, rows, k, sy, ly).to_owned();
+                                let what = format!("{format:?} {name}, layouts {lx}→{ly}, {mode:?}, k = {k}, {par:?}");
+                                assert_close(got.as_ref(), want.as_ref(), &what);
+                                // Nothing outside the output's elements was written.
+                                for (p, (a, b)) in ys.iter().zip(&outside).enumerate() {
+                                    let inside = match ly {
+                                        0 => p < rows * k,
+                                        _ => p < rows * sy && p % sy.max(1) < k,
+                                    };
+                                    assert!(inside || a == b, "{what}: element {p} outside the output changed");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for_all_types!(run);
+}
+
+/// A storage whose view grows after the prepared operator computed its
+/// cuts: the stale cuts (they end before the new outer dimension) are not
+/// used, and every row is still computed (before, products on threads used
+/// them and left the new rows unwritten or panicked).
+#[test]
+fn prepared_cuts_of_a_view_that_changed_are_not_used() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    #[derive(Debug)]
+    struct Growing {
+        grown: AtomicBool,
+        small: (Vec<usize>, Vec<usize>, Vec<f64>),
+        large: (Vec<usize>, Vec<usize>, Vec<f64>),
+    }
+    impl lazylinop::sparse::SparseStorage<f64> for Growing {
+        type Index = usize;
+        fn view(&self) -> SparseView<'_, usize, f64> {
+            let (ptr, idx, val) = if self.grown.load(Ordering::Relaxed) { &self.large } else { &self.small };
+            SparseView::csr(ptr.len() - 1, 300, ptr, idx, val).unwrap()
+        }
+    }
+    let (small, large) = (raw::<f64>(100, 300, 200, 1), raw::<f64>(900, 300, 200, 2));
+    let dense = densify(Format::Csr, 900, 300, &large.0, &large.1, &large.2);
+    let storage = Growing { grown: AtomicBool::new(false), small, large };
+    let op = Sparse::new(Prepared::new(&storage, Par::rayon(2)));
+    storage.grown.store(true, Ordering::Relaxed);
+    for k in [1, 3, 16] {
+        let x = random::mat::<f64>(300, k, 3);
+        for par in pars() {
+            let got = product(&op, Mode::Apply, x.as_ref(), par);
+            assert_close(got.as_ref(), (&dense * &x).as_ref(), &format!("k = {k}, {par:?}"));
+        }
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The two multi-column kernels and their driver: scratch plan, panels,
-//! threads, SIMD dispatch.
+//! layouts, threads, SIMD dispatch.
 //!
 //! A compressed matrix is walked along its *outer* dimension (rows of a
 //! CSR matrix, columns of a CSC one). Two walks serve the four products:
@@ -10,65 +10,69 @@
 //!
 //! Conjugated modes conjugate `a_p` before it is used; nothing else differs.
 //!
-//! The right-hand side is processed in *panels* of `w` columns: one or two
-//! SIMD vectors for the gather (two: 16 `f64` with AVX-512, two cache lines
-//! of the operand per entry, measured 12–14% faster than one at k = 16
-//! and 128; four were slower), up to four for the scatter (a quarter of
-//! the passes over the matrix, measured 8% faster than two at k = 128; its
-//! cost per row is per cache line, below). The gather copies the panel of
-//! `X` into a row-major scratch, so each entry costs one load of `idx_p`
-//! and one vector multiply-add per vector of one contiguous row; output
-//! rows are formed in a small row-major block and copied out. The scatter accumulates into a
-//! row-major `m × w` scratch, reading blocks of rows of `X` staged the same
-//! way. One column (`k = 1`) takes scalar loops straight on the column's
-//! slices (a panel kernel wastes its lanes there), or on staged copies if
-//! the column is strided.
+//! **One column** (`k = 1`, SpMV) takes scalar loops straight on the
+//! column's slices (staged copies if it is strided): the product is bound
+//! by memory, and a SIMD lane per right-hand side has nothing to fill.
 //!
-//! Threads (`Par::Rayon(t)`): with at least `t` panels of two vectors or
-//! more, each thread takes whole panels with its own scratch (measured
-//! better than splitting each panel: no barrier, no sum). With fewer
-//! columns (SpMV included), they split the outer dimension in `t` parts of
-//! about equal nonzeros, for every panel: the gather's parts write disjoint
-//! rows of the output; the scatter's parts accumulate into one `m × w`
-//! scratch each (the first into the output itself for one contiguous
-//! column), summed into the output by row blocks on the same threads. A threaded product enters
-//! rayon's pool once (`rayon::scope`); the splits inside are joins on its
-//! workers. Small products (under `MIN_WORK_PER_THREAD` multiply-adds a
-//! thread) take fewer threads.
+//! **Panels.** More columns are processed in panels of `w` columns, one,
+//! two or four SIMD vectors: each entry costs one load of `idx_p` and one
+//! vector multiply-add per vector of one contiguous operand row. The
+//! widest gather panel is two cache lines (16 `f64`: four AVX2 vectors, two
+//! AVX-512 ones), the widest scatter panel four vectors. Operand rows must
+//! be contiguous, so the layout decides the loop:
+//! - a **row-major** operand (`X[i, :]` contiguous) is read in place, and
+//!   the gather walks blocks of output rows, each block through every
+//!   panel in turn, so the matrix is read from memory once whatever `k` is;
+//!   a row-major output is written in place too;
+//! - a **column-major** operand (faer's `Mat`) is copied panel by panel
+//!   into a row-major scratch (the scatter: by blocks of rows), and the
+//!   matrix is read once per panel; a column-major output is formed in a
+//!   small row-major block and copied out.
 //!
-//! What bounds the scatter with a panel (measured, 20000², 40 entries a
-//! column, f64, AVX-512): the read-modify-write of random accumulator rows
-//! that live in L3 (`m × w` is 1.3–5.1 MB, a core's L2 is 1 MB); perf puts
-//! the samples on those loads and stores, and one or two vectors per row
-//! take the same time, so the cost is per cache line. Tried and not kept:
-//! blocks of accumulator rows that fit in L2 walked with a cursor per
-//! column (each block re-reads a part of every column's cache lines and
-//! pays a loop exit per column and block: 1.4–2.5× slower), software
-//! prefetch of the rows 4–16 entries ahead (no change), staging blocks of
-//! 32 or 512 rows instead of 128 (no change), panels of 4 columns (AVX2
-//! vectors on the same machine) so that the accumulator fits in L2 (four
-//! passes for 16 columns: 1.5× slower; the gather on 4 columns 1.7×). Going
-//! further takes a copy of the matrix: [`super::BothWays`] holds one in the
-//! other format, so that every mode gathers.
+//! The scatter accumulates into random rows of its output: in place for a
+//! row-major output on one thread, else in a row-major `m × w` scratch. It
+//! is the slower walk with many columns (its random rows are read and
+//! written back); [`super::BothWays`] holds a copy in the other format so
+//! that every mode gathers.
+//!
+//! **Threads** (`Par::Rayon(t)`) form a *team* of `t` members, rayon
+//! jobs joined in a tree (no allocation), all of them claiming *chunks*
+//! (parts of the outer dimension of about equal nonzeros, a few per
+//! member) from one atomic counter until none is left. A member that
+//! starts late — a rayon worker woken from sleep (its cost is measured in
+//! BENCHMARKS.md), or one slowed by other processes on a shared machine —
+//! finds fewer chunks and does less; nothing waits for a fixed share. The
+//! gather's chunks write disjoint output rows; the scatter's members each
+//! accumulate into their own `m × w` scratch (the first, for one
+//! contiguous column, into the output), summed into the output by a
+//! second team over row chunks. With at least `t` whole panels of a
+//! column-major operand, each member claims whole panels instead, with its
+//! own scratch (no second phase, no sum). Small products (under
+//! `MIN_WORK_PER_THREAD` multiply-adds a member) take fewer members.
+//! [`super::Prepared`] computes the chunks once instead of by a binary
+//! search over the offsets at each product.
 //!
 //! SIMD width is chosen at run time by pulp's [`Arch`] (AVX-512, AVX2+FMA or
 //! scalar), as faer does, so the crate builds for the baseline target.
 //!
 //! Every memory access is a checked slice access but those at the indices
 //! `idx_p`: the one-column scatter writes `y[idx_p]` unchecked
-//! ([`Parts::for_each_entry`]), as faer's own scatter does, and the gathers
-//! read operand rows `x[idx_p]` unchecked ([`Parts::for_each_read`]), as
-//! faer's own gather does. Measured side by side with faer (interleaved
-//! runs): without the checks the one-column scatter reaches faer's speed
-//! (it was 2–7% slower), the one-column gather went from 0.95–0.97× faer to
-//! 1.02–1.05×, the panel gather gained 5–7% (BENCHMARKS.md). That rests on the invariant of
-//! [`Parts`] (every index below the inner dimension), which only the
-//! constructors of [`SparseView`] (and faer's own) establish, and on
-//! indices that cannot change since: a view into a file's map (marked by
-//! [`SparseView::mapped`]) is bounds-checked there too. Everywhere else,
-//! invalid indices would panic.
+//! ([`Parts::for_each_entry`]), as faer's own scatter does, the gathers read
+//! operand rows `x[idx_p]` unchecked ([`Parts::for_each_read`]), as faer's
+//! own gather does, and the panel scatter reads and writes accumulator rows
+//! unchecked. Measured side by side with faer (interleaved runs), the
+//! checks cost the one-column walks 2–7% and the panel gather 5–7%. That
+//! rests on the invariant of [`Parts`] (every index below the inner
+//! dimension), which only the constructors of [`SparseView`] (and faer's
+//! own) establish, and on indices that cannot change since: a view into a
+//! file's map (marked by [`SparseView::mapped`]) is bounds-checked there
+//! too. Operand and output rows in place are read and written through
+//! [`Rows`] and [`RowsMut`], which check their construction from faer's
+//! views once.
 
+use core::marker::PhantomData;
 use core::ops::Range;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::reborrow::ReborrowMut;
@@ -80,19 +84,24 @@ use crate::Scalar;
 
 /// Rows staged at a time: the gather's output block, the scatter's operand block.
 const BLOCK: usize = 128;
-/// Fewest multiply-adds that make a thread worth starting.
+/// Fewest multiply-adds that make a team member worth starting.
 const MIN_WORK_PER_THREAD: usize = 1 << 15;
 /// Alignment of the scratch rows (one cache line).
 const ALIGN: usize = 64;
+/// Chunks a team cuts its work into, per member.
+pub(super) const CHUNKS_PER_THREAD: usize = 8;
+/// Fewest stored entries in a chunk: claiming one costs an atomic
+/// increment, and about 20 ns of work is not worth it.
+const MIN_CHUNK: usize = 4096;
 
 /// The compressed structure the kernels walk: entries of outer `j` are
 /// `idx[range(j)]`, `val[range(j)]`.
 ///
-/// Invariant (what the unchecked accesses of [`Parts::for_each_entry`] and
-/// [`Parts::for_each_read`] rest on): for every outer `j`, `range(j)` lies
-/// within `idx` and every index in `idx[range(j)]` is below `inner`. The
-/// fields are private to this module and [`Parts::of`] is the only
-/// constructor: it takes them from a
+/// Invariant (what the unchecked accesses of [`Parts::for_each_entry`],
+/// [`Parts::for_each_read`] and the panel scatter rest on): for every
+/// outer `j`, `range(j)` lies within `idx` and every index in
+/// `idx[range(j)]` is below `inner`. The fields are private to this module
+/// and [`Parts::of`] is the only constructor: it takes them from a
 /// [`SparseView`], whose constructors check exactly this (its checked
 /// constructors, or faer's sparse views, which faer checks when they are
 /// built and whose own products read them unchecked), or take it from a
@@ -113,13 +122,22 @@ pub(super) struct Parts<'a, I, E> {
     inner: usize,
     /// The indices may change after their check ([`SparseView::mapped`]).
     mapped: bool,
+    /// Chunks of the outer dimension computed once ([`super::Prepared`]):
+    /// non-decreasing, from 0 to the outer dimension. Only their count and
+    /// balance depend on them, never a result.
+    cuts: Option<&'a [usize]>,
 }
 
 impl<'a, I: Index, T> Parts<'a, I, T> {
     /// The structure of `a`.
     pub(super) fn of(a: SparseView<'a, I, T>) -> Self {
-        let (_, inner) = a.format.outer_inner((a.nrows, a.ncols));
-        Parts { ptr: a.ptr, nnz: a.nnz, idx: a.idx, val: a.val, inner, mapped: a.mapped }
+        let (outer, inner) = a.format.outer_inner((a.nrows, a.ncols));
+        // Cuts that do not cover the outer dimension in order (a storage whose
+        // views changed since they were computed) are not used.
+        let cuts = a
+            .cuts
+            .filter(|c| c.len() >= 2 && c[0] == 0 && c[c.len() - 1] == outer && c.windows(2).all(|w| w[0] <= w[1]));
+        Parts { ptr: a.ptr, nnz: a.nnz, idx: a.idx, val: a.val, inner, mapped: a.mapped, cuts }
     }
 
     /// The same structure with the values viewed as `E` (the same type as
@@ -128,12 +146,16 @@ impl<'a, I: Index, T> Parts<'a, I, T> {
     where
         T: bytemuck::Pod,
     {
-        let Parts { ptr, nnz, idx, val, inner, mapped } = self;
-        Parts { ptr, nnz, idx, val: bytemuck::cast_slice(val), inner, mapped }
+        let Parts { ptr, nnz, idx, val, inner, mapped, cuts } = self;
+        Parts { ptr, nnz, idx, val: bytemuck::cast_slice(val), inner, mapped, cuts }
     }
 }
 
 impl<'a, I: Index, E> Parts<'a, I, E> {
+    fn outer(&self) -> usize {
+        self.ptr.len() - 1
+    }
+
     #[inline(always)]
     fn range(&self, j: usize) -> Range<usize> {
         let start = self.ptr[j].zx();
@@ -182,37 +204,29 @@ impl<'a, I: Index, E> Parts<'a, I, E> {
     }
 
     /// `f(t, row_i, a_p)` for each entry `p` of outer `j`, where `i` is its
-    /// index, `row_i = x[i·w..(i + 1)·w]` (a row of a row-major `x` of width
-    /// `w`) and `t` the entry's place modulo `U` (`U` chains of
-    /// accumulators), without bounds checks on `x` (see the module docs).
+    /// index, `row_i` row `i` of `x` and `t` the entry's place modulo `U`
+    /// (`U` chains of accumulators), without bounds checks on `x` (see the
+    /// module docs).
     ///
     /// # Panics
     /// If `j` is not an outer index or `x` has fewer than `inner` rows.
     #[inline(always)]
-    fn for_each_read<const U: usize>(&self, j: usize, x: &[E], w: usize, mut f: impl FnMut(usize, &[E], E))
+    fn for_each_read<const U: usize>(&self, j: usize, x: Rows<'_, E>, mut f: impl FnMut(usize, &[E], E))
     where
         E: Copy,
     {
-        assert!(
-            w > 0 && x.len() / w >= self.inner,
-            "{} operands of width {w} for an inner dimension of {}",
-            x.len(),
-            self.inner
-        );
+        assert!(x.nrows >= self.inner, "{} operand rows for an inner dimension of {}", x.nrows, self.inner);
         let (idx, val) = self.entries(j);
         if self.mapped {
             for (i, v) in idx.iter().zip(val) {
-                let i = i.zx();
-                assert!(i < self.inner, "index {i} of outer {j} is out of bounds: the file changed after its check");
-                f(0, &x[i * w..(i + 1) * w], *v);
+                f(0, x.row(i.zx()), *v);
             }
             return;
         }
         let row = |i: &I| {
             // SAFETY: `i` is an index of `idx`, so `i < self.inner` (as in
-            // `for_each_entry`), and `self.inner · w <= x.len()` (asserted
-            // above), so `i·w..(i + 1)·w` lies within `x`.
-            unsafe { x.get_unchecked(i.zx() * w..(i.zx() + 1) * w) }
+            // `for_each_entry`), and `self.inner <= x.nrows` (asserted above).
+            unsafe { x.row_unchecked(i.zx()) }
         };
         let (idx_u, val_u) = (idx.chunks_exact(U), val.chunks_exact(U));
         let (idx_rest, val_rest) = (idx_u.remainder(), val_u.remainder());
@@ -235,19 +249,40 @@ impl<'a, I: Index, E> Parts<'a, I, E> {
         }
     }
 
-    /// Where to cut `range` so that the first part has about `num/den` of its entries.
-    fn split(&self, range: Range<usize>, num: usize, den: usize) -> usize {
-        let by_count = range.start + range.len() * num / den;
-        if self.nnz.is_some() || range.is_empty() {
-            return by_count;
+    /// Where to cut the outer dimension so that outers `0..cut` hold about
+    /// `num/den` of its entries (by count when the storage is not compact).
+    pub(super) fn split(&self, num: usize, den: usize) -> usize {
+        let outer = self.outer();
+        let by_count = outer * num / den;
+        if num >= den || self.nnz.is_some() || outer == 0 {
+            return by_count.min(outer);
         }
-        let (lo, hi) = (self.ptr[range.start].zx(), self.ptr[range.end].zx());
+        let (lo, hi) = (self.ptr[0].zx(), self.ptr[outer].zx());
         if hi <= lo {
             return by_count;
         }
         let target = lo + (hi - lo) * num / den;
-        let cut = range.start + self.ptr[range.clone()].partition_point(|p| p.zx() < target);
-        cut.clamp(range.start, range.end)
+        self.ptr[..outer].partition_point(|p| p.zx() < target).min(outer)
+    }
+
+    /// The chunks of the outer dimension a team of `t` claims: their count,
+    /// and chunk `c` by [`Parts::chunk`].
+    fn chunks(&self, t: usize) -> usize {
+        if t <= 1 {
+            return 1;
+        }
+        match self.cuts {
+            Some(cuts) => cuts.len() - 1,
+            None => (t * CHUNKS_PER_THREAD).min(self.nnz_of(0..self.outer()) / MIN_CHUNK).max(t),
+        }
+    }
+
+    /// Chunk `c` of `count`: outers of about `1/count` of the entries.
+    fn chunk(&self, c: usize, count: usize) -> Range<usize> {
+        if let Some(cuts) = self.cuts.filter(|cuts| cuts.len() == count + 1) {
+            return cuts[c]..cuts[c + 1];
+        }
+        if count == 1 { 0..self.outer() } else { self.split(c, count)..self.split(c + 1, count) }
     }
 }
 
@@ -333,17 +368,286 @@ fn maybe_conj<E: Elem>(a: E, conj: bool) -> E {
     if conj { a.conj() } else { a }
 }
 
-/// The `NV` vectors of row `i` of a row-major scratch of width `NV · lanes`.
+/// Rows of `w` contiguous elements, `stride` apart: a row-major scratch or
+/// a row-major operand read in place. Like a `&'a [E]` of its rows.
+///
+/// Invariant: for every `i < nrows`, the `w` elements at
+/// `ptr + i·stride` are valid, initialized and not written while `'a` lasts
+/// (they belong to a shared borrow of that lifetime).
+#[derive(Copy, Clone)]
+struct Rows<'a, E> {
+    ptr: *const E,
+    stride: usize,
+    nrows: usize,
+    w: usize,
+    _borrow: PhantomData<&'a [E]>,
+}
+
+// SAFETY: `Rows` is a shared borrow of elements (its invariant), so it may
+// be sent and shared where `&[E]` may.
+unsafe impl<E: Sync> Send for Rows<'_, E> {}
+// SAFETY: as for `Send`.
+unsafe impl<E: Sync> Sync for Rows<'_, E> {}
+
+impl<'a, E> Rows<'a, E> {
+    /// The rows of a row-major slice of width `w > 0`.
+    fn of_slice(x: &'a [E], w: usize) -> Self {
+        assert!(w > 0);
+        Rows { ptr: x.as_ptr(), stride: w, nrows: x.len() / w, w, _borrow: PhantomData }
+    }
+
+    /// The rows of `x` in place, if its rows are contiguous (column stride 1,
+    /// row stride not negative) and it has `E`'s size (`T` is `E`: the
+    /// dispatch on [`Scalar::DTYPE`]).
+    fn of_mat<T: bytemuck::Pod>(x: MatRef<'a, T>) -> Option<Self> {
+        assert_eq!(size_of::<T>(), size_of::<E>());
+        let rows_ok = x.ncols() <= 1 || x.col_stride() == 1;
+        let stride = if x.nrows() <= 1 { 0 } else { usize::try_from(x.row_stride()).ok()? };
+        (rows_ok && x.ncols() > 0).then(|| Rows {
+            ptr: x.as_ptr() as *const E,
+            stride,
+            nrows: x.nrows(),
+            w: x.ncols(),
+            _borrow: PhantomData,
+        })
+    }
+
+    /// Columns `c0..c0 + w` of these rows.
+    fn cols(self, c0: usize, w: usize) -> Self {
+        assert!(c0 + w <= self.w && w > 0);
+        // `wrapping_add`: with no rows, `ptr` may point nowhere; with rows, it
+        // stays within row 0 (`c0 < self.w`).
+        Rows { ptr: self.ptr.wrapping_add(c0), w, ..self }
+    }
+
+    /// Rows `r` of these rows.
+    fn rows(self, r: Range<usize>) -> Self {
+        assert!(r.start <= r.end && r.end <= self.nrows, "rows {r:?} of {}", self.nrows);
+        // `wrapping_add`: `ptr + r.start·stride` is row `r.start`, or (at the end) one past.
+        Rows { ptr: self.ptr.wrapping_add(r.start * self.stride), nrows: r.len(), ..self }
+    }
+
+    /// Row `i`.
+    ///
+    /// # Safety
+    /// `i < self.nrows`.
+    #[inline(always)]
+    unsafe fn row_unchecked(&self, i: usize) -> &'a [E] {
+        // SAFETY: `i < nrows` (the caller), so the `w` elements at
+        // `ptr + i·stride` are valid and not written for `'a` (the invariant).
+        unsafe { core::slice::from_raw_parts(self.ptr.add(i * self.stride), self.w) }
+    }
+
+    /// Row `i`.
+    ///
+    /// # Panics
+    /// If `i >= self.nrows`.
+    #[inline(always)]
+    fn row(&self, i: usize) -> &'a [E] {
+        assert!(i < self.nrows, "row {i} of {}", self.nrows);
+        // SAFETY: just checked.
+        unsafe { self.row_unchecked(i) }
+    }
+}
+
+/// Rows of `w` contiguous elements, `stride` apart, written: a row-major
+/// scratch, or a row-major output written in place. Like a `&'a mut [E]`
+/// of its rows.
+///
+/// Invariant: for every `i < nrows`, the `w` elements at `ptr + i·stride`
+/// are valid, and no one else reads or writes them while `'a` lasts (they
+/// belong to a mutable borrow of that lifetime); distinct rows do not
+/// overlap.
+struct RowsMut<'a, E> {
+    ptr: *mut E,
+    stride: usize,
+    nrows: usize,
+    w: usize,
+    _borrow: PhantomData<&'a mut [E]>,
+}
+
+// SAFETY: `RowsMut` is a mutable borrow of elements (its invariant), so it
+// may be sent where `&mut [E]` may.
+unsafe impl<E: Send> Send for RowsMut<'_, E> {}
+
+impl<'a, E> RowsMut<'a, E> {
+    /// The rows of a row-major slice of width `w > 0`.
+    fn of_slice(y: &'a mut [E], w: usize) -> Self {
+        assert!(w > 0);
+        RowsMut { ptr: y.as_mut_ptr(), stride: w, nrows: y.len() / w, w, _borrow: PhantomData }
+    }
+
+    /// The rows of `y` in place, if they are contiguous and apart (column
+    /// stride 1, row stride at least the width) and `T` has `E`'s size.
+    fn of_mat<T: bytemuck::Pod>(y: MatMut<'a, T>) -> Option<Self> {
+        assert_eq!(size_of::<T>(), size_of::<E>());
+        let (nrows, w) = (y.nrows(), y.ncols());
+        let rows_ok = w <= 1 || y.col_stride() == 1;
+        let stride = if nrows <= 1 { w } else { usize::try_from(y.row_stride()).ok().filter(|&s| s >= w)? };
+        (rows_ok && w > 0).then(|| RowsMut { ptr: y.as_ptr_mut() as *mut E, stride, nrows, w, _borrow: PhantomData })
+    }
+
+    fn rb(&mut self) -> RowsMut<'_, E> {
+        RowsMut { ptr: self.ptr, ..*self }
+    }
+
+    /// Row `i`.
+    ///
+    /// # Safety
+    /// `i < self.nrows`.
+    #[inline(always)]
+    unsafe fn row_unchecked(&mut self, i: usize) -> &mut [E] {
+        // SAFETY: `i < nrows` (the caller), so the `w` elements at
+        // `ptr + i·stride` are valid and ours alone (the invariant), borrowed
+        // through `&mut self`.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(i * self.stride), self.w) }
+    }
+
+    /// Row `i`.
+    ///
+    /// # Panics
+    /// If `i >= self.nrows`.
+    #[inline(always)]
+    fn row(&mut self, i: usize) -> &mut [E] {
+        assert!(i < self.nrows, "row {i} of {}", self.nrows);
+        // SAFETY: just checked.
+        unsafe { self.row_unchecked(i) }
+    }
+}
+
+impl<E: Copy> RowsMut<'_, E> {
+    fn fill(&mut self, v: E) {
+        for i in 0..self.nrows {
+            self.row(i).fill(v);
+        }
+    }
+}
+
+/// A mutable slice shared by a team whose members take parts of it that no
+/// other member takes at the same time (chunks claimed once each).
+struct Disjoint<'a, E> {
+    ptr: *mut E,
+    len: usize,
+    _borrow: PhantomData<&'a mut [E]>,
+}
+
+// SAFETY: members only reach the elements through `Disjoint::part`, whose
+// contract gives each part to one member at a time: as `&mut [E]` sent to
+// that member's thread.
+unsafe impl<E: Send> Sync for Disjoint<'_, E> {}
+
+impl<'a, E> Disjoint<'a, E> {
+    fn new(s: &'a mut [E]) -> Self {
+        Disjoint { ptr: s.as_mut_ptr(), len: s.len(), _borrow: PhantomData }
+    }
+
+    /// Elements `r`.
+    ///
+    /// # Safety
+    /// No other part overlapping `r` is alive.
+    ///
+    /// # Panics
+    /// If `r` is not within the slice.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, r: Range<usize>) -> &mut [E] {
+        assert!(r.start <= r.end && r.end <= self.len, "part {r:?} of {}", self.len);
+        // SAFETY: within the slice (checked), which is borrowed for `'a`, and
+        // no overlapping part is alive (the caller).
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(r.start), r.len()) }
+    }
+}
+
+/// A matrix shared by a team whose members write row blocks of it that no
+/// other member takes at the same time.
+struct DisjointRows<'a, T> {
+    mat: MatMut<'a, T>,
+}
+
+// SAFETY: as for `Disjoint`: members reach the matrix only through
+// `DisjointRows::rows`, one member per row block.
+unsafe impl<T: Send> Sync for DisjointRows<'_, T> {}
+
+impl<T> DisjointRows<'_, T> {
+    /// Rows `r`, every column.
+    ///
+    /// # Safety
+    /// As [`DisjointRows::block`].
+    unsafe fn rows(&self, r: Range<usize>) -> MatMut<'_, T> {
+        // SAFETY: the caller's.
+        unsafe { self.block(r, 0..self.mat.ncols()) }
+    }
+
+    /// Rows `r` of columns `c`.
+    ///
+    /// # Safety
+    /// No other block overlapping this one is alive.
+    ///
+    /// # Panics
+    /// If the block is not within the matrix.
+    unsafe fn block(&self, r: Range<usize>, c: Range<usize>) -> MatMut<'_, T> {
+        let m = &self.mat;
+        assert!(r.start <= r.end && r.end <= m.nrows(), "rows {r:?} of {}", m.nrows());
+        assert!(c.start <= c.end && c.end <= m.ncols(), "columns {c:?} of {}", m.ncols());
+        // SAFETY: a block of the matrix's own elements (checked), with its
+        // strides, so every index used is one of its elements; no other live
+        // block overlaps it (the caller), so this mutable view is its only one.
+        unsafe {
+            MatMut::from_raw_parts_mut(m.ptr_at_mut(r.start, c.start), r.len(), c.len(), m.row_stride(), m.col_stride())
+        }
+    }
+}
+
+/// A counter handing out chunks `0..count`, each once.
+struct Claims {
+    next: AtomicUsize,
+    count: usize,
+}
+
+impl Claims {
+    fn new(count: usize) -> Self {
+        Claims { next: AtomicUsize::new(0), count }
+    }
+
+    /// The next unclaimed chunk.
+    fn claim(&self) -> Option<usize> {
+        // Relaxed: the counter only hands out distinct numbers; the team's
+        // join orders the writes made for them.
+        let c = self.next.fetch_add(1, Ordering::Relaxed);
+        (c < self.count).then_some(c)
+    }
+
+    /// `f(c)` for each chunk `c` this member claims.
+    fn each(&self, mut f: impl FnMut(usize)) {
+        while let Some(c) = self.claim() {
+            f(c)
+        }
+    }
+}
+
+/// `f(p)` for every member `p` of a team of `t`, on the current rayon
+/// pool: a tree of `rayon::join`s (no allocation; from outside the pool,
+/// the calling thread hands the tree to the pool and waits for it).
+/// Returns when all have returned; a panic in any is resumed here.
+fn team(t: usize, f: impl Fn(usize) + Sync) {
+    fn members(p: Range<usize>, f: &(impl Fn(usize) + Sync)) {
+        if p.len() <= 1 {
+            return f(p.start);
+        }
+        let mid = p.start + p.len() / 2;
+        rayon::join(|| members(p.start..mid, f), || members(mid..p.end, f));
+    }
+    members(0..t.max(1), &f)
+}
+
+/// The `NV` vectors of a row of `NV · lanes` elements.
 #[inline(always)]
-fn row<S: Simd, E: Elem, const NV: usize>(x: &[E], i: usize) -> &[E::V<S>; NV] {
-    let w = NV * E::lanes::<S>();
-    E::as_simd::<S>(&x[i * w..i * w + w]).try_into().unwrap()
+fn vectors<S: Simd, E: Elem, const NV: usize>(x: &[E]) -> &[E::V<S>; NV] {
+    E::as_simd::<S>(x).try_into().unwrap()
 }
 
 #[inline(always)]
-fn row_mut<S: Simd, E: Elem, const NV: usize>(x: &mut [E], i: usize) -> &mut [E::V<S>; NV] {
-    let w = NV * E::lanes::<S>();
-    E::as_mut_simd::<S>(&mut x[i * w..i * w + w]).try_into().unwrap()
+fn vectors_mut<S: Simd, E: Elem, const NV: usize>(x: &mut [E]) -> &mut [E::V<S>; NV] {
+    E::as_mut_simd::<S>(x).try_into().unwrap()
 }
 
 /// Gather: row `r - rows.start` of `y` is `Σ_p a_p · x[idx_p]`, rows of `NV` vectors.
@@ -353,21 +657,31 @@ fn gather<S: Simd, I: Index, E: Elem, const NV: usize>(
     a: Parts<'_, I, E>,
     conj: bool,
     rows: Range<usize>,
-    x: &[E],
-    y: &mut [E],
+    x: Rows<'_, E>,
+    mut y: RowsMut<'_, E>,
 ) {
     let zero = E::splat(simd, E::ZERO);
+    assert!(y.nrows >= rows.len());
     for (r, i) in rows.clone().zip(0..) {
         // Two chains of accumulators: a multiply-add's latency is hidden by the other.
         let mut acc = [[zero; NV]; 2];
-        a.for_each_read::<2>(r, x, NV * E::lanes::<S>(), |t, xr, v| {
-            let xr: &[E::V<S>; NV] = E::as_simd::<S>(xr).try_into().unwrap();
-            let av = E::splat(simd, maybe_conj(v, conj));
-            for s in 0..NV {
-                acc[t][s] = E::mul_add(simd, av, xr[s], acc[t][s]);
-            }
-        });
-        let out = row_mut::<S, E, NV>(y, i);
+        // `inline(always)`: else LLVM may keep the closure out of line, compiled
+        // without the instruction set's features, and with it every SIMD
+        // intrinsic as a call (measured: c64 with AVX2, 10× slower).
+        a.for_each_read::<2>(
+            r,
+            x,
+            #[inline(always)]
+            |t, xr, v| {
+                let xr = vectors::<S, E, NV>(xr);
+                let av = E::splat(simd, maybe_conj(v, conj));
+                for s in 0..NV {
+                    acc[t][s] = E::mul_add(simd, av, xr[s], acc[t][s]);
+                }
+            },
+        );
+        // SAFETY: `i < rows.len() <= y.nrows` (asserted above).
+        let out = vectors_mut::<S, E, NV>(unsafe { y.row_unchecked(i) });
         for t in 0..NV {
             out[t] = E::add(simd, acc[0][t], acc[1][t]);
         }
@@ -382,15 +696,27 @@ fn scatter<S: Simd, I: Index, E: Elem, const NV: usize>(
     a: Parts<'_, I, E>,
     conj: bool,
     outer: Range<usize>,
-    x: &[E],
-    y: &mut [E],
+    x: Rows<'_, E>,
+    mut y: RowsMut<'_, E>,
 ) {
+    assert!(x.nrows >= outer.len());
+    assert!(y.nrows >= a.inner, "{} accumulator rows for an inner dimension of {}", y.nrows, a.inner);
     for (j, jj) in outer.zip(0..) {
-        let xj = *row::<S, E, NV>(x, jj);
+        // SAFETY: `jj < outer.len() <= x.nrows` (asserted above).
+        let xj = *vectors::<S, E, NV>(unsafe { x.row_unchecked(jj) });
         let (idx, val) = a.entries(j);
         for (p, v) in idx.iter().zip(val) {
             let av = E::splat(simd, maybe_conj(*v, conj));
-            let yr = row_mut::<S, E, NV>(y, p.zx());
+            let i = p.zx();
+            let yr = if a.mapped {
+                y.row(i)
+            } else {
+                // SAFETY: `i` is an index of outer `j`, below `a.inner` (the
+                // invariant of `Parts`; not `mapped`, so unchanged since its
+                // check), and `a.inner <= y.nrows` (asserted above).
+                unsafe { y.row_unchecked(i) }
+            };
+            let yr = vectors_mut::<S, E, NV>(yr);
             for t in 0..NV {
                 yr[t] = E::mul_add(simd, av, xj[t], yr[t]);
             }
@@ -398,17 +724,18 @@ fn scatter<S: Simd, I: Index, E: Elem, const NV: usize>(
     }
 }
 
-/// [`gather`] for one column, scalar.
+/// [`gather`] for one column, scalar: `y[r - rows.start] = Σ_p a_p · x[idx_p]`.
 fn gather1<I: Index, E: Elem>(a: Parts<'_, I, E>, conj: bool, rows: Range<usize>, x: &[E], y: &mut [E]) {
+    let x = Rows::of_slice(x, 1);
     for (r, out) in rows.zip(y) {
         // Four chains of accumulators: an addition's latency is hidden by the others.
         let mut acc = [E::ZERO; 4];
-        a.for_each_read::<4>(r, x, 1, |t, xi, v| acc[t] = E::mul_add1(maybe_conj(v, conj), xi[0], acc[t]));
+        a.for_each_read::<4>(r, x, |t, xi, v| acc[t] = E::mul_add1(maybe_conj(v, conj), xi[0], acc[t]));
         *out = E::add1(E::add1(acc[0], acc[1]), E::add1(acc[2], acc[3]));
     }
 }
 
-/// [`scatter`] for one column, scalar.
+/// [`scatter`] for one column, scalar (`x[j - outer.start]` for outer `j`).
 fn scatter1<I: Index, E: Elem>(a: Parts<'_, I, E>, conj: bool, outer: Range<usize>, x: &[E], y: &mut [E]) {
     for (j, &xj) in outer.zip(x) {
         a.for_each_entry(j, y, |yi, v| *yi = E::mul_add1(maybe_conj(v, conj), xj, *yi));
@@ -424,16 +751,15 @@ pub(super) enum Walk {
     Scatter,
 }
 
-/// One kernel call on the instruction set pulp picks; `w` (the row width of
-/// `x` and `y`) is one or two vectors (gather) or one, two or four (scatter).
+/// One kernel call on the instruction set pulp picks; `x.w == y.w` is one,
+/// two or four vectors.
 struct Kernel<'a, 'b, I, E> {
     walk: Walk,
     a: Parts<'a, I, E>,
     conj: bool,
     range: Range<usize>,
-    x: &'b [E],
-    y: &'b mut [E],
-    w: usize,
+    x: Rows<'b, E>,
+    y: RowsMut<'b, E>,
 }
 
 impl<I: Index, E: Elem> WithSimd for Kernel<'_, '_, I, E> {
@@ -441,23 +767,22 @@ impl<I: Index, E: Elem> WithSimd for Kernel<'_, '_, I, E> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Kernel { walk, a, conj, range, x, y, w } = self;
-        let nv = w / E::lanes::<S>();
-        match (walk, nv) {
-            (Walk::Gather, 1) => gather::<S, I, E, 1>(simd, a, conj, range, x, y),
-            (Walk::Gather, 2) => gather::<S, I, E, 2>(simd, a, conj, range, x, y),
-            (Walk::Scatter, 1) => scatter::<S, I, E, 1>(simd, a, conj, range, x, y),
-            (Walk::Scatter, 2) => scatter::<S, I, E, 2>(simd, a, conj, range, x, y),
-            (Walk::Scatter, 4) => scatter::<S, I, E, 4>(simd, a, conj, range, x, y),
-            _ => unreachable!(
-                "panel width {w} is not one or two vectors of {} (gather) or one, two or four (scatter)",
-                E::lanes::<S>()
-            ),
+        let Kernel { walk, a, conj, range, x, y } = self;
+        assert_eq!(x.w, y.w);
+        let (w, lanes) = (x.w, E::lanes::<S>());
+        match (walk, w / lanes, w % lanes) {
+            (Walk::Gather, 1, 0) => gather::<S, I, E, 1>(simd, a, conj, range, x, y),
+            (Walk::Gather, 2, 0) => gather::<S, I, E, 2>(simd, a, conj, range, x, y),
+            (Walk::Gather, 4, 0) => gather::<S, I, E, 4>(simd, a, conj, range, x, y),
+            (Walk::Scatter, 1, 0) => scatter::<S, I, E, 1>(simd, a, conj, range, x, y),
+            (Walk::Scatter, 2, 0) => scatter::<S, I, E, 2>(simd, a, conj, range, x, y),
+            (Walk::Scatter, 4, 0) => scatter::<S, I, E, 4>(simd, a, conj, range, x, y),
+            _ => unreachable!("panel width {w} is not one, two or four vectors of {lanes}"),
         }
     }
 }
 
-struct Lanes<E>(core::marker::PhantomData<E>);
+struct Lanes<E>(PhantomData<E>);
 
 impl<E: Elem> WithSimd for Lanes<E> {
     type Output = usize;
@@ -475,12 +800,12 @@ pub(super) struct Plan {
     walk: Walk,
     /// Elements in a SIMD vector on this machine.
     lanes: usize,
-    /// Widest panel: 1 for one column, else up to two vectors (gather) or four (scatter).
+    /// Widest panel: 1 for one column, else one, two or four vectors.
     w: usize,
-    /// Threads.
+    /// Team members.
     threads: usize,
-    /// Whether the threads take whole panels each (a scatter with enough
-    /// columns: no accumulators to sum) instead of parts of every panel.
+    /// Whether members take whole panels of a staged (column-major)
+    /// operand each, instead of chunks of every panel.
     by_panels: bool,
     /// Output rows `m` and operand rows `n`.
     m: usize,
@@ -496,37 +821,64 @@ impl Plan {
     /// [`Plan::new`] on the instruction set `arch` (the tests take pulp's
     /// scalar one, whose vectors hold one element, as `c64`'s do on NEON).
     fn on<E: Elem>(arch: Arch, walk: Walk, m: usize, n: usize, k: usize, nnz: usize, par: Par) -> Self {
-        let lanes = arch.dispatch(Lanes::<E>(core::marker::PhantomData));
+        let lanes = arch.dispatch(Lanes::<E>(PhantomData));
         let work = nnz.saturating_mul(k);
         let threads = par.degree().min(work / MIN_WORK_PER_THREAD).max(1);
-        // Threads take whole panels of two vectors or more when there are
-        // enough: no accumulators to sum for the scatter, no barrier between
-        // panels for the gather. With fewer columns they split each panel
-        // (measured faster than narrower panels, one a thread: 16 columns
-        // on 2 threads, gather 0.74–0.81 ms against 0.87–0.97 ms, scatter
-        // 1.32 against 1.43 ms).
-        let by_panels = threads > 1 && k >= 2 * lanes * threads;
+        // The widest panel: two cache lines of the operand per entry for the
+        // gather (measured 12–14% faster than one with AVX-512 at k = 16 and
+        // 128; four were slower), four vectors for the scatter (a quarter of
+        // the passes over the matrix, measured 8% faster than two).
+        let vector_bytes = lanes * size_of::<E>();
+        let widest = match walk {
+            Walk::Gather => (128 / vector_bytes).clamp(1, 4),
+            Walk::Scatter => 4,
+        };
+        let widest = if widest >= 4 {
+            4
+        } else if widest >= 2 {
+            2
+        } else {
+            1
+        };
         let w = match k {
             0 => 0,
             1 => 1,
             k if k <= lanes => lanes,
-            // Four vectors for the scatter if that leaves a panel for each thread.
-            k if walk == Walk::Scatter && k >= 4 * lanes * threads => 4 * lanes,
-            _ => 2 * lanes,
+            // Panels as wide as the columns allow, in whole vectors.
+            k => {
+                let vectors = k.div_ceil(lanes);
+                lanes
+                    * if vectors >= widest {
+                        widest
+                    } else if vectors >= 2 {
+                        2
+                    } else {
+                        1
+                    }
+                    .min(widest)
+            }
         };
+        // Whole panels to each member when each gets at least one: no second
+        // phase, no sum, no barrier between panels (measured faster than
+        // splitting each panel).
+        let by_panels = threads > 1 && w > 1 && k >= w * threads;
         Plan { arch, walk, lanes, w, threads, by_panels, m, n }
     }
 
-    /// Scratch of [`run`] (elements of `E`).
+    /// Scratch of [`run`] (elements of `E`): the widest layouts' need.
     fn sizes(&self) -> (usize, usize) {
         let (w, t) = (self.w, self.threads);
-        match self.walk {
-            // The operand panel, shared (or one per thread taking whole
-            // panels); an output block per thread.
-            Walk::Gather if self.by_panels => (t * self.n * w, t * BLOCK * w),
-            Walk::Gather => (self.n * w, t * BLOCK * w),
-            // An accumulator per thread; an operand block per thread.
-            Walk::Scatter => (t * self.m * w, t * BLOCK * w),
+        match (self.walk, w) {
+            (_, 0) => (0, 0),
+            // A staged operand column and output column; the scatter's accumulators.
+            (Walk::Gather, 1) => (self.n + self.m, 0),
+            (Walk::Scatter, 1) => (self.n + self.m, (t - 1) * self.m),
+            // The operand panel, shared (or one per member taking whole
+            // panels); an output block per member.
+            (Walk::Gather, _) if self.by_panels => (t * self.n * w, t * BLOCK * w),
+            (Walk::Gather, _) => (self.n * w, t * BLOCK * w),
+            // An accumulator per member; an operand block per member.
+            (Walk::Scatter, _) => (t * self.m * w, t * BLOCK * w),
         }
     }
 
@@ -535,8 +887,30 @@ impl Plan {
         StackReq::new_aligned::<E>(a, ALIGN).and(StackReq::new_aligned::<E>(b, ALIGN))
     }
 
+    /// The width of the staged panel starting `remaining` columns before the
+    /// end: the widest, or (the last panel) the narrowest kernel width that
+    /// holds every remaining column, padded (three vectors' worth takes four:
+    /// members claiming whole panels count on one panel for the rest).
     fn panel_width(&self, remaining: usize) -> usize {
-        if self.w == 1 || remaining > self.lanes { self.w } else { self.lanes }
+        if self.w <= 1 {
+            return self.w;
+        }
+        let vectors = remaining.div_ceil(self.lanes).min(self.w / self.lanes);
+        self.lanes * if vectors > 2 { 4 } else { vectors }
+    }
+
+    /// The width of the in-place panel starting `remaining` columns before
+    /// the end: whole vectors only, 0 when fewer than one vector remains.
+    fn exact_width(&self, remaining: usize) -> usize {
+        let vectors = (remaining / self.lanes).min(self.w / self.lanes);
+        self.lanes
+            * if vectors >= 4 {
+                4
+            } else if vectors >= 2 {
+                2
+            } else {
+                vectors
+            }
     }
 }
 
@@ -555,246 +929,346 @@ pub(super) fn run<I: Index, T: Scalar, E: Elem>(
     rhs: MatRef<'_, T>,
     stack: &mut MemStack,
 ) {
-    let ctx = Ctx { arch: plan.arch, a, conj, w: plan.w };
-    let body = move || {
-        if rhs.ncols() == 1 {
-            // One column, stored contiguously (as usual): no staging, and
-            // scratch only for the scatter's other threads.
-            let x = rhs.col(0).try_as_col_major().map(|c| bytemuck::cast_slice::<T, E>(c.as_slice()));
-            if let (Some(x), Some(y)) = (x, out.rb_mut().col_mut(0).try_as_col_major_mut()) {
-                let y = bytemuck::cast_slice_mut::<T, E>(y.as_slice_mut());
-                let accs = if plan.walk == Walk::Scatter { (plan.threads - 1) * plan.m } else { 0 };
-                let (mut accs, _) = stack.make_aligned_with::<E>(accs, ALIGN, |_| E::ZERO);
-                return ctx.spmv(plan, x, y, &mut accs, plan.threads);
+    let ctx = Ctx { arch: plan.arch, a, conj, plan };
+    let (s1, s2) = plan.sizes();
+    let (mut buf1, stack) = stack.make_aligned_with::<E>(s1, ALIGN, |_| E::ZERO);
+    let (mut buf2, _) = stack.make_aligned_with::<E>(s2, ALIGN, |_| E::ZERO);
+    let (buf1, buf2) = (&mut *buf1, &mut *buf2);
+    match rhs.ncols() {
+        0 => {}
+        1 => {
+            let (xs, ys) = buf1.split_at_mut(plan.n);
+            let x = match rhs.col(0).try_as_col_major() {
+                Some(c) => bytemuck::cast_slice::<T, E>(c.as_slice()),
+                None => {
+                    as_t::<E, T>(xs).iter_mut().zip(rhs.col(0).iter()).for_each(|(s, v)| *s = *v);
+                    &*xs
+                }
+            };
+            match out.rb_mut().col_mut(0).try_as_col_major_mut() {
+                Some(y) => ctx.spmv(x, bytemuck::cast_slice_mut::<T, E>(y.as_slice_mut()), buf2),
+                None => {
+                    let ys = &mut ys[..plan.m];
+                    ctx.spmv(x, ys, buf2);
+                    out.col_mut(0).iter_mut().zip(as_t::<E, T>(ys)).for_each(|(v, s)| *v = *s);
+                }
             }
         }
-        let (s1, s2) = plan.sizes();
-        let (mut buf1, stack) = stack.make_aligned_with::<E>(s1, ALIGN, |_| E::ZERO);
-        let (mut buf2, _) = stack.make_aligned_with::<E>(s2, ALIGN, |_| E::ZERO);
-        let (buf1, buf2) = (&mut *buf1, &mut *buf2);
-        if plan.by_panels {
-            ctx.split_panels(plan, rhs, out, buf1, buf2, plan.threads)
-        } else {
-            ctx.panels(plan, rhs, out, buf1, buf2, plan.threads)
-        }
-    };
-    if plan.threads > 1 {
-        // Enter rayon's pool once per product (the joins inside stay on its
-        // workers' own queues) instead of once per join.
-        rayon::scope(|_| body());
-    } else {
-        body();
+        _ => match plan.walk {
+            Walk::Gather => ctx.gather_panels(rhs, out, buf1, buf2),
+            Walk::Scatter => ctx.scatter_panels(rhs, out, buf1, buf2),
+        },
     }
 }
 
-/// What every part of one panel's product shares.
+/// What every part of a product shares.
 #[derive(Copy, Clone)]
 struct Ctx<'a, I, E> {
     arch: Arch,
     a: Parts<'a, I, E>,
     conj: bool,
-    w: usize,
+    plan: Plan,
 }
 
 impl<I: Index, E: Elem> Ctx<'_, I, E> {
-    /// Runs `walk` on `range` with rows of width `self.w` (1: scalar loops).
-    fn kernel(self, walk: Walk, range: Range<usize>, x: &[E], y: &mut [E]) {
-        let Ctx { arch, a, conj, w } = self;
-        match (walk, w) {
-            (Walk::Gather, 1) => gather1(a, conj, range, x, y),
-            (Walk::Scatter, 1) => scatter1(a, conj, range, x, y),
-            _ => arch.dispatch(Kernel { walk, a, conj, range, x, y, w }),
+    /// Runs `walk` on `range` with rows of width `x.w` (vectors; 1: scalar loops on slices).
+    fn kernel(self, walk: Walk, range: Range<usize>, x: Rows<'_, E>, y: RowsMut<'_, E>) {
+        let Ctx { arch, a, conj, .. } = self;
+        arch.dispatch(Kernel { walk, a, conj, range, x, y })
+    }
+
+    /// One contiguous column `y = A_mode · x`: the gather's members write
+    /// the rows of their chunks; the scatter's accumulate their chunks into
+    /// `y` (member 0) or their part of `accs`, then add those into `y`.
+    fn spmv(self, x: &[E], y: &mut [E], accs: &mut [E]) {
+        let (a, conj, t, m) = (self.a, self.conj, self.plan.threads, self.plan.m);
+        let count = a.chunks(t);
+        let claims = Claims::new(count);
+        match self.plan.walk {
+            Walk::Gather => {
+                let y = Disjoint::new(y);
+                team(t, |_| {
+                    claims.each(|c| {
+                        let rows = a.chunk(c, count);
+                        // SAFETY: each chunk is claimed once, and chunks are disjoint ranges of rows.
+                        let y = unsafe { y.part(rows.clone()) };
+                        gather1(a, conj, rows, x, y)
+                    })
+                })
+            }
+            Walk::Scatter if t == 1 => {
+                y.fill(E::ZERO);
+                scatter1(a, conj, 0..self.plan.n, x, y)
+            }
+            Walk::Scatter => {
+                let (ys, accs) = (Disjoint::new(y), Disjoint::new(&mut accs[..(t - 1) * m]));
+                team(t, |p| {
+                    // SAFETY: member `p` alone takes `y` (p = 0) or accumulator `p - 1`.
+                    let target = unsafe { if p == 0 { ys.part(0..m) } else { accs.part((p - 1) * m..p * m) } };
+                    target.fill(E::ZERO);
+                    claims.each(|c| {
+                        let outer = a.chunk(c, count);
+                        scatter1(a, conj, outer.clone(), &x[outer], target)
+                    })
+                });
+                // SAFETY: the first team has ended; these are the only parts alive.
+                let (y, accs) = unsafe { (ys.part(0..m), &*accs.part(0..(t - 1) * m)) };
+                let rows = Claims::new(t * CHUNKS_PER_THREAD);
+                let y = Disjoint::new(y);
+                team(t, |_| {
+                    rows.each(|c| {
+                        let r = m * c / rows.count..m * (c + 1) / rows.count;
+                        // SAFETY: each chunk of rows is claimed once; they are disjoint.
+                        let y = unsafe { y.part(r.clone()) };
+                        for acc in accs.chunks_exact(m) {
+                            for (v, s) in y.iter_mut().zip(&acc[r.clone()]) {
+                                *v = E::add1(*v, *s);
+                            }
+                        }
+                    })
+                })
+            }
         }
     }
 
-    /// `out = A_mode · rhs`, panel after panel, each on `t` threads.
-    fn panels<T: Scalar>(
-        self,
-        plan: Plan,
-        rhs: MatRef<'_, T>,
-        out: MatMut<'_, T>,
-        buf1: &mut [E],
-        buf2: &mut [E],
-        t: usize,
-    ) {
-        let (k, mut out) = (rhs.ncols(), out);
+    /// `out = A_mode · rhs` by gathers, `k >= 2`.
+    fn gather_panels<T: Scalar>(self, rhs: MatRef<'_, T>, out: MatMut<'_, T>, buf1: &mut [E], buf2: &mut [E]) {
+        let (plan, k) = (self.plan, rhs.ncols());
+        let (t, w) = (plan.threads, plan.w);
+        let mut out = out;
+        // Columns read in place: whole vectors of a row-major operand.
+        let in_place = match Rows::<E>::of_mat(rhs) {
+            Some(x) if plan.exact_width(k) > 0 => self.gather_in_place(x, out.rb_mut(), buf2),
+            _ => 0,
+        };
+        if in_place == k {
+            return;
+        }
+        let (rhs, mut out) = (rhs.subcols(in_place, k - in_place), out.subcols_mut(in_place, k - in_place));
+        let k = rhs.ncols();
+        let count = self.a.chunks(t);
+        if plan.by_panels && k >= w * t {
+            // Each member claims whole panels, with its own operand panel and block.
+            let panels = Claims::new(k.div_ceil(w));
+            let (xps, blocks) = (Disjoint::new(&mut buf1[..t * plan.n * w]), Disjoint::new(&mut buf2[..t * BLOCK * w]));
+            let out = DisjointRows { mat: out };
+            team(t, |p| {
+                // SAFETY: member `p` alone takes part `p` of each scratch.
+                let (xp, block) = unsafe {
+                    (xps.part(p * plan.n * w..(p + 1) * plan.n * w), blocks.part(p * BLOCK * w..(p + 1) * BLOCK * w))
+                };
+                panels.each(|q| {
+                    let c0 = q * w;
+                    let wq = plan.panel_width(k - c0);
+                    let wc = wq.min(k - c0);
+                    let xp = &mut xp[..plan.n * wq];
+                    copy_in(rhs.subcols(c0, wc), xp, wq);
+                    // SAFETY: panel `q` is claimed once; its columns are this member's alone.
+                    let y = unsafe { out.block(0..plan.m, c0..c0 + wc) };
+                    self.gather_block_rows(0..plan.m, Rows::of_slice(xp, wq), y, &mut block[..BLOCK * wq]);
+                })
+            });
+            return;
+        }
         let mut c0 = 0;
         while c0 < k {
-            let w = plan.panel_width(k - c0);
-            let wc = w.min(k - c0);
+            let wq = plan.panel_width(k - c0);
+            let wc = wq.min(k - c0);
             let x = rhs.subcols(c0, wc);
-            let y = out.rb_mut().subcols_mut(c0, wc);
-            let ctx = Ctx { w, ..self };
-            let blocks = &mut buf2[..t * BLOCK * w];
-            match plan.walk {
-                Walk::Gather => {
-                    let xp = &mut buf1[..plan.n * w];
-                    copy_in_par(x, 0..plan.n, xp, w, t);
-                    ctx.gather_par(0..plan.m, y, xp, blocks, t);
-                }
-                Walk::Scatter => {
-                    let accs = &mut buf1[..t * plan.m * w];
-                    ctx.scatter_par(0..plan.n, x, accs, plan.m * w, blocks, t);
-                    sum_out_par(y, 0..plan.m, accs, plan.m * w, w, t, t);
-                }
+            let xp = &mut buf1[..plan.n * wq];
+            // Stage the panel (rows split over the team), then gather.
+            {
+                let xd = Disjoint::new(xp);
+                let rows = Claims::new(if t > 1 { t * CHUNKS_PER_THREAD } else { 1 });
+                let n = plan.n;
+                team(t, |_| {
+                    rows.each(|c| {
+                        let r = n * c / rows.count..n * (c + 1) / rows.count;
+                        // SAFETY: each chunk of rows is claimed once; they are disjoint.
+                        let dst = unsafe { xd.part(r.start * wq..r.end * wq) };
+                        copy_in(x.subrows(r.start, r.len()), dst, wq);
+                    })
+                });
             }
+            let xp = Rows::of_slice(&*xp, wq);
+            let claims = Claims::new(count);
+            let blocks = Disjoint::new(&mut buf2[..t * BLOCK * wq]);
+            let y = DisjointRows { mat: out.rb_mut().subcols_mut(c0, wc) };
+            team(t, |p| {
+                // SAFETY: member `p` alone takes block `p`.
+                let block = unsafe { blocks.part(p * BLOCK * wq..(p + 1) * BLOCK * wq) };
+                claims.each(|c| {
+                    let rows = self.a.chunk(c, count);
+                    // SAFETY: each chunk is claimed once, and chunks are disjoint ranges of rows.
+                    let yc = unsafe { y.rows(rows.clone()) };
+                    self.gather_block_rows(rows, xp, yc, block);
+                })
+            });
             c0 += wc;
         }
     }
 
-    /// One contiguous column `y = A_mode · x` on `t` threads: the gather
-    /// splits the rows of `y`; the scatter splits the outer dimension, the
-    /// first part accumulating into `y`, the others into `accs` (`m` each),
-    /// then adds those into `y`.
-    fn spmv(self, plan: Plan, x: &[E], y: &mut [E], accs: &mut [E], t: usize) {
-        match plan.walk {
-            Walk::Gather => self.gather_spmv(0..plan.m, x, y, t),
-            Walk::Scatter => {
-                let accs = &mut accs[..(t - 1) * plan.m];
-                self.scatter_spmv(0..plan.n, x, y, accs, t);
-                if t > 1 {
-                    add_rows_par(y, accs, t);
+    /// The gather of the whole vectors of columns of a row-major operand
+    /// `x`, read in place, blocks of output rows through every panel in
+    /// turn. Returns the columns done.
+    fn gather_in_place<T: Scalar>(self, x: Rows<'_, E>, out: MatMut<'_, T>, buf2: &mut [E]) -> usize {
+        let (plan, k) = (self.plan, x.w);
+        let (t, w) = (plan.threads, plan.w);
+        let count = self.a.chunks(t);
+        let claims = Claims::new(count);
+        let blocks = Disjoint::new(&mut buf2[..t * BLOCK * w]);
+        let y = DisjointRows { mat: out };
+        let mut done = 0;
+        while plan.exact_width(k - done) > 0 {
+            done += plan.exact_width(k - done);
+        }
+        team(t, |p| {
+            // SAFETY: member `p` alone takes block `p`.
+            let block = unsafe { blocks.part(p * BLOCK * w..(p + 1) * BLOCK * w) };
+            claims.each(|c| {
+                let rows = self.a.chunk(c, count);
+                // SAFETY: each chunk is claimed once, and chunks are disjoint ranges of rows.
+                let mut yc = unsafe { y.rows(rows.clone()) };
+                let mut r0 = rows.start;
+                while r0 < rows.end {
+                    let len = BLOCK.min(rows.end - r0);
+                    let mut c0 = 0;
+                    while c0 < done {
+                        let wq = plan.exact_width(k - c0);
+                        let yb = yc.rb_mut().subrows_mut(r0 - rows.start, len).subcols_mut(c0, wq);
+                        self.gather_block_rows(r0..r0 + len, x.cols(c0, wq), yb, &mut block[..BLOCK * wq]);
+                        c0 += wq;
+                    }
+                    r0 += len;
                 }
-            }
-        }
+            })
+        });
+        done
     }
 
-    fn gather_spmv(self, rows: Range<usize>, x: &[E], y: &mut [E], t: usize) {
-        if t > 1 {
-            let cut = self.a.split(rows.clone(), t / 2, t);
-            let (y0, y1) = y.split_at_mut(cut - rows.start);
-            rayon::join(
-                || self.gather_spmv(rows.start..cut, x, y0, t / 2),
-                || self.gather_spmv(cut..rows.end, x, y1, t - t / 2),
-            );
-            return;
+    /// Output rows `rows` (`y`'s first row is `rows.start`; `y.ncols() <= x.w`)
+    /// from operand rows `x`: in place when `y`'s rows are contiguous and
+    /// as wide as the panel, else through `block` by blocks of rows.
+    fn gather_block_rows<T: Scalar>(self, rows: Range<usize>, x: Rows<'_, E>, y: MatMut<'_, T>, block: &mut [E]) {
+        let (w, mut y) = (x.w, y);
+        if y.ncols() == w
+            && let Some(yr) = RowsMut::of_mat(y.rb_mut())
+        {
+            return self.kernel(Walk::Gather, rows, x, yr);
         }
-        gather1(self.a, self.conj, rows, x, y)
-    }
-
-    /// Outers `outer` into `target`, and with `t > 1` threads, the later
-    /// parts into `accs` (`t - 1` accumulators of `target.len()`).
-    fn scatter_spmv(self, outer: Range<usize>, x: &[E], target: &mut [E], accs: &mut [E], t: usize) {
-        if t > 1 {
-            let m = target.len();
-            let cut = self.a.split(outer.clone(), t / 2, t);
-            let (a0, a1) = accs.split_at_mut((t / 2 - 1) * m);
-            let (target1, a1) = a1.split_at_mut(m);
-            rayon::join(
-                || self.scatter_spmv(outer.start..cut, x, target, a0, t / 2),
-                || self.scatter_spmv(cut..outer.end, x, target1, a1, t - t / 2),
-            );
-            return;
-        }
-        target.fill(E::ZERO);
-        scatter1(self.a, self.conj, outer.clone(), &x[outer], target)
-    }
-
-    /// [`Ctx::panels`] with whole panels shared out over `t` threads, each
-    /// with its own scratch (one thread's share of `buf1` and `buf2`).
-    fn split_panels<T: Scalar>(
-        self,
-        plan: Plan,
-        rhs: MatRef<'_, T>,
-        out: MatMut<'_, T>,
-        buf1: &mut [E],
-        buf2: &mut [E],
-        t: usize,
-    ) {
-        if t > 1 {
-            let panels = rhs.ncols().div_ceil(plan.w);
-            let cut = (panels * (t / 2) / t).max(1) * plan.w;
-            if cut < rhs.ncols() {
-                let (x0, x1) = rhs.split_at_col(cut);
-                let (y0, y1) = out.split_at_col_mut(cut);
-                let (a0, a1) = buf1.split_at_mut(t / 2 * (buf1.len() / t));
-                let (b0, b1) = buf2.split_at_mut(t / 2 * (buf2.len() / t));
-                rayon::join(
-                    || self.split_panels(plan, x0, y0, a0, b0, t / 2),
-                    || self.split_panels(plan, x1, y1, a1, b1, t - t / 2),
-                );
-                return;
-            }
-        }
-        self.panels(plan, rhs, out, buf1, buf2, 1)
-    }
-
-    /// Rows `rows` of the output (`y`, whose first row is `rows.start`) on `t` threads.
-    fn gather_par<T: Scalar>(self, rows: Range<usize>, y: MatMut<'_, T>, xp: &[E], blocks: &mut [E], t: usize) {
-        if t > 1 {
-            let cut = self.a.split(rows.clone(), t / 2, t);
-            let (y0, y1) = y.split_at_row_mut(cut - rows.start);
-            let (b0, b1) = blocks.split_at_mut(t / 2 * BLOCK * self.w);
-            rayon::join(
-                || self.gather_par(rows.start..cut, y0, xp, b0, t / 2),
-                || self.gather_par(cut..rows.end, y1, xp, b1, t - t / 2),
-            );
-            return;
-        }
-        let mut y = y;
-        let block = &mut blocks[..BLOCK * self.w];
         let mut r0 = rows.start;
         while r0 < rows.end {
             let len = BLOCK.min(rows.end - r0);
-            let yb = &mut block[..len * self.w];
-            self.kernel(Walk::Gather, r0..r0 + len, xp, yb);
-            copy_out(yb, self.w, y.rb_mut().subrows_mut(r0 - rows.start, len));
+            let yb = &mut block[..len * w];
+            self.kernel(Walk::Gather, r0..r0 + len, x, RowsMut::of_slice(yb, w));
+            copy_out(yb, w, y.rb_mut().subrows_mut(r0 - rows.start, len));
             r0 += len;
         }
     }
 
-    /// Operand rows `outer` (`x`'s first row is row 0 of the operand) added
-    /// into `accs` (one accumulator of `acc_len` per thread) on `t` threads.
-    fn scatter_par<T: Scalar>(
-        self,
-        outer: Range<usize>,
-        x: MatRef<'_, T>,
-        accs: &mut [E],
-        acc_len: usize,
-        blocks: &mut [E],
-        t: usize,
-    ) {
-        if t > 1 {
-            let cut = self.a.split(outer.clone(), t / 2, t);
-            let (a0, a1) = accs.split_at_mut(t / 2 * acc_len);
-            let (b0, b1) = blocks.split_at_mut(t / 2 * BLOCK * self.w);
-            rayon::join(
-                || self.scatter_par(outer.start..cut, x, a0, acc_len, b0, t / 2),
-                || self.scatter_par(cut..outer.end, x, a1, acc_len, b1, t - t / 2),
-            );
+    /// `out = A_mode · rhs` by scatters, `k >= 2`: panel by panel, each
+    /// member accumulating its chunks of the operand's rows (or, with
+    /// enough panels, its whole panels).
+    fn scatter_panels<T: Scalar>(self, rhs: MatRef<'_, T>, out: MatMut<'_, T>, buf1: &mut [E], buf2: &mut [E]) {
+        let (plan, k) = (self.plan, rhs.ncols());
+        let (t, w, m) = (plan.threads, plan.w, plan.m);
+        let x_rows = Rows::<E>::of_mat(rhs);
+        let mut out = out;
+        if t == 1 || plan.by_panels {
+            let panels = Claims::new(k.div_ceil(w));
+            let (accs, blocks) = (Disjoint::new(&mut buf1[..t * m * w]), Disjoint::new(&mut buf2[..t * BLOCK * w]));
+            let out = DisjointRows { mat: out };
+            // Panels of the widest width but the last (in place needs exact widths).
+            let starts = |q: usize| -> (usize, usize) {
+                let c0 = q * w;
+                (c0, plan.panel_width(k - c0).min(w))
+            };
+            team(t, |p| {
+                // SAFETY: member `p` alone takes part `p` of each scratch.
+                let (acc, block) =
+                    unsafe { (accs.part(p * m * w..(p + 1) * m * w), blocks.part(p * BLOCK * w..(p + 1) * BLOCK * w)) };
+                panels.each(|q| {
+                    let (c0, wq) = starts(q);
+                    let wc = wq.min(k - c0);
+                    // SAFETY: panel `q` is claimed once; its columns are this member's alone.
+                    let mut y = unsafe { out.block(0..m, c0..c0 + wc) };
+                    let x = x_rows.filter(|_| wc == wq).map(|x| x.cols(c0, wq));
+                    match RowsMut::of_mat(y.rb_mut()).filter(|_| wc == wq) {
+                        Some(mut yr) => {
+                            yr.fill(E::ZERO);
+                            self.scatter_rows(0..plan.n, x, rhs.subcols(c0, wc), yr, &mut block[..BLOCK * wq]);
+                        }
+                        None => {
+                            let acc = &mut acc[..m * wq];
+                            acc.fill(E::ZERO);
+                            let ya = RowsMut::of_slice(acc, wq);
+                            self.scatter_rows(0..plan.n, x, rhs.subcols(c0, wc), ya, &mut block[..BLOCK * wq]);
+                            copy_out(acc, wq, y);
+                        }
+                    }
+                })
+            });
             return;
         }
-        let acc = &mut accs[..acc_len];
-        acc.fill(E::ZERO);
-        let block = &mut blocks[..BLOCK * self.w];
+        let count = self.a.chunks(t);
+        let mut c0 = 0;
+        while c0 < k {
+            let wq = plan.panel_width(k - c0);
+            let wc = wq.min(k - c0);
+            let x = x_rows.filter(|_| wc == wq).map(|x| x.cols(c0, wq));
+            let xm = rhs.subcols(c0, wc);
+            let claims = Claims::new(count);
+            let acc_len = m * wq;
+            let (accs, blocks) = (Disjoint::new(&mut buf1[..t * acc_len]), Disjoint::new(&mut buf2[..t * BLOCK * wq]));
+            team(t, |p| {
+                // SAFETY: member `p` alone takes part `p` of each scratch.
+                let (acc, block) = unsafe {
+                    (accs.part(p * acc_len..(p + 1) * acc_len), blocks.part(p * BLOCK * wq..(p + 1) * BLOCK * wq))
+                };
+                acc.fill(E::ZERO);
+                claims.each(|c| {
+                    let outer = self.a.chunk(c, count);
+                    self.scatter_rows(outer, x, xm, RowsMut::of_slice(acc, wq), block);
+                })
+            });
+            // SAFETY: the team has ended; this is the only part alive.
+            let accs = unsafe { &*accs.part(0..t * acc_len) };
+            let y = DisjointRows { mat: out.rb_mut().subcols_mut(c0, wc) };
+            let rows = Claims::new(t * CHUNKS_PER_THREAD);
+            team(t, |_| {
+                rows.each(|c| {
+                    let r = m * c / rows.count..m * (c + 1) / rows.count;
+                    // SAFETY: each chunk of rows is claimed once; they are disjoint.
+                    let yc = unsafe { y.rows(r.clone()) };
+                    sum_out(yc, r, accs, acc_len, wq, t);
+                })
+            });
+            c0 += wc;
+        }
+    }
+
+    /// Adds `a_p · X[j]` into accumulator row `idx_p` for the entries of outers
+    /// `outer`: operand rows in place (`x`) or staged from `xm` (whose first
+    /// row is row 0 of the operand) through `block`, by blocks of rows.
+    fn scatter_rows<T: Scalar>(
+        self,
+        outer: Range<usize>,
+        x: Option<Rows<'_, E>>,
+        xm: MatRef<'_, T>,
+        mut acc: RowsMut<'_, E>,
+        block: &mut [E],
+    ) {
+        let w = acc.w;
+        if let Some(x) = x {
+            return self.kernel(Walk::Scatter, outer.clone(), x.rows(outer), acc);
+        }
         let mut j0 = outer.start;
         while j0 < outer.end {
             let len = BLOCK.min(outer.end - j0);
-            let xb = &mut block[..len * self.w];
-            copy_in(x.subrows(j0, len), xb, self.w);
-            self.kernel(Walk::Scatter, j0..j0 + len, xb, acc);
+            let xb = &mut block[..len * w];
+            copy_in(xm.subrows(j0, len), xb, w);
+            self.kernel(Walk::Scatter, j0..j0 + len, Rows::of_slice(xb, w), acc.rb());
             j0 += len;
-        }
-    }
-}
-
-/// `y += Σ accs` (each accumulator `y.len()` long), rows split over `t` threads.
-fn add_rows_par<E: Elem>(y: &mut [E], accs: &[E], t: usize) {
-    let m = y.len();
-    if t > 1 && m > 1 {
-        let cut = m / 2;
-        let (y0, y1) = y.split_at_mut(cut);
-        rayon::join(|| add_rows_par_at(y0, accs, m, 0), || add_rows_par_at(y1, accs, m, cut));
-        return;
-    }
-    add_rows_par_at(y, accs, m, 0)
-}
-
-/// `y[i] += Σ_p accs[p·m + offset + i]`.
-fn add_rows_par_at<E: Elem>(y: &mut [E], accs: &[E], m: usize, offset: usize) {
-    for acc in accs.chunks_exact(m) {
-        for (v, a) in y.iter_mut().zip(&acc[offset..]) {
-            *v = E::add1(*v, *a);
         }
     }
 }
@@ -821,20 +1295,6 @@ fn copy_in<T: Scalar, E: Elem>(x: MatRef<'_, T>, xp: &mut [E], w: usize) {
 /// Rows copied at a time between column-major and row-major layouts.
 const COPY_ROWS: usize = 64;
 
-/// [`copy_in`] of rows `rows` on `t` threads.
-fn copy_in_par<T: Scalar, E: Elem>(x: MatRef<'_, T>, rows: Range<usize>, xp: &mut [E], w: usize, t: usize) {
-    if t > 1 && rows.len() > 1 {
-        let cut = rows.start + rows.len() / 2;
-        let (x0, x1) = xp.split_at_mut((cut - rows.start) * w);
-        rayon::join(
-            || copy_in_par(x, rows.start..cut, x0, w, t / 2),
-            || copy_in_par(x, cut..rows.end, x1, w, t - t / 2),
-        );
-        return;
-    }
-    copy_in(x.subrows(rows.start, rows.len()), &mut xp[..rows.len() * w], w);
-}
-
 /// `y` (`wc ≤ w` columns) = `yp` (row-major, rows of `w`).
 fn copy_out<T: Scalar, E: Elem>(yp: &mut [E], w: usize, y: MatMut<'_, T>) {
     let yp = as_t::<E, T>(yp);
@@ -848,26 +1308,15 @@ fn copy_out<T: Scalar, E: Elem>(yp: &mut [E], w: usize, y: MatMut<'_, T>) {
 }
 
 /// Rows `rows` of `y` (its first row is `rows.start`) = the sum of the
-/// first `parts` accumulators in `accs` (each `acc_len` long, rows of `w`),
-/// on `t` threads.
-fn sum_out_par<T: Scalar, E: Elem>(
+/// first `parts` accumulators in `accs` (each `acc_len` long, rows of `w`).
+fn sum_out<T: Scalar, E: Elem>(
     y: MatMut<'_, T>,
     rows: Range<usize>,
     accs: &[E],
     acc_len: usize,
     w: usize,
     parts: usize,
-    t: usize,
 ) {
-    if t > 1 && rows.len() > 1 {
-        let cut = rows.start + rows.len() / 2;
-        let (y0, y1) = y.split_at_row_mut(cut - rows.start);
-        rayon::join(
-            || sum_out_par(y0, rows.start..cut, accs, acc_len, w, parts, t / 2),
-            || sum_out_par(y1, cut..rows.end, accs, acc_len, w, parts, t - t / 2),
-        );
-        return;
-    }
     let mut y = y;
     for r0 in rows.clone().step_by(COPY_ROWS) {
         let len = COPY_ROWS.min(rows.end - r0);
@@ -966,15 +1415,20 @@ mod tests {
     }
 
     /// Every plan's panels have widths the kernels have (the `unreachable!`
-    /// in `Kernel` is never hit) and fit the scratch, and with whole panels
-    /// per thread every thread gets one: every type, both walks, one lane
+    /// in `Kernel` is never hit), fit the scratch and hold the columns left,
+    /// and with whole panels per thread every thread gets one: every type, both walks, one lane
     /// (pulp's scalar set) and this machine's, k up to 300, 1 to 17 threads.
     #[test]
     fn plans_pick_widths_the_kernels_have() {
         fn check<E: Elem>(arch: Arch) {
             let lanes = arch.dispatch(Lanes::<E>(core::marker::PhantomData));
             for walk in [Walk::Gather, Walk::Scatter] {
-                let widest = if walk == Walk::Gather { 2 } else { 4 };
+                let size = core::mem::size_of::<E>();
+                let widest = if walk == Walk::Gather {
+                    [4, 2, 1].into_iter().find(|v| v * lanes * size <= 128).unwrap_or(1)
+                } else {
+                    4
+                };
                 let ok = |w: usize, k: usize| {
                     (w == 1 && k == 1)
                         || (w.is_multiple_of(lanes) && [1, 2, 4].contains(&(w / lanes)) && w / lanes <= widest)
@@ -987,6 +1441,9 @@ mod tests {
                         for left in 1..=k {
                             let w = plan.panel_width(left);
                             assert!(w <= plan.w && ok(w, k), "{what}: {w} wide with {left} columns left");
+                            // Members claiming whole panels take panel `q` at column `q·w`:
+                            // the last must hold every column left (three vectors' worth did not).
+                            assert!(w >= left.min(plan.w), "{what}: {w} wide with {left} columns left");
                         }
                         if plan.by_panels {
                             assert!(k.div_ceil(plan.w) >= plan.threads, "{what}: a thread without a panel");

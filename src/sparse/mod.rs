@@ -130,6 +130,8 @@ pub struct SparseView<'a, I, T> {
     /// Whether the indices may change after they were checked (a file's
     /// map): the kernels then never read or write at them unchecked.
     mapped: bool,
+    /// Where a team of threads cuts the outer dimension ([`Prepared`]).
+    cuts: Option<&'a [usize]>,
 }
 
 impl<I, T> Clone for SparseView<'_, I, T> {
@@ -266,7 +268,17 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
     ) -> Self {
         let (outer, inner) = format.outer_inner((nrows, ncols));
         debug_assert_eq!(check(outer, inner, indptr, indices, values.len()), Ok(()));
-        SparseView { format, nrows, ncols, ptr: indptr, nnz: None, idx: indices, val: values, mapped: false }
+        SparseView {
+            format,
+            nrows,
+            ncols,
+            ptr: indptr,
+            nnz: None,
+            idx: indices,
+            val: values,
+            mapped: false,
+            cuts: None,
+        }
     }
 
     /// The same view, its indices read from a file's map that the file's
@@ -344,7 +356,7 @@ impl<'a, I: Index, T> From<SparseRowMatRef<'a, I, T>> for SparseView<'a, I, T> {
     fn from(a: SparseRowMatRef<'a, I, T>) -> Self {
         let (sym, val) = a.parts();
         let (nrows, ncols, ptr, nnz, idx) = sym.parts();
-        SparseView { format: Format::Csr, nrows, ncols, ptr, nnz, idx, val, mapped: false }
+        SparseView { format: Format::Csr, nrows, ncols, ptr, nnz, idx, val, mapped: false, cuts: None }
     }
 }
 
@@ -353,7 +365,7 @@ impl<'a, I: Index, T> From<SparseColMatRef<'a, I, T>> for SparseView<'a, I, T> {
     fn from(a: SparseColMatRef<'a, I, T>) -> Self {
         let (sym, val) = a.parts();
         let (nrows, ncols, ptr, nnz, idx) = sym.parts();
-        SparseView { format: Format::Csc, nrows, ncols, ptr, nnz, idx, val, mapped: false }
+        SparseView { format: Format::Csc, nrows, ncols, ptr, nnz, idx, val, mapped: false, cuts: None }
     }
 }
 
@@ -541,6 +553,89 @@ impl<M: SparseStorage<T>, T: Sync + fmt::Debug> SparseStorage<T> for BothWays<M,
     fn view_for(&self, mode: Mode) -> SparseView<'_, M::Index, T> {
         let a = self.mat.view();
         if walk(a.format, mode) == Walk::Gather { a } else { self.copy() }
+    }
+}
+
+/// A sparse matrix inspected once for many products, as the "optimize"
+/// step of inspector-executor libraries: whatever the kernels would work
+/// out from the matrix at each product is worked out here, once, and
+/// reused. The plain [`Sparse`] operator on the same storage copies
+/// nothing and computes the same results; this one is opt-in.
+///
+/// What it holds now, besides the storage: for the view each walk takes
+/// (the storage's, or with [`BothWays`] the copy a mode gathers on), the
+/// cuts of its outer dimension into chunks of about equal nonzeros that a
+/// team of threads claims (`CHUNKS_PER_THREAD` chunks per thread of the
+/// `par` given, so `8 · threads + 1` offsets a view, at most two views):
+/// [`Prepared::memory`] bytes. The plain operator finds the same cuts by a
+/// binary search over the offsets at each threaded product. For the
+/// scatter's modes (`CSC·X`, `CSRᵀ·X`), wrap a [`BothWays`]: every mode then
+/// gathers, for twice the matrix's memory.
+///
+/// It works on any storage, a [`SparseView`] of raw slices included (a
+/// block of a distributed matrix's rows, say):
+///
+/// ```
+/// use lazylinop::prelude::*;
+/// use lazylinop::sparse::{BothWays, Prepared, Sparse, SparseView};
+/// use faer::Par;
+///
+/// let (ptr, idx, val) = ([0u32, 1, 3], [1u32, 0, 1], [2.0f64, 3.0, 4.0]);
+/// let a = SparseView::csr(2, 2, &ptr, &idx, &val).unwrap();
+/// let op = Sparse::new(Prepared::new(a, Par::rayon(2)));
+/// assert_eq!(op.matmat(&faer::mat![[1.0], [10.0]]), faer::mat![[20.0], [43.0]]);
+/// // Every mode a gather, and its cuts: twice the memory.
+/// let both = Sparse::new(Prepared::new(BothWays::new(a).unwrap(), Par::rayon(2)));
+/// assert_eq!(both.adjoint().matmat(&faer::mat![[1.0], [10.0]]), faer::mat![[30.0], [42.0]]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Prepared<M> {
+    mat: M,
+    /// The cuts of the views of `Mode::Apply` and `Mode::Transpose`
+    /// (conjugation does not change the view).
+    cuts: [Vec<usize>; 2],
+}
+
+impl<M> Prepared<M> {
+    /// `mat`, inspected for products on up to `par.degree()` threads (any
+    /// number of threads works; this many are balanced best).
+    pub fn new<T>(mat: M, par: Par) -> Self
+    where
+        M: SparseStorage<T>,
+    {
+        let threads = par.degree().max(1);
+        let cuts = [Mode::Apply, Mode::Transpose].map(|mode| {
+            let parts = mat.view_for(mode).parts();
+            let count = (threads * kernel::CHUNKS_PER_THREAD).max(1);
+            (0..=count).map(|c| parts.split(c, count)).collect()
+        });
+        Prepared { mat, cuts }
+    }
+
+    /// Bytes held besides the storage (the cuts).
+    pub fn memory(&self) -> usize {
+        self.cuts.iter().map(|c| c.len() * size_of::<usize>()).sum()
+    }
+
+    /// The wrapped storage.
+    pub fn inner(&self) -> &M {
+        &self.mat
+    }
+
+    /// The wrapped storage, given back.
+    pub fn into_inner(self) -> M {
+        self.mat
+    }
+}
+
+impl<T, M: SparseStorage<T>> SparseStorage<T> for Prepared<M> {
+    type Index = M::Index;
+    fn view(&self) -> SparseView<'_, M::Index, T> {
+        self.mat.view()
+    }
+    fn view_for(&self, mode: Mode) -> SparseView<'_, M::Index, T> {
+        let cuts = &self.cuts[usize::from(mode.is_transposed())];
+        SparseView { cuts: Some(cuts), ..self.mat.view_for(mode) }
     }
 }
 
