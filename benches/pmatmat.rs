@@ -1,7 +1,9 @@
 //! Parallel products side by side, in one run: faer's sequential matmul,
 //! faer's own parallel matmul, and each backend of `pmatmat`, on dense,
 //! composite and small cases (f64). Prints a table of medians, GFLOP/s and
-//! speedups over sequential faer at the end.
+//! speedups over sequential faer at the end, and writes them to
+//! `bench-results/pmatmat.csv` (replacing the rows of the cases run), which
+//! `scripts/plots.py` draws.
 //!
 //! `cargo bench --bench pmatmat` (filter with `-- dense_2000`, say).
 
@@ -16,6 +18,9 @@ use faer::{Accum, Mat, Par};
 use lazylinop::parallel::{Method, pmatmat};
 use lazylinop::prelude::*;
 use lazylinop::random;
+
+#[path = "common/results.rs"]
+mod results;
 
 /// Workers for the parallel variants: the CPUs this process may use.
 fn nworkers() -> usize {
@@ -179,7 +184,9 @@ fn flops(group: &str) -> f64 {
 }
 
 /// Prints the medians measured in this run (since `start`), with GFLOP/s and
-/// the speedup over each group's sequential variant.
+/// the speedup over each group's sequential variant, and merges them into
+/// `bench-results/pmatmat.csv` (one row per case, variant and worker count;
+/// the sequential variants count as one worker).
 fn summary(start: std::time::SystemTime) {
     let target =
         std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
@@ -189,6 +196,7 @@ fn summary(start: std::time::SystemTime) {
         groups.flatten().map(|e| e.path()).filter(|p| p.join("report").exists() || p.is_dir()).collect();
     groups.sort();
     println!("\n| case | variant | median | GFLOP/s | speedup vs sequential |\n|---|---|---|---|---|");
+    let (run, mut csv) = (results::run_id(), Vec::new());
     for group in groups {
         let name = group.file_name().unwrap().to_string_lossy().into_owned();
         let mut rows: Vec<(String, f64)> = std::fs::read_dir(&group)
@@ -214,6 +222,17 @@ fn summary(start: std::time::SystemTime) {
             let gflops = if flops(&name) > 0.0 { format!("{:.1}", flops(&name) / secs * 1e-9) } else { "-".into() };
             let speedup = base.map_or("-".into(), |b| format!("{:.2}", b / secs));
             println!("| {name} | {id} | {:.3} ms | {gflops} | {speedup} |", secs * 1e3);
+            let workers = if id == "seq" || id == "faer_seq" { 1 } else { nworkers() };
+            let blank = |v: String| if v == "-" { String::new() } else { v };
+            let row = [name.clone(), id, workers.to_string(), format!("{secs:.6e}"), blank(gflops), blank(speedup)];
+            csv.push(row.into_iter().chain([run.clone()]).collect());
+        }
+    }
+    if !csv.is_empty() {
+        let header = ["case", "variant", "workers", "seconds", "gflops", "speedup", "run"];
+        match results::merge("pmatmat.csv", &header, 3, csv) {
+            Ok(path) => println!("\nwritten to {}", path.display()),
+            Err(e) => eprintln!("could not write bench-results/pmatmat.csv: {e}"),
         }
     }
 }

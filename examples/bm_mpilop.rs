@@ -28,6 +28,11 @@
 //! mpirun -n 2 target/release/examples/bm_mpilop sparse [rows k reps [per_row [band]]]
 //! mpirun -n 2 target/release/examples/bm_mpilop sparse file.npz [k reps]
 //! ```
+//!
+//! With `--csv` (anywhere in the arguments), rank 0 also merges its rows into
+//! `bench-results/mpilop.csv` (one per case, rank count, `bcast_op` and
+//! product, replacing those of an earlier run), which `scripts/plots.py`
+//! draws; runs with 1 and 2 ranks each add theirs.
 
 use std::time::Instant;
 
@@ -40,6 +45,65 @@ use lazylinop::prelude::*;
 use lazylinop::random;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
+
+#[path = "../benches/common/results.rs"]
+mod results;
+
+/// The columns of `bench-results/mpilop.csv`; the first four are a row's key.
+const CSV_HEADER: [&str; 11] = [
+    "case",
+    "ranks",
+    "bcast_op",
+    "product",
+    "anchor_seconds",
+    "build_seconds",
+    "first_seconds",
+    "steady_seconds",
+    "gflops",
+    "speedup",
+    "run",
+];
+
+/// One row of `bench-results/mpilop.csv`: `anchor` is one process's time for the same product
+/// (`None` where not measured).
+#[allow(clippy::too_many_arguments)]
+fn csv_row(
+    case: &str,
+    ranks: i32,
+    bcast_op: bool,
+    product: &str,
+    anchor: Option<f64>,
+    build: f64,
+    first: f64,
+    steady: f64,
+    flops: f64,
+) -> Vec<String> {
+    let secs = |t: f64| format!("{t:.6e}");
+    vec![
+        case.to_string(),
+        ranks.to_string(),
+        bcast_op.to_string(),
+        product.to_string(),
+        anchor.map_or(String::new(), secs),
+        secs(build),
+        secs(first),
+        secs(steady),
+        format!("{:.3}", flops / steady * 1e-9),
+        anchor.map_or(String::new(), |a| format!("{:.3}", a / steady)),
+        results::run_id(),
+    ]
+}
+
+/// Merges rank 0's rows into `bench-results/mpilop.csv` when `--csv` was given.
+fn write_csv(rows: Vec<Vec<String>>) {
+    if rows.is_empty() {
+        return;
+    }
+    match results::merge("mpilop.csv", &CSV_HEADER, 4, rows) {
+        Ok(path) => println!("written to {}", path.display()),
+        Err(e) => eprintln!("could not write bench-results/mpilop.csv: {e}"),
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -59,14 +123,20 @@ fn timed(world: &SimpleCommunicator, f: impl FnOnce()) -> f64 {
 fn main() {
     let universe = mpi::initialize().expect("MPI initializes");
     let world = universe.world();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.split_first() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let csv = args.iter().any(|a| a == "--csv");
+    args.retain(|a| a != "--csv");
+    let rows = match args.split_first() {
         Some((first, rest)) if first == "sparse" => sparse(&world, rest),
         _ => dense(&world, &args),
+    };
+    if csv && world.rank() == 0 {
+        write_csv(rows);
     }
 }
 
-fn dense(world: &SimpleCommunicator, args: &[String]) {
+/// The dense case; returns rank 0's rows for the CSV.
+fn dense(world: &SimpleCommunicator, args: &[String]) -> Vec<Vec<String>> {
     let (rank, size) = (world.rank(), world.size());
     let mut args = args.iter().map(|a| a.parse::<usize>().expect("usage: bm_mpilop [n k reps]"));
     let (n, k, reps) = (args.next().unwrap_or(4000), args.next().unwrap_or(256), args.next().unwrap_or(5));
@@ -104,6 +174,8 @@ fn dense(world: &SimpleCommunicator, args: &[String]) {
     }
     world.barrier();
 
+    let case = format!("dense_{n}x{n}_x_{k}");
+    let mut rows = Vec::new();
     for bcast_op in [false, true] {
         let t_trusted = timed(world, || {
             drop(MpiLop::<f64>::new_trusted(world, &path, None, bcast_op, Some((n, n))).unwrap());
@@ -146,8 +218,11 @@ fn dense(world: &SimpleCommunicator, args: &[String]) {
                 first_adj * 1e3,
                 steady_adj * 1e3
             );
+            rows.push(csv_row(&case, size, bcast_op, "apply", Some(t_seq), t_build, first, steady, flops));
+            rows.push(csv_row(&case, size, bcast_op, "adjoint", None, t_build, first_adj, steady_adj, flops));
         }
     }
+    rows
 }
 
 /// This process's resident memory in bytes: `Rss` and `Anonymous` of
@@ -218,8 +293,8 @@ fn idle_barrier(world: &SimpleCommunicator) {
     }
 }
 
-/// The sparse case (see the top of the file).
-fn sparse(world: &SimpleCommunicator, args: &[String]) {
+/// The sparse case (see the top of the file); returns rank 0's rows for the CSV.
+fn sparse(world: &SimpleCommunicator, args: &[String]) -> Vec<Vec<String>> {
     use faer::sparse::{SparseRowMatRef, SymbolicSparseRowMatRef};
     use mpi::traits::Root;
     let (rank, size) = (world.rank(), world.size());
@@ -368,6 +443,11 @@ fn sparse(world: &SimpleCommunicator, args: &[String]) {
     }
     idle_barrier(world);
 
+    let case = match &given {
+        Some(path) => format!("sparse_{}_x_{k}", path.file_stem().unwrap_or_default().to_string_lossy()),
+        None => format!("sparse_{m}x{n}_nnz{nnz}_x_{k}"),
+    };
+    let mut rows = Vec::new();
     let mut l = Some(l);
     for bcast_op in [false, true] {
         let l = match l.take() {
@@ -409,10 +489,13 @@ fn sparse(world: &SimpleCommunicator, args: &[String]) {
                 seq[3] / steady_adj,
                 first_adj / steady_adj
             );
+            rows.push(csv_row(&case, size, bcast_op, "apply", Some(seq[1]), t_build, first, steady, flops));
+            rows.push(csv_row(&case, size, bcast_op, "adjoint", Some(seq[3]), t_build, first_adj, steady_adj, flops));
         }
     }
     world.barrier();
     if rank == 0 && given.is_none() {
         let _ = std::fs::remove_file(&path);
     }
+    rows
 }

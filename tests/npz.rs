@@ -662,6 +662,7 @@ fn open_hostile(name: &str, bytes: &[u8]) -> Result<Mat<f64>, NpzError> {
     });
     let bound = (64 << 10) + 8 * bytes.len();
     assert!(peak <= bound, "{name}: peak heap {peak} bytes, more than {bound}, in {took:?}");
+    println!("hostile {name}: {took:?}, peak heap {peak} bytes for a {}-byte file", bytes.len());
     std::fs::remove_file(&path).unwrap();
     result
 }
@@ -747,13 +748,14 @@ fn deflated_member_padded_past_the_ratio_check_allocates_as_data_arrives() {
     raw.size = (header.len() - 8000 + rows * cols * 8) as u32;
     let path = temp_npz("padded", &zip_archive(&[raw]));
     let p = path.clone();
-    let (result, peak, _) = bounded(std::time::Duration::from_secs(5), move || {
+    let (result, peak, took) = bounded(std::time::Duration::from_secs(5), move || {
         let m = NpzMatrix::open(&p, None)?;
         m.read_rows::<f64>(0..1)
     });
     let err = result.unwrap_err();
     assert!(matches!(err.kind(), NpzErrorKind::Truncated), "{err}");
     assert!(peak < 1 << 20, "peak heap {peak} bytes");
+    println!("hostile padded: {took:?}, peak heap {peak} bytes");
     std::fs::remove_file(&path).unwrap();
 }
 
