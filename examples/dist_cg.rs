@@ -93,6 +93,7 @@ fn main() {
         (slowest, done)
     };
     let mut solution = None;
+    let mut peaks = vec![0u64; size];
     for (label, variant, m, k, key) in [
         ("CG", CgVariant::Standard, None, 1, "cg_none"),
         ("CG, fused (one allreduce)", CgVariant::Fused, None, 1, "cg_fused"),
@@ -115,6 +116,11 @@ fn main() {
         });
         let per = t / iters as f64;
         emit(key, k, per);
+        emit(&format!("{key}_iterations"), k, info.iterations as f64);
+        if key == "cg_jacobi" {
+            // Peak memory of the one-right-hand-side distributed solves.
+            world.all_gather_into(&peak_rss(), &mut peaks[..]);
+        }
         if rank == 0 {
             println!(
                 "| {label} | {} | {:.1e} | {:.3} | {:.3} |",
@@ -139,9 +145,6 @@ fn main() {
             println!("| {label} | {} | {:.1e} | | |", info.iterations, info.rel_residuals[0]);
         }
     }
-    // Peak memory of the distributed solves (before the replicated one's whole vectors).
-    let mut peaks = vec![0u64; size];
-    world.all_gather_into(&peak_rss(), &mut peaks[..]);
     // The replicated solve: faer's CG on every rank, whole vectors gathered on every rank.
     let lr = MpiLop::<f64>::new(&world, &path, None, false, None)
         .unwrap()
@@ -179,7 +182,7 @@ fn main() {
             t / iters as f64 * 1e3
         );
         println!(
-            "distributed and replicated solutions differ by {err:.1e} (relative); peak RSS per rank in the distributed solves {:?} MB",
+            "distributed and replicated solutions differ by {err:.1e} (relative); peak RSS per rank in the distributed one-right-hand-side solves {:?} MB",
             peaks.iter().map(|p| p >> 20).collect::<Vec<_>>()
         );
         emit("peak_rss", 1, *peaks.iter().max().unwrap() as f64);

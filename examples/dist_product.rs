@@ -20,7 +20,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::{Mat, Par};
+use faer::{MatMut, MatRef, Par};
 use lazylinop::gallery::{Grid, laplacian_3d};
 use lazylinop::mpi::{DistMat, DistOp, MpiLop};
 use lazylinop::npz::SparseNpz;
@@ -118,13 +118,16 @@ fn main() {
         // The local kernel alone: this rank's rows (global columns) on a whole operand.
         let npz = SparseNpz::open(&path).unwrap();
         let rows = l.row_layout().local_range();
-        let xw = Mat::<f64>::from_fn(n, k, |i, j| 1.0 + ((i * 7 + j * 3) % 11) as f64);
+        // Row-major whole operand and outputs, as a DistMat's rows are (the kernel reads them in place).
+        let xw_data: Vec<f64> = (0..n * k).map(|p| 1.0 + (((p / k) * 7 + (p % k) * 3) % 11) as f64).collect();
+        let xw = MatRef::from_row_major_slice(&xw_data, n, k);
         let t_kernel = {
             let part = npz.part::<f64, u32>(rows.clone()).expect("an int32 file");
             let op = Sparse::new(part.view());
-            let mut yw = Mat::<f64>::zeros(rows.len(), k);
+            let mut yw_data = vec![0.0; rows.len() * k];
+            let mut yw = MatMut::from_row_major_slice_mut(&mut yw_data, rows.len(), k);
             let mut kbuf = MemBuffer::new(op.apply_scratch(k, Par::Seq));
-            timed(&world, reps, || op.apply(yw.as_mut(), xw.as_ref(), Par::Seq, MemStack::new(&mut kbuf)))
+            timed(&world, reps, || op.apply(yw.as_mut(), xw, Par::Seq, MemStack::new(&mut kbuf)))
         };
         // The exchange alone: the halo's messages, rank to rank, the same sizes.
         let send: Vec<Vec<f64>> = stats.send_to.iter().map(|&(_, e)| vec![1.0; e * k]).collect();
@@ -148,20 +151,23 @@ fn main() {
             })
         });
         // Replicated: the whole operand on every rank, the whole result gathered on every rank.
-        let mut yr = Mat::<f64>::zeros(m, k);
+        let mut yr_data = vec![0.0; m * k];
+        let mut yr = MatMut::from_row_major_slice_mut(&mut yr_data, m, k);
         let mut rbuf = MemBuffer::new(l.apply_scratch(k, Par::Seq));
-        let t_repl = timed(&world, reps, || l.apply(yr.as_mut(), xw.as_ref(), Par::Seq, MemStack::new(&mut rbuf)));
+        let t_repl = timed(&world, reps, || l.apply(yr.as_mut(), xw, Par::Seq, MemStack::new(&mut rbuf)));
         // The distributed result is the replicated one.
         let got = y.gather(Gather::All).unwrap().unwrap();
-        let err = (&got - &yr).norm_max() / yr.norm_max().max(1.0);
+        let err = (&got - yr.as_ref()).norm_max() / yr.norm_max().max(1.0);
         assert!(err < 1e-12, "distributed and replicated products differ: {err:e}");
         let mut total_nnz = 0usize;
         world.all_reduce_into(&nnz, &mut total_nnz, mpi::collective::SystemOperation::sum());
         let flops = 2.0 * (total_nnz * k) as f64;
         // Each rank's vector memory against its rows and ghosts.
         let want = ((stats.rows.max(stats.cols) + stats.ghosts) * k * 8) as f64;
-        let mine = [vec_rss as f64, want, matrix_rss as f64, stats.ghosts as f64, stats.neighbours() as f64];
-        let mut all = vec![0.0f64; 5 * size];
+        let scratch = l.dist_scratch(Mode::Apply, k, Par::Seq).size_bytes();
+        let mine =
+            [vec_rss as f64, want, matrix_rss as f64, stats.ghosts as f64, stats.neighbours() as f64, scratch as f64];
+        let mut all = vec![0.0f64; 6 * size];
         world.all_gather_into(&mine[..], &mut all[..]);
         if rank == 0 {
             println!(
@@ -175,12 +181,13 @@ fn main() {
                 t_repl / t_dist
             );
             for r in 0..size {
-                let a = &all[5 * r..5 * r + 5];
+                let a = &all[6 * r..6 * r + 6];
                 println!(
-                    "    rank {r}: {} ghosts from {} neighbours; operand + halo buffers + scratch {:.2} MB against (rows + ghosts)·k·8 = {:.2} MB ({:.2}×); matrix {:.1} MB",
+                    "    rank {r}: {} ghosts from {} neighbours; operand + halo buffers + scratch {:.2} MB (scratch {:.2} MB) against (rows + ghosts)·k·8 = {:.2} MB ({:.2}×); matrix {:.1} MB",
                     a[3],
                     a[4],
                     a[0] / 1e6,
+                    a[5] / 1e6,
                     a[1] / 1e6,
                     a[0] / a[1],
                     a[2] / 1e6
@@ -193,6 +200,8 @@ fn main() {
                 {
                     writeln!(f, "lazylinop,{name},{m},{size},{k},product,{variant},{t:.9}").unwrap();
                 }
+                let ratio = (0..size).map(|r| all[6 * r] / all[6 * r + 1]).fold(0.0, f64::max);
+                writeln!(f, "lazylinop,{name},{m},{size},{k},memory_ratio,distributed,{ratio:.4}").unwrap();
             }
         }
         world.barrier();

@@ -3,13 +3,17 @@ PETSc 3.18 through petsc4py (Debian's python3-petsc4py), run under mpirun.
 
     mpirun -n 2 -x PYTHONPATH /usr/bin/python3 scripts/bench_petsc.py product FILE [reps] [csv]
     mpirun -n 2 -x PYTHONPATH /usr/bin/python3 scripts/bench_petsc.py cg FILE ITERS [pc] [csv]
+    mpirun -n 2 -x PYTHONPATH /usr/bin/python3 scripts/bench_petsc.py counts FILE [csv]
 
 with PYTHONPATH=/usr/lib/petscdir/petsc3.18/x86_64-linux-gnu-real/lib/python3/dist-packages
 (scripts/bench_distributed.sh sets it). Each rank reads its rows of the CSR
 matrix (PETSc's default split: equal rows). `product` times MatMult (k = 1)
 and MatMatMult with a dense 16-column matrix; `cg` times KSPCG with a fixed
 number of iterations (tolerance 0), without preconditioner (`none`) or with
-`jacobi`. Figures: the median over runs of the slowest rank; CSV lines
+`jacobi`. `counts` gives the iterations to a relative residual of 1e-8 of
+KSPCG and of KSPGMRES(30), each without preconditioner and with Jacobi, the
+residual unpreconditioned (CG's norm type UNPRECONDITIONED, GMRES's
+preconditioner on the right), as this crate's solvers measure it. Figures: the median over runs of the slowest rank; CSV lines
 `petsc,name,rows,ranks,k,what,variant,seconds` appended to `csv` on rank 0.
 """
 
@@ -109,11 +113,40 @@ def cg(path, iters, pc, csv):
     emit(csv, name, n, 1, f"cg_{pc}_rss", "petsc", max(peaks) if rank == 0 else 0)
 
 
+def counts(path, csv):
+    a, n = load(path)
+    name = os.path.splitext(os.path.basename(path))[0].replace("lazylinop-", "").replace("-", "")
+    x, b = a.createVecs()
+    b.set(1.0)
+    found = []
+    for kind, pc in [("cg", "none"), ("cg", "jacobi"), ("gmres", "none"), ("gmres", "jacobi")]:
+        ksp = PETSc.KSP().create(comm=comm)
+        ksp.setOperators(a)
+        ksp.setType(kind)
+        ksp.getPC().setType(pc)
+        if kind == "cg":
+            ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
+        else:
+            ksp.setGMRESRestart(30)
+            ksp.setPCSide(PETSc.PC.Side.RIGHT)
+        ksp.setTolerances(rtol=1e-8, atol=0.0, max_it=10000)
+        x.set(0.0)
+        ksp.solve(b, x)
+        its = ksp.getIterationNumber()
+        key = f"{kind}{'30' if kind == 'gmres' else ''}_{pc}_iterations"
+        found.append((key, its, ksp.getConvergedReason()))
+        emit(csv, name, n, 1, key, "petsc", its)
+    if rank == 0:
+        print(f"PETSc iterations to 1e-8, {size} rank(s), {n} rows: " + ", ".join(f"{k} {i} (reason {r})" for k, i, r in found))
+
+
 if __name__ == "__main__":
     cmd, path = sys.argv[1], sys.argv[2]
     if cmd == "product":
         product(path, int(sys.argv[3]) if len(sys.argv) > 3 else 20, sys.argv[4] if len(sys.argv) > 4 else None)
     elif cmd == "cg":
         cg(path, int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "none", sys.argv[5] if len(sys.argv) > 5 else None)
+    elif cmd == "counts":
+        counts(path, sys.argv[3] if len(sys.argv) > 3 else None)
     else:
         sys.exit(f"unknown command {cmd}")

@@ -899,6 +899,16 @@ impl Plan {
         self.lanes * if vectors > 2 { 4 } else { vectors }
     }
 
+    /// How many of `k` columns of a row-major operand the gather reads in
+    /// place: the panels of [`Plan::exact_width`], one after the other.
+    fn in_place(&self, k: usize) -> usize {
+        let mut done = 0;
+        while self.exact_width(k - done) > 0 {
+            done += self.exact_width(k - done);
+        }
+        done
+    }
+
     /// The width of the in-place panel starting `remaining` columns before
     /// the end: whole vectors only, 0 when fewer than one vector remains.
     fn exact_width(&self, remaining: usize) -> usize {
@@ -931,13 +941,29 @@ pub(super) fn run<I: Index, T: Scalar, E: Elem>(
 ) {
     let ctx = Ctx { arch: plan.arch, a, conj, plan };
     let (s1, s2) = plan.sizes();
+    // Only the staging this product's layouts need is initialized (the
+    // rest of the request is the widest layouts' need, never touched):
+    // contiguous one-column operands and row-major panels read in place.
+    let contiguous = |c: faer::ColRef<'_, T>| c.try_as_col_major().is_some();
+    let s1 = match rhs.ncols() {
+        0 => 0,
+        1 if out.as_ref().col(0).try_as_col_major().is_some() => {
+            if contiguous(rhs.col(0)) {
+                0
+            } else {
+                plan.n
+            }
+        }
+        k if plan.walk == Walk::Gather && Rows::<E>::of_mat(rhs).is_some() && plan.in_place(k) == k => 0,
+        _ => s1,
+    };
     let (mut buf1, stack) = stack.make_aligned_with::<E>(s1, ALIGN, |_| E::ZERO);
     let (mut buf2, _) = stack.make_aligned_with::<E>(s2, ALIGN, |_| E::ZERO);
     let (buf1, buf2) = (&mut *buf1, &mut *buf2);
     match rhs.ncols() {
         0 => {}
         1 => {
-            let (xs, ys) = buf1.split_at_mut(plan.n);
+            let (xs, ys) = buf1.split_at_mut(plan.n.min(buf1.len()));
             let x = match rhs.col(0).try_as_col_major() {
                 Some(c) => bytemuck::cast_slice::<T, E>(c.as_slice()),
                 None => {
@@ -1118,10 +1144,7 @@ impl<I: Index, E: Elem> Ctx<'_, I, E> {
         let claims = Claims::new(count);
         let blocks = Disjoint::new(&mut buf2[..t * BLOCK * w]);
         let y = DisjointRows { mat: out };
-        let mut done = 0;
-        while plan.exact_width(k - done) > 0 {
-            done += plan.exact_width(k - done);
-        }
+        let done = plan.in_place(k);
         team(t, |p| {
             // SAFETY: member `p` alone takes block `p`.
             let block = unsafe { blocks.part(p * BLOCK * w..(p + 1) * BLOCK * w) };
