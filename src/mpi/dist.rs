@@ -437,7 +437,17 @@ impl<T: Scalar> DistOp<T> for DistDiag<T> {
 }
 
 /// `out[i, j] = d[i] · rhs[i, j]` (`conj(d[i])` with `conj`).
-pub(crate) fn scale_rows<T: Scalar>(mut out: MatMut<'_, T>, d: MatRef<'_, T>, rhs: MatRef<'_, T>, conj_d: bool) {
+fn scale_rows<T: Scalar>(mut out: MatMut<'_, T>, d: MatRef<'_, T>, rhs: MatRef<'_, T>, conj_d: bool) {
+    if out.ncols() == 1 {
+        // One column: one vectorized pass (a loop over rows of one entry is not).
+        let z = zip!(out.col_mut(0), d.col(0), rhs.col(0));
+        if conj_d {
+            z.for_each(|unzip!(o, d, x)| *o = mul(&conj(d), x));
+        } else {
+            z.for_each(|unzip!(o, d, x)| *o = mul(d, x));
+        }
+        return;
+    }
     for i in 0..out.nrows() {
         let di = if conj_d { conj(&d[(i, 0)]) } else { d[(i, 0)] };
         zip!(out.rb_mut().row_mut(i), rhs.row(i)).for_each(|unzip!(o, x)| *o = mul(&di, x));

@@ -58,7 +58,8 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
     let layout = a.row_layout();
     let k = b.ncols();
     let mut r = zeros::<T>(layout, k);
-    let mut z = zeros::<T>(layout, k);
+    // `M·r`; without a preconditioner, `r` itself.
+    let mut z = zeros::<T>(layout, if m.is_some() { k } else { 0 });
     let mut p = zeros::<T>(layout, k);
     let mut q = zeros::<T>(layout, k);
     // r = b − A·x
@@ -118,12 +119,21 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
 
     match variant {
         CgVariant::Standard => {
-            work.precond(m, z.as_mut(), r.as_ref())?;
-            p.local_mut().copy_from(z.local());
+            // Without a preconditioner `z` is `r` (not a copy), and `rᴴz` is `‖r‖²`.
+            if m.is_some() {
+                work.precond(m, z.as_mut(), r.as_ref())?;
+            }
+            let zl = if m.is_some() { z.local() } else { r.local() };
+            p.local_mut().copy_from(zl);
             let red = work.reduce(3 * k, |v| {
-                local_dots(r.local(), z.local(), &mut v[..k]);
+                if m.is_some() {
+                    local_dots(r.local(), zl, &mut v[..k]);
+                }
                 local_dots(r.local(), r.local(), &mut v[k..2 * k]);
                 local_dots(b.local(), b.local(), &mut v[2 * k..]);
+                if m.is_none() {
+                    v.copy_within(k..2 * k, 0);
+                }
             })?;
             gamma.copy_from_slice(&red[..k]);
             rr.copy_from_slice(&red[k..2 * k]);
@@ -157,10 +167,17 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                 axpy(x.local_mut(), &alpha, p.local());
                 neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
                 axpy(r.local_mut(), &neg, q.local());
-                work.precond(m, z.as_mut(), r.as_ref())?;
+                if m.is_some() {
+                    work.precond(m, z.as_mut(), r.as_ref())?;
+                }
+                let zl = if m.is_some() { z.local() } else { r.local() };
                 let red = work.reduce(2 * k, |v| {
-                    local_dots(r.local(), z.local(), &mut v[..k]);
                     local_dots(r.local(), r.local(), &mut v[k..]);
+                    if m.is_some() {
+                        local_dots(r.local(), zl, &mut v[..k]);
+                    } else {
+                        v.copy_within(k.., 0);
+                    }
                 })?;
                 new_gamma.copy_from_slice(&red[..k]);
                 rr.copy_from_slice(&red[k..]);
@@ -179,19 +196,26 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                     }
                     gamma[j] = new_gamma[j];
                 }
-                xpby(p.local_mut(), z.local(), &beta);
+                xpby(p.local_mut(), zl, &beta);
             }
             info.iterations = it;
         }
         CgVariant::Fused => {
             // u = M·r (in z), w = A·u (in q), s = A·p by recurrence.
             let mut s = zeros::<T>(layout, k);
-            work.precond(m, z.as_mut(), r.as_ref())?;
-            work.apply(a, Mode::Apply, q.as_mut(), z.as_ref())?;
+            if m.is_some() {
+                work.precond(m, z.as_mut(), r.as_ref())?;
+            }
+            let u = if m.is_some() { z.as_ref() } else { r.as_ref() };
+            work.apply(a, Mode::Apply, q.as_mut(), u)?;
             let red = work.reduce(4 * k, |v| {
-                local_dots(r.local(), z.local(), &mut v[..k]);
-                local_dots(z.local(), q.local(), &mut v[k..2 * k]);
                 local_dots(r.local(), r.local(), &mut v[2 * k..3 * k]);
+                if m.is_some() {
+                    local_dots(r.local(), u.local(), &mut v[..k]);
+                } else {
+                    v.copy_within(2 * k..3 * k, 0);
+                }
+                local_dots(u.local(), q.local(), &mut v[k..2 * k]);
                 local_dots(b.local(), b.local(), &mut v[3 * k..]);
             })?;
             gamma.copy_from_slice(&red[..k]);
@@ -213,7 +237,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                     alpha[j] = gamma[j] / delta[j];
                 }
             }
-            p.local_mut().copy_from(z.local());
+            p.local_mut().copy_from(u.local());
             s.local_mut().copy_from(q.local());
             let mut it = 0;
             while !done && it < params.max_iters {
@@ -226,12 +250,19 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                 axpy(x.local_mut(), &alpha, p.local());
                 neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
                 axpy(r.local_mut(), &neg, s.local());
-                work.precond(m, z.as_mut(), r.as_ref())?;
-                work.apply(a, Mode::Apply, q.as_mut(), z.as_ref())?;
+                if m.is_some() {
+                    work.precond(m, z.as_mut(), r.as_ref())?;
+                }
+                let u = if m.is_some() { z.as_ref() } else { r.as_ref() };
+                work.apply(a, Mode::Apply, q.as_mut(), u)?;
                 let red = work.reduce(3 * k, |v| {
-                    local_dots(r.local(), z.local(), &mut v[..k]);
-                    local_dots(z.local(), q.local(), &mut v[k..2 * k]);
                     local_dots(r.local(), r.local(), &mut v[2 * k..]);
+                    if m.is_some() {
+                        local_dots(r.local(), u.local(), &mut v[..k]);
+                    } else {
+                        v.copy_within(2 * k.., 0);
+                    }
+                    local_dots(u.local(), q.local(), &mut v[k..2 * k]);
                 })?;
                 new_gamma.copy_from_slice(&red[..k]);
                 new_delta.copy_from_slice(&red[k..2 * k]);
@@ -257,7 +288,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                     }
                     gamma[j] = new_gamma[j];
                 }
-                xpby(p.local_mut(), z.local(), &beta);
+                xpby(p.local_mut(), u.local(), &beta);
                 xpby(s.local_mut(), q.local(), &beta);
             }
             info.iterations = it;
