@@ -7,8 +7,8 @@ docs/plots/, with Python's standard library only (no install needed):
     scripts/plots.py [--results DIR] [--out DIR]
 
 One function per area turns the rows of one CSV file into plots; AREAS lists them. A missing
-file is skipped. To add an area (say bench-results/distributed.csv), write a function
-`distributed(rows) -> [(file name, svg text)]` with `line_chart` and add it to AREAS.
+file is skipped. To add an area (bench-results/NAME.csv), write a function
+`NAME(rows) -> [(file name, svg text)]` with `line_chart` and add it to AREAS.
 """
 
 import argparse
@@ -211,11 +211,58 @@ def sparse(rows):
     return plots
 
 
+def distributed(rows):
+    """bench-results/distributed.csv (scripts/bench_distributed.sh): milliseconds against MPI
+    ranks, this crate and PETSc from the same run (medians over its rounds): CG per iteration, and
+    the product for each k."""
+    values = defaultdict(list)
+    for r in rows:
+        values[(r["source"], r["name"], int(r["ranks"]), int(r["k"]), r["what"], r["variant"])].append(float(r["value"]))
+
+    def median(v):
+        v = sorted(v)
+        return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+    def line(label, source, name, k, what, variant, scale=1e3):
+        pts = sorted((p, median(v) * scale) for (s, n, p, kk, w, var), v in values.items()
+                     if (s, n, kk, w, var) == (source, name, k, what, variant))
+        return {"label": label, "points": pts}
+
+    plots = []
+    for name in sorted({key[1] for key in values}):
+        rows_of = next(r["rows"] for r in rows if r["name"] == name)
+        cg = [
+            line("CG", "lazylinop", name, 1, "cg_none", "lazylinop"),
+            line("CG, fused", "lazylinop", name, 1, "cg_fused", "lazylinop"),
+            line("CG, Jacobi", "lazylinop", name, 1, "cg_jacobi", "lazylinop"),
+            line("block CG k=16, per RHS", "lazylinop", name, 16, "cg16_none", "lazylinop", 1e3 / 16),
+            line("faer CG, replicated", "lazylinop", name, 1, "cg_replicated", "lazylinop"),
+            line("PETSc KSPCG", "petsc", name, 1, "cg_none", "petsc"),
+            line("PETSc KSPCG, Jacobi", "petsc", name, 1, "cg_jacobi", "petsc"),
+        ]
+        svg = line_chart(f"CG: {name}", f"{rows_of} rows, f64; this crate and PETSc 3.18 in the same run",
+                         "MPI ranks", "ms per iteration", [s for s in cg if s["points"]])
+        if svg:
+            plots.append((f"distributed_cg_{name}.svg", svg))
+        for k in (1, 16):
+            prod = [
+                line("distributed (halo)", "lazylinop", name, k, "product", "distributed"),
+                line("replicated (Gather::All)", "lazylinop", name, k, "product", "replicated"),
+                line("PETSc " + ("MatMult" if k == 1 else "MatMatMult"), "petsc", name, k, "product", "petsc"),
+            ]
+            svg = line_chart(f"distributed product: {name}, k = {k}", f"{rows_of} rows, f64, same run",
+                             "MPI ranks", "ms per product", [s for s in prod if s["points"]])
+            if svg:
+                plots.append((f"distributed_product_{name}_k{k}.svg", svg))
+    return plots
+
+
 # CSV file in the results directory -> the function drawing its plots.
 AREAS = {
     "pmatmat.csv": pmatmat,
     "mpilop.csv": mpilop,
     "sparse.csv": sparse,
+    "distributed.csv": distributed,
 }
 
 
