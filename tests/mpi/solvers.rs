@@ -5,6 +5,7 @@ use super::dist::{same_error_everywhere_solve, saved_sparse};
 use super::*;
 use faer::c64;
 use faer::sparse::{SparseRowMat, Triplet};
+use faer::traits::math_utils::{add, mul};
 use lazylinop::gallery::{Grid, laplacian_3d};
 use lazylinop::mpi::{DistMat, DistOp, MpiLop};
 use lazylinop::solvers::{self, CgVariant, InitialGuess, Params, SolveError, SolveInfo};
@@ -84,7 +85,7 @@ fn cg_of<T: Exact>(world: &SimpleCommunicator) {
     for k in [1, 3] {
         let b = random::mat::<T>(a.nrows(), k, 5);
         let db = DistMat::from_full(l.row_layout(), b.as_ref());
-        for variant in [CgVariant::Standard, CgVariant::Fused] {
+        for variant in [CgVariant::Standard, CgVariant::Fused, CgVariant::Block] {
             for (name, m) in pcs {
                 let what = format!("cg {variant:?} {name} k = {k} [{}]", T::DTYPE);
                 let mut x = DistMat::zeros(l.col_layout(), k);
@@ -115,6 +116,30 @@ fn cg_of<T: Exact>(world: &SimpleCommunicator) {
             }
         }
     }
+    // Block CG on a rank-deficient block (columns b, 2b, b + c): truncated, still solved,
+    // and in no more iterations than the columns side by side.
+    let b0 = random::mat::<T>(a.nrows(), 2, 9);
+    let two = T::from_c64(c64::new(2.0, 0.0));
+    let b = faer::Mat::<T>::from_fn(a.nrows(), 3, |i, j| match j {
+        0 => b0[(i, 0)],
+        1 => mul(&two, &b0[(i, 0)]),
+        _ => add(&b0[(i, 0)], &b0[(i, 1)]),
+    });
+    let db = DistMat::from_full(l.row_layout(), b.as_ref());
+    let params = Params::default().rel_tolerance(tol).max_iters(500);
+    let mut its = [0; 2];
+    for (v, variant) in [CgVariant::Standard, CgVariant::Block].into_iter().enumerate() {
+        let what = format!("cg {variant:?}, dependent right-hand sides [{}]", T::DTYPE);
+        let mut x = DistMat::zeros(l.col_layout(), 3);
+        let info = solvers::cg(x.as_mut(), &l, None, db.as_ref(), params, variant, None, Par::Seq)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        same_info(world, &info, &what);
+        for (j, r) in true_residuals(dense.as_ref(), &x, b.as_ref()).into_iter().enumerate() {
+            assert!(r <= 20.0 * tol, "{what}: column {j}'s true relative residual {r:e} ({info:?})");
+        }
+        its[v] = info.iterations;
+    }
+    assert!(its[1] <= its[0], "block CG took {} iterations, side by side {}", its[1], its[0]);
     world.barrier();
     if world.rank() == 0 {
         std::fs::remove_file(&path).unwrap();
@@ -222,6 +247,9 @@ fn solver_failures_are_the_same_on_every_rank(world: &SimpleCommunicator) {
     assert!(matches!(got, Err(SolveError::Breakdown { iteration: 1, .. })), "{got:?}");
     same_error_everywhere_solve(world, got, "positive definite");
     let got = solvers::cg(x.as_mut(), &l, None, b.as_ref(), Params::default(), CgVariant::Fused, None, Par::Seq);
+    same_error_everywhere_solve(world, got, "positive definite");
+    let got = solvers::cg(x.as_mut(), &l, None, b.as_ref(), Params::default(), CgVariant::Block, None, Par::Seq);
+    assert!(matches!(got, Err(SolveError::Breakdown { iteration: 1, .. })), "block: {got:?}");
     same_error_everywhere_solve(world, got, "positive definite");
     // Too few iterations on the positive definite one.
     let path2 = saved_sparse(world, "pos", a.as_ref());
