@@ -1,4 +1,6 @@
-//! [`save`]: one matrix as a new `.npz`, written atomically.
+//! [`save`] (a dense matrix) and [`save_sparse`] (a CSR or CSC matrix, as scipy's `save_npz`),
+//! each as a new `.npz` written atomically, its members stored and their data 64-byte aligned
+//! so that readers (and ranks) map them in place.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -144,7 +146,8 @@ fn descr_of(dtype: Dtype) -> String {
 /// the `.npy` preamble and header npyz writes (`descr` such as `<f8`, `order`, `shape`), which it
 /// pads to a multiple of 64 bytes as numpy does, so that the data starts 64-byte aligned in the
 /// file. `data_len` is the number of data bytes that will follow (written by the caller: npyz's
-/// element writer would go one element at a time).
+/// element writer would go one element at a time). npyz's own `.npz` writer (feature `npz`) is
+/// not used: it is built on zip 0.6, a second zip beside the 7.x that aligns members here.
 fn start_member<W: Write + io::Seek>(
     zip: &mut zip::ZipWriter<W>,
     name: &str,
