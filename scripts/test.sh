@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check of the crate: formatting, clippy and tests with the
-# default features (what users get) and with all features, the docs, and the
+# default features (what users get) and with all features, the docs (also as
+# docs.rs builds them), the oldest Rust declared, `cargo package`, and the
 # MPI tests under mpirun with 1 to 4 ranks, and a rank killed in the middle
 # of a product. Installs what they need when it is missing (OpenMPI and
 # libclang from Debian's packages; rustfmt, clippy).
@@ -21,8 +22,29 @@ cargo clippy --all-targets -- -D warnings
 step "cargo clippy (all targets, all features)"
 cargo clippy --all-targets --all-features -- -D warnings
 
-step "cargo doc (all features; broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+step "cargo doc, default features and feature mpi (warnings and broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features mpi --quiet
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    # As docs.rs builds it (Cargo.toml's [package.metadata.docs.rs]): nightly, --cfg docsrs.
+    RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo +nightly doc --no-deps --features mpi --quiet \
+        --target-dir target/docsrs
+fi
+
+step "rust-version: cargo check on the oldest Rust that Cargo.toml declares"
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+if command -v rustup >/dev/null; then
+    rustup toolchain install "$msrv" --profile minimal
+    cargo "+$msrv" check --all-targets --all-features --quiet --target-dir target/msrv
+else
+    echo "rustup not found: rust-version $msrv not checked" >&2
+fi
+
+step "cargo package (builds the crate from the packaged files alone)"
+cargo package --quiet
+# Every file the tests and benchmarks read (fixtures included) is in the package.
+missing=$(comm -23 <(git ls-files tests benches examples src | sort) <(cargo package --list | sort))
+[ -z "$missing" ] || { echo "not packaged: $missing" >&2; exit 1; }
 
 step "cargo test (default features)"
 cargo test

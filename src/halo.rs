@@ -10,7 +10,7 @@
 //! its rows that hold such entries ("compressed rows") and numbers its
 //! columns by their position in the sorted list of ghosts. A product then
 //! multiplies the diagonal block while the ghosts travel, and adds the
-//! off-diagonal block once they are in ([`crate::mpi`] does that over MPI).
+//! off-diagonal block once they are in (the `mpi` module, feature `mpi`, does that over MPI).
 //!
 //! [`Blocks`] is that split of one part; [`stats`] computes what every part
 //! of a split receives and sends per product (neighbours, ghost entries) in
@@ -319,7 +319,7 @@ pub fn stats(
 }
 
 /// [`stats`] for a scipy sparse file split over `parts` as
-/// [`MpiLop`](crate::mpi) splits it: a CSR file by rows and a CSC file by
+/// `mpi::MpiLop` (feature `mpi`) splits it: a CSR file by rows and a CSC file by
 /// columns, in blocks of about equal numbers of stored entries, the other
 /// dimension (the vectors' split on the other side) the same blocks for a
 /// square matrix and even blocks otherwise. For a CSC file, "rows" are the

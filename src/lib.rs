@@ -33,18 +33,23 @@
 //!   ([`parallel::thread`]), forked processes (`parallel::process`, unix) or
 //!   MPI ranks (`parallel::pmatmat_mpi`, feature `mpi`).
 //! - [`sparse`]: [`Sparse`](sparse::Sparse), faer's CSR and CSC matrices
-//!   (or checked raw slices) as operators, with a multi-column SIMD kernel
-//!   that uses `Par`'s threads; [`BothWays`](sparse::BothWays) holds a
-//!   matrix in both formats.
-//! - [`npz`]: one 2-D member of a numpy `.npz` file, read through a memory
-//!   map (row blocks viewed in place or copied), and [`npz::save`]; scipy
-//!   sparse `.npz` files (CSR, CSC) read by shares of their nonzeros
-//!   ([`npz::SparseNpz`]), and [`npz::save_sparse`].
+//!   (or checked raw slices) as operators, with multi-column SIMD kernels
+//!   that use `Par`'s threads (cut by nonzeros, once, with
+//!   [`Prepared`](sparse::Prepared)) on column- or row-major operands;
+//!   [`BothWays`](sparse::BothWays) holds a matrix in both formats.
+//! - [`npz`]: numpy `.npz` files through a memory map: a dense 2-D member
+//!   read by blocks of rows (viewed in place or copied,
+//!   [`npz::NpzMatrix`]), scipy sparse files (CSR, CSC) by shares of their
+//!   nonzeros ([`npz::SparseNpz`]), each `.npy` header parsed by npyz behind
+//!   a guard; and [`npz::save`], [`npz::save_sparse`], which write members
+//!   that ranks map in place.
 //! - `mpi` (feature `mpi`): MPI's one home: the communicator each operator
 //!   duplicates, the rules of collective products, `MpiLop`, a matrix
 //!   from a `.npz` (dense, or scipy csr/csc) distributed over MPI ranks, and
 //!   distributed vectors (`Layout`, `DistMat`) with the operators that take
 //!   them (`DistOp`: halo exchanges for sparse matrices).
+//! - `solvers` (feature `mpi`): CG, GMRES(m) and LSQR on distributed
+//!   operators and vectors, with Jacobi and block-Jacobi preconditioners.
 //! - [`Scalar`]: the four scalar types (`f32`, `f64`, `c32`, `c64`) that
 //!   shared memory, MPI and `.npz` files carry, and their [`Dtype`].
 //! - [`dottest()`]: checks that an operator's adjoint matches its product.
@@ -88,6 +93,8 @@
 //! | `pmatmat`, `pmatmat_multithread`, `pmatmat_multiprocess` | [`parallel::pmatmat`], [`parallel::pmatmat_multithread`], [`parallel::pmatmat_multiprocess`] |
 //! | `pmatmat_mpi`, `MPILop` (feature `mpi`) | `parallel::pmatmat_mpi`, `mpi::MpiLop` |
 #![deny(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly rustdoc): mark each item of the `mpi` feature as such.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub use faer;

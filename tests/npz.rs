@@ -1384,6 +1384,38 @@ fn mutants_of_the_fixtures_fail_cleanly() {
     assert!(count > 3000, "only {count} mutants");
 }
 
+/// A zip end of central directory record declaring `count` members in `cd_size` bytes at
+/// `cd_offset`.
+fn end_record(count: u16, cd_size: u32, cd_offset: u32) -> Vec<u8> {
+    let mut out = b"PK\x05\x06\0\0\0\0".to_vec();
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+#[test]
+fn many_end_records_are_not_each_searched_from() {
+    // 4.4 MB of end records, each declaring one member at offset 0. A reader that looks for the
+    // end record anywhere in the file, and for a central directory before each one it tries,
+    // takes time quadratic in the file's size; the end record is in the last 64 KiB.
+    let bytes = end_record(1, 46, 0).repeat(200_000);
+    expect_err(open_hostile("end_records", &bytes), "central directory", |k| matches!(k, NpzErrorKind::NotZip(_)));
+}
+
+#[test]
+fn declared_member_count_reserves_nothing_before_the_entries_are_read() {
+    // 640 KB of padding, one zeroed central directory entry, and an end record declaring 65535
+    // members in it: room for the declared entries may not be reserved before they are read.
+    let mut bytes = vec![0u8; 640_000];
+    bytes.extend_from_slice(b"PK\x01\x02");
+    bytes.extend_from_slice(&[0; 42]);
+    bytes.extend_from_slice(&end_record(u16::MAX, 46, 640_000));
+    expect_err(open_hostile("member_count", &bytes), "65535 members", |k| matches!(k, NpzErrorKind::NotZip(_)));
+}
+
 #[test]
 fn named_pipe_is_refused_without_waiting_for_a_writer() {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fifo_{}.npz", std::process::id()));

@@ -1,15 +1,24 @@
-//! The `.npy` header: its preamble (magic, version, length) and a strict parser of its dict.
+//! The `.npy` header of a member: its preamble, a guard, then npyz's parse.
 //!
-//! numpy reads the dict with `ast.literal_eval` and then requires exactly the keys `descr`,
-//! `fortran_order` and `shape`, a boolean order and a tuple of integers for the shape. This
-//! parser accepts the Python literals such a dict can hold (strings, integers, `True`, `False`,
-//! `None`, tuples, lists, dicts) and nothing else, in one pass: its time is linear in the
-//! header's length, which is bounded by [`MAX_HEADER_LEN`] before anything is parsed, and its
-//! nesting by [`MAX_DEPTH`]. It is stricter than numpy in two places, where a file would read
-//! differently in different tools: a key given twice and a dict nested deeper than
-//! [`MAX_DEPTH`] are refused.
+//! npyz ([`npyz::NpyHeader`]) parses the header dict with py_literal, whose time grows
+//! exponentially with the nesting depth of its input (a value nested 10 levels deep takes
+//! seconds, 12 levels minutes), and allocates as many bytes as the preamble declares. So npyz
+//! only sees text that passed this module's guard:
+//! - [`preamble`]: the magic, a known version, and a declared length within numpy's limit for
+//!   untrusted input ([`MAX_HEADER_LEN`], `np.load`'s `max_header_size`) and within the member,
+//!   checked before a byte of the dict is read;
+//! - [`scan`], one linear pass over the dict refusing what no header of a dtype this crate
+//!   reads holds: anything but a dict of the keys `descr`, `fortran_order` and `shape` (each at
+//!   most once), a value nested deeper than a tuple in the dict, a shape of more than
+//!   [`MAX_DIMS`] dimensions or of anything but decimal integers, a shape whose size overflows
+//!   64 bits (npyz multiplies the dimensions unchecked), escape sequences. A structured dtype
+//!   (`descr` a list of fields) is named in the error without being parsed.
+//!
+//! npyz then parses the dict, the dtype (a [`TypeStr`]: kind, size, byte order) and the order,
+//! and [`parse`] keeps numpy's rule where npyz is laxer: the shape must be a tuple (numpy
+//! refuses a list; npyz reads both).
 
-use std::fmt;
+use npyz::{DType, Endianness, NpyHeader, TypeChar, TypeStr};
 
 use super::IndexDtype;
 use super::NpzErrorKind;
@@ -18,17 +27,15 @@ use crate::Dtype;
 /// numpy's limit on the header's length for untrusted input (`np.load`'s `max_header_size`).
 pub(crate) const MAX_HEADER_LEN: usize = 10_000;
 
-/// The deepest nesting accepted: the dict, a structured dtype's list of fields, a field's
-/// tuple, its sub-array shape, and some room for nested structured dtypes (refused later as
-/// unsupported, but named in the error).
-pub(crate) const MAX_DEPTH: usize = 16;
+/// The most dimensions an array can have (numpy 2's `NPY_MAXDIMS`).
+pub(crate) const MAX_DIMS: usize = 64;
 
-/// The length of the preamble (magic, version, header length), the header's declared length
-/// and whether it is UTF-8 (format 3.0) rather than latin-1, from the first bytes of a member.
+/// The length of the preamble (magic, version, header length) and the header's declared
+/// length, from the first bytes of a member.
 ///
 /// `prefix` may be shorter than the preamble: then `Ok(None)` means "read more" when `prefix`
 /// is still a prefix of a valid preamble.
-pub(crate) fn preamble(prefix: &[u8]) -> Result<Option<(usize, usize, bool)>, NpzErrorKind> {
+pub(crate) fn preamble(prefix: &[u8]) -> Result<Option<(usize, usize)>, NpzErrorKind> {
     const MAGIC: &[u8] = b"\x93NUMPY";
     let n = prefix.len().min(MAGIC.len());
     if prefix[..n] != MAGIC[..n] {
@@ -37,10 +44,9 @@ pub(crate) fn preamble(prefix: &[u8]) -> Result<Option<(usize, usize, bool)>, Np
     if prefix.len() < 8 {
         return Ok(None);
     }
-    let (len_bytes, utf8) = match (prefix[6], prefix[7]) {
-        (1, 0) => (2, false),
-        (2, 0) => (4, false),
-        (3, 0) => (4, true),
+    let len_bytes = match (prefix[6], prefix[7]) {
+        (1, 0) => 2,
+        (2 | 3, 0) => 4,
         (major, minor) => {
             return Err(NpzErrorKind::BadHeader(format!("unknown .npy format version {major}.{minor}")));
         }
@@ -53,7 +59,7 @@ pub(crate) fn preamble(prefix: &[u8]) -> Result<Option<(usize, usize, bool)>, Np
              input (max_header_size)"
         )));
     }
-    Ok(Some((8 + len_bytes, declared, utf8)))
+    Ok(Some((8 + len_bytes, declared)))
 }
 
 /// The element types this module recognizes in a header's `descr`.
@@ -92,7 +98,7 @@ impl Elem {
 pub(crate) struct Header {
     /// The element type, `None` for another dtype (named by `descr`).
     pub elem: Option<Elem>,
-    /// The `descr` value, as Python's `repr` writes it (e.g. `'<i8'`).
+    /// The dtype as numpy writes it (e.g. `'<i8'`).
     pub descr: String,
     /// Whether the elements are big-endian.
     pub big_endian: bool,
@@ -100,338 +106,302 @@ pub(crate) struct Header {
     pub shape: Vec<u64>,
 }
 
-/// A Python literal.
-#[derive(Debug, PartialEq)]
-enum Value {
-    Str(String),
-    Int(i128),
-    Bool(bool),
-    None,
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
-    Dict(Vec<(Value, Value)>),
-}
-
-/// Writes a value as Python's `repr` would.
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let seq = |f: &mut fmt::Formatter<'_>, items: &[Value]| {
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    f.write_str(", ")?;
-                }
-                write!(f, "{v}")?;
-            }
-            Ok(())
-        };
-        match self {
-            Value::Str(s) => write!(f, "'{}'", s.escape_default()),
-            Value::Int(i) => write!(f, "{i}"),
-            Value::Bool(b) => f.write_str(if *b { "True" } else { "False" }),
-            Value::None => f.write_str("None"),
-            Value::Tuple(items) => {
-                f.write_str("(")?;
-                seq(f, items)?;
-                f.write_str(if items.len() == 1 { ",)" } else { ")" })
-            }
-            Value::List(items) => {
-                f.write_str("[")?;
-                seq(f, items)?;
-                f.write_str("]")
-            }
-            Value::Dict(items) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in items.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{k}: {v}")?;
-                }
-                f.write_str("}")
-            }
-        }
-    }
-}
-
-/// A recursive-descent parser over the header's bytes.
-struct Parser<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    utf8: bool,
-}
-
 fn bad(why: impl Into<String>) -> NpzErrorKind {
     NpzErrorKind::BadHeader(why.into())
 }
 
-impl Parser<'_> {
-    fn skip_space(&mut self) {
-        while self.bytes.get(self.pos).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')) {
+/// The keys of a header dict, in the order [`scan`] numbers them.
+const KEYS: [&str; 3] = ["descr", "fortran_order", "shape"];
+
+/// What [`scan`] found: the text npyz is to parse and what npyz does not tell.
+#[derive(Debug)]
+struct Scanned {
+    /// The dict, with the `L` suffixes of Python 2's long integers dropped (as numpy's own
+    /// reader drops them for format 1.0 and 2.0 headers).
+    text: Vec<u8>,
+    /// Whether the shape is written as a list.
+    list_shape: bool,
+}
+
+/// A token of the dict: a string (its contents), a word (a name or a number: letters,
+/// digits, `_ . + -`), a punctuation byte, or the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token<'a> {
+    Str(&'a [u8]),
+    Word(&'a [u8]),
+    Punct(u8),
+    End,
+}
+
+/// A cursor over the dict's tokens.
+struct Tokens<'a> {
+    text: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Tokens<'a> {
+    /// The next token, and the position where it starts.
+    fn next(&mut self) -> Result<(Token<'a>, usize), NpzErrorKind> {
+        let text = self.text;
+        while text.get(self.pos).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\x0c' | b'\r' | b'\n')) {
             self.pos += 1;
         }
-    }
-
-    fn peek(&mut self) -> Option<u8> {
-        self.skip_space();
-        self.bytes.get(self.pos).copied()
-    }
-
-    fn unexpected(&self) -> NpzErrorKind {
-        match self.bytes.get(self.pos) {
-            Some(&b) => bad(format!("unexpected {:?} at byte {} of the header dict", b as char, self.pos)),
-            None => bad("the header dict ends early"),
-        }
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Value, NpzErrorKind> {
-        if depth > MAX_DEPTH {
-            return Err(bad(format!("values nested more than {MAX_DEPTH} levels deep")));
-        }
-        match self.peek() {
-            Some(b'{') => {
-                self.pos += 1;
-                let mut items = Vec::new();
-                loop {
-                    if self.peek() == Some(b'}') {
-                        self.pos += 1;
-                        return Ok(Value::Dict(items));
-                    }
-                    let key = match self.peek() {
-                        Some(b'\'' | b'"' | b'u' | b'U') => self.value(depth + 1)?,
-                        _ => return Err(bad(format!("a key that is not a string, at byte {}", self.pos))),
-                    };
-                    if self.peek() != Some(b':') {
-                        return Err(self.unexpected());
-                    }
-                    self.pos += 1;
-                    let value = self.value(depth + 1)?;
-                    if items.iter().any(|(k, _)| *k == key) {
-                        return Err(bad(format!("the key {key} is given twice")));
-                    }
-                    items.push((key, value));
-                    match self.peek() {
-                        Some(b',') => self.pos += 1,
-                        Some(b'}') => {}
-                        _ => return Err(self.unexpected()),
-                    }
-                }
-            }
-            Some(open @ (b'(' | b'[')) => {
-                self.pos += 1;
-                let close = if open == b'(' { b')' } else { b']' };
-                let mut items = Vec::new();
-                let mut comma = false;
-                loop {
-                    if self.peek() == Some(close) {
-                        self.pos += 1;
-                        break;
-                    }
-                    items.push(self.value(depth + 1)?);
-                    match self.peek() {
-                        Some(b',') => {
-                            self.pos += 1;
-                            comma = true;
-                        }
-                        Some(c) if c == close => {}
-                        _ => return Err(self.unexpected()),
-                    }
-                }
-                Ok(match (open, items.len(), comma) {
-                    // `(x)` is `x` in Python, not a tuple.
-                    (b'(', 1, false) => items.pop().unwrap_or(Value::None),
-                    (b'(', ..) => Value::Tuple(items),
-                    _ => Value::List(items),
-                })
-            }
-            Some(b'u' | b'U') if matches!(self.bytes.get(self.pos + 1), Some(b'\'' | b'"')) => {
-                self.pos += 1;
-                self.string()
-            }
-            Some(b'\'' | b'"') => self.string(),
-            Some(b'-' | b'+' | b'0'..=b'9') => self.int(),
-            Some(b'A'..=b'Z' | b'a'..=b'z') => {
-                let start = self.pos;
-                while self.bytes.get(self.pos).is_some_and(u8::is_ascii_alphanumeric) {
-                    self.pos += 1;
-                }
-                match &self.bytes[start..self.pos] {
-                    b"True" => Ok(Value::Bool(true)),
-                    b"False" => Ok(Value::Bool(false)),
-                    b"None" => Ok(Value::None),
-                    word => Err(bad(format!("unexpected name {:?} in the header dict", String::from_utf8_lossy(word)))),
-                }
-            }
-            _ => Err(self.unexpected()),
-        }
-    }
-
-    fn string(&mut self) -> Result<Value, NpzErrorKind> {
-        let quote = self.bytes[self.pos];
-        self.pos += 1;
-        let mut raw = Vec::new();
-        loop {
-            match self.bytes.get(self.pos) {
-                None | Some(b'\n') => return Err(bad("a string in the header dict is not closed")),
-                Some(&b) if b == quote => break,
-                Some(b'\\') => {
-                    let escaped = match self.bytes.get(self.pos + 1) {
-                        Some(&c @ (b'\\' | b'\'' | b'"')) => c,
-                        _ => return Err(bad("an escape sequence in the header dict")),
-                    };
-                    raw.push(escaped);
-                    self.pos += 2;
-                }
-                Some(&b) => {
-                    raw.push(b);
-                    self.pos += 1;
-                }
-            }
-        }
-        self.pos += 1;
-        let s = if self.utf8 {
-            String::from_utf8(raw).map_err(|_| bad("a string of the header dict is not UTF-8"))?
-        } else {
-            raw.iter().map(|&b| b as char).collect()
-        };
-        Ok(Value::Str(s))
-    }
-
-    fn int(&mut self) -> Result<Value, NpzErrorKind> {
         let start = self.pos;
-        if matches!(self.bytes[self.pos], b'-' | b'+') {
-            self.pos += 1;
-        }
-        let digits = self.pos;
-        while self.bytes.get(self.pos).is_some_and(u8::is_ascii_digit) {
-            self.pos += 1;
-        }
-        let text = std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or_default();
-        let body = &self.bytes[digits..self.pos];
-        if body.is_empty() || (body.len() > 1 && body[0] == b'0') {
-            return Err(bad(format!("{text:?} is not an integer")));
-        }
-        // Python 2's long integers, as old numpy wrote shapes: `(3L, 4L)`.
-        if matches!(self.bytes.get(self.pos), Some(b'L' | b'l')) {
-            self.pos += 1;
-        }
-        if self.bytes.get(self.pos).is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_')) {
-            return Err(bad(format!("a number other than an integer at byte {start} of the header dict")));
-        }
-        text.parse::<i128>().map(Value::Int).map_err(|_| bad(format!("the integer {text} is too large")))
-    }
-}
-
-/// The element type of a plain descr such as `'<f8'` this module reads, with whether it is
-/// big-endian (`'|'`: no byte order, for one-byte elements).
-fn elem_of(descr: &str) -> Option<(Elem, bool)> {
-    let (big_endian, rest) = match descr.as_bytes().first()? {
-        b'<' | b'|' => (false, &descr[1..]),
-        b'>' => (true, &descr[1..]),
-        b'=' => (cfg!(target_endian = "big"), &descr[1..]),
-        _ => (cfg!(target_endian = "big"), descr),
-    };
-    let elem = match rest {
-        "f4" => Elem::Scalar(Dtype::Float32),
-        "f8" => Elem::Scalar(Dtype::Float64),
-        "c8" => Elem::Scalar(Dtype::Complex64),
-        "c16" => Elem::Scalar(Dtype::Complex128),
-        "i4" => Elem::Int(IndexDtype::Int32),
-        "i8" => Elem::Int(IndexDtype::Int64),
-        _ => {
-            // `S<n>`: n bytes (numpy writes `|S3`), at most a header's worth.
-            let n = rest.strip_prefix('S')?;
-            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 5 {
-                return None;
+        let Some(&c) = text.get(start) else { return Ok((Token::End, start)) };
+        let word = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-');
+        let token = match c {
+            b'\'' | b'"' => {
+                // One line, no escapes: numpy writes none in a header this crate reads, and a
+                // reader that skipped them differently from py_literal could hide nesting.
+                let len = text[start + 1..].iter().position(|&b| b == c || b == b'\\' || b == b'\n');
+                match len.map(|n| (n, text[start + 1 + n])) {
+                    Some((n, b)) if b == c => {
+                        self.pos = start + n + 2;
+                        Token::Str(&text[start + 1..start + 1 + n])
+                    }
+                    Some((_, b'\\')) => return Err(bad("an escape sequence in the header dict")),
+                    _ => return Err(bad("a string in the header dict is not closed")),
+                }
             }
-            Elem::Bytes(n.parse().ok()?)
-        }
-    };
-    // `'|'` (no byte order) only for elements without one.
-    if descr.starts_with('|') && matches!(elem, Elem::Scalar(_) | Elem::Int(_)) {
-        return None;
+            _ if word(&c) => {
+                let n = text[start..].iter().position(|b| !word(b)).unwrap_or(text.len() - start);
+                self.pos = start + n;
+                Token::Word(&text[start..start + n])
+            }
+            _ => {
+                self.pos = start + 1;
+                Token::Punct(c)
+            }
+        };
+        Ok((token, start))
     }
-    Some((elem, big_endian))
 }
 
-/// Parses the header dict `text` (the bytes after the preamble), as numpy validates it.
-pub(crate) fn parse(text: &[u8], utf8: bool) -> Result<Header, NpzErrorKind> {
-    let mut p = Parser { bytes: text, pos: 0, utf8 };
-    let value = p.value(0)?;
-    if p.peek().is_some() {
-        return Err(p.unexpected());
+/// Why `token` at byte `at` is out of place.
+fn unexpected(token: Token<'_>, at: usize) -> String {
+    match token {
+        Token::End => "the header dict ends early".into(),
+        Token::Str(s) | Token::Word(s) => {
+            format!("unexpected {:?} at byte {at} of the header dict", String::from_utf8_lossy(s))
+        }
+        Token::Punct(c) => format!("unexpected {:?} at byte {at} of the header dict", c as char),
     }
-    let Value::Dict(items) = value else {
-        return Err(bad(format!("the header is {value}, not a dict")));
-    };
-    let (mut descr, mut fortran_order, mut shape) = (None, None, None);
-    for (key, value) in items {
-        let slot = match &key {
-            Value::Str(k) if k == "descr" => &mut descr,
-            Value::Str(k) if k == "fortran_order" => &mut fortran_order,
-            Value::Str(k) if k == "shape" => &mut shape,
-            _ => return Err(bad(format!("the header has an extra key {key} (numpy refuses it)"))),
+}
+
+/// Checks, in one pass, that `text` (the bytes after the preamble) is a dict of numpy's keys
+/// whose values are scalars or, for the shape, one flat tuple or list of decimal integers whose
+/// product fits 64 bits (see the module's documentation).
+///
+/// # Errors
+/// [`NpzErrorKind::BadHeader`] for what no such header holds, and
+/// [`NpzErrorKind::UnsupportedDtype`] for a structured dtype.
+fn scan(text: &[u8]) -> Result<Scanned, NpzErrorKind> {
+    let mut tokens = Tokens { text, pos: 0 };
+    let mut dropped = Vec::new();
+    let mut seen = [false; 3];
+    let (mut list_shape, mut structured) = (false, None);
+    if tokens.next()?.0 != Token::Punct(b'{') {
+        return Err(bad("the header is not a dict"));
+    }
+    loop {
+        let key = match tokens.next()? {
+            (Token::Punct(b'}'), _) => break,
+            (Token::Str(s), _) => match KEYS.iter().position(|k| k.as_bytes() == s) {
+                Some(k) if seen[k] => return Err(bad(format!("the key '{}' is given twice", KEYS[k]))),
+                Some(k) => k,
+                None => {
+                    let key = String::from_utf8_lossy(s);
+                    return Err(bad(format!("the header has an extra key '{key}' (numpy refuses it)")));
+                }
+            },
+            (token, at) => return Err(bad(format!("a key that is not a string: {}", unexpected(token, at)))),
         };
-        *slot = Some(value);
+        seen[key] = true;
+        match tokens.next()? {
+            (Token::Punct(b':'), _) => {}
+            (token, at) => return Err(bad(unexpected(token, at))),
+        }
+        match tokens.next()? {
+            (Token::Str(_) | Token::Word(_), _) => {}
+            (Token::Punct(b'['), at) if KEYS[key] == "descr" => {
+                // A structured dtype: skip its fields (counting brackets), to name it.
+                let mut depth = 1;
+                while depth > 0 {
+                    match tokens.next()? {
+                        (Token::Punct(b'[' | b'(' | b'{'), _) => depth += 1,
+                        (Token::Punct(b']' | b')' | b'}'), _) => depth -= 1,
+                        (Token::End, _) => return Err(bad("the header dict ends early")),
+                        _ => {}
+                    }
+                }
+                structured = Some(at..tokens.pos);
+            }
+            (Token::Punct(open @ (b'(' | b'[')), _) => {
+                let close = if open == b'(' { b')' } else { b']' };
+                let is_shape = KEYS[key] == "shape";
+                list_shape |= is_shape && open == b'[';
+                let (mut items, mut size) = (0, 1u64);
+                loop {
+                    let (item, at) = match tokens.next()? {
+                        (Token::Punct(c), _) if c == close => break,
+                        (Token::Str(s) | Token::Word(s), at) => (s, at),
+                        (Token::Punct(b'(' | b'[' | b'{'), _) => {
+                            return Err(bad(format!("'{}' holds values nested more than a tuple deep", KEYS[key])));
+                        }
+                        (token, at) => return Err(bad(unexpected(token, at))),
+                    };
+                    items += 1;
+                    if items > MAX_DIMS {
+                        return Err(bad(format!("'{}' holds more than {MAX_DIMS} values", KEYS[key])));
+                    }
+                    if is_shape {
+                        // A decimal integer as Python 3 writes it, or Python 2's `3L`.
+                        let digits = item.strip_suffix(b"L").or_else(|| item.strip_suffix(b"l")).unwrap_or(item);
+                        if digits.len() < item.len() {
+                            dropped.push(at + digits.len());
+                        }
+                        let decimal = !digits.is_empty()
+                            && digits.iter().all(u8::is_ascii_digit)
+                            && (digits.len() == 1 || digits[0] != b'0');
+                        if !decimal {
+                            return Err(bad(format!(
+                                "'shape' holds {:?}: not a tuple of non-negative integers (numpy refuses anything else)",
+                                String::from_utf8_lossy(item)
+                            )));
+                        }
+                        // Dimensions of 0 are left out: npyz multiplies the others in any order.
+                        let dim = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u64>().ok());
+                        size = match dim {
+                            Some(0) => size,
+                            Some(d) => size.checked_mul(d).ok_or_else(|| bad("the shape's size overflows 64 bits"))?,
+                            None => {
+                                return Err(bad(format!(
+                                    "the integer {} is too large",
+                                    String::from_utf8_lossy(digits)
+                                )));
+                            }
+                        };
+                    }
+                    match tokens.next()? {
+                        (Token::Punct(b','), _) => {}
+                        (Token::Punct(c), _) if c == close => break,
+                        (token, at) => return Err(bad(unexpected(token, at))),
+                    }
+                }
+            }
+            (token @ Token::Punct(b'{'), at) => {
+                return Err(bad(format!("'{}' holds a dict or set ({})", KEYS[key], unexpected(token, at))));
+            }
+            (token, at) => return Err(bad(unexpected(token, at))),
+        }
+        match tokens.next()? {
+            (Token::Punct(b','), _) => {}
+            (Token::Punct(b'}'), _) => break,
+            (token, at) => return Err(bad(unexpected(token, at))),
+        }
     }
-    let missing = |key: &str| bad(format!("the header has no key '{key}'"));
-    let (descr, fortran_order, shape) = (
-        descr.ok_or_else(|| missing("descr"))?,
-        fortran_order.ok_or_else(|| missing("fortran_order"))?,
-        shape.ok_or_else(|| missing("shape"))?,
-    );
-    let Value::Bool(fortran_order) = fortran_order else {
-        return Err(bad(format!("'fortran_order' is {fortran_order}, not True or False")));
+    if let (token @ (Token::Str(_) | Token::Word(_) | Token::Punct(_)), at) = tokens.next()? {
+        return Err(bad(format!("text after the header dict: {}", unexpected(token, at))));
+    }
+    if let Some(span) = structured {
+        // No structured dtype is read: name it (numpy writes it as a list of fields).
+        let descr = String::from_utf8_lossy(&text[span]);
+        let descr: String = if descr.chars().count() > 200 {
+            descr.chars().take(200).chain("…".chars()).collect()
+        } else {
+            descr.into_owned()
+        };
+        return Err(NpzErrorKind::UnsupportedDtype(format!("{descr} (a structured dtype)")));
+    }
+    let mut out = text.to_vec();
+    for at in dropped.into_iter().rev() {
+        out.remove(at);
+    }
+    Ok(Scanned { text: out, list_shape })
+}
+
+/// The element type of a dtype this module reads, with whether it is big-endian.
+fn elem_of(t: &TypeStr) -> Option<(Elem, bool)> {
+    let elem = match (t.type_char(), t.size_field()) {
+        (TypeChar::Float, 4) => Elem::Scalar(Dtype::Float32),
+        (TypeChar::Float, 8) => Elem::Scalar(Dtype::Float64),
+        (TypeChar::Complex, 8) => Elem::Scalar(Dtype::Complex64),
+        (TypeChar::Complex, 16) => Elem::Scalar(Dtype::Complex128),
+        (TypeChar::Int, 4) => Elem::Int(IndexDtype::Int32),
+        (TypeChar::Int, 8) => Elem::Int(IndexDtype::Int64),
+        // `S<n>`: n bytes (numpy writes `|S3`), at most five digits' worth: a small member
+        // such as `format` is read whole.
+        (TypeChar::ByteStr, n) if n < 100_000 => Elem::Bytes(n as usize),
+        _ => return None,
     };
-    let shape_error =
-        || bad(format!("'shape' is {shape}, not a tuple of non-negative integers (numpy refuses anything else)"));
-    let Value::Tuple(dims) = &shape else { return Err(shape_error()) };
-    let dims = dims
-        .iter()
-        .map(|d| match d {
-            Value::Int(n) => u64::try_from(*n).map_err(|_| shape_error()),
-            _ => Err(shape_error()),
-        })
-        .collect::<Result<Vec<u64>, _>>()?;
-    let plain = match &descr {
-        Value::Str(s) => elem_of(s),
-        _ => None,
+    Some((elem, t.endianness() == Endianness::Big))
+}
+
+/// Parses the header dict `text` (the bytes after the preamble, at most [`MAX_HEADER_LEN`]):
+/// [`scan`], then npyz, then numpy's rule on the shape.
+pub(crate) fn parse(text: &[u8]) -> Result<Header, NpzErrorKind> {
+    debug_assert!(text.len() <= MAX_HEADER_LEN);
+    let scanned = scan(text)?;
+    // npyz reads a whole `.npy` preamble and header: format 2.0 holds any length.
+    let mut npy = b"\x93NUMPY\x02\x00".to_vec();
+    npy.extend_from_slice(&(scanned.text.len() as u32).to_le_bytes());
+    npy.extend_from_slice(&scanned.text);
+    let header = NpyHeader::from_reader(npy.as_slice()).map_err(|e| bad(e.to_string()))?;
+    if scanned.list_shape {
+        return Err(bad(format!(
+            "'shape' is the list {:?}, not a tuple of non-negative integers (numpy refuses anything else)",
+            header.shape()
+        )));
+    }
+    let dtype = header.dtype();
+    let (elem, big_endian) = match &dtype {
+        DType::Plain(t) => elem_of(t).map_or((None, false), |(e, big)| (Some(e), big)),
+        _ => (None, false),
     };
-    let (elem, big_endian) = match plain {
-        Some((elem, big_endian)) => (Some(elem), big_endian),
-        None => (None, false),
-    };
-    Ok(Header { elem, descr: descr.to_string(), big_endian, fortran_order, shape: dims })
+    let fortran_order = header.order() == npyz::Order::Fortran;
+    Ok(Header { elem, descr: dtype.descr(), big_endian, fortran_order, shape: header.shape().to_vec() })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
 
     #[test]
     fn parses_what_numpy_writes() {
-        let h = parse(b"{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }          \n", false).unwrap();
+        let h = parse(b"{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }          \n").unwrap();
         let f8 = Some(Elem::Scalar(Dtype::Float64));
         assert_eq!((h.elem, h.big_endian, h.fortran_order, h.shape), (f8, false, false, vec![3, 4]));
-        let h = parse(b"{'descr': '>c16', 'fortran_order': True, 'shape': (5,), }", false).unwrap();
+        let h = parse(b"{'descr': '>c16', 'fortran_order': True, 'shape': (5,), }").unwrap();
         let c16 = Some(Elem::Scalar(Dtype::Complex128));
         assert_eq!((h.elem, h.big_endian, h.fortran_order, h.shape), (c16, true, true, vec![5]));
-        let h = parse(b"{'descr': '|S3', 'fortran_order': False, 'shape': (), }", false).unwrap();
+        let h = parse(b"{'descr': '|S3', 'fortran_order': False, 'shape': (), }").unwrap();
         assert_eq!((h.elem, h.shape.len()), (Some(Elem::Bytes(3)), 0));
-        let h = parse(b"{'descr': '>i8', 'fortran_order': False, 'shape': (2,), }", false).unwrap();
+        let h = parse(b"{'descr': '>i8', 'fortran_order': False, 'shape': (2,), }").unwrap();
         assert_eq!((h.elem, h.big_endian), (Some(Elem::Int(IndexDtype::Int64)), true));
-        let h = parse(b"{'descr': '|i1', 'fortran_order': False, 'shape': (2,), }", false).unwrap();
+        let h = parse(b"{'descr': '|i1', 'fortran_order': False, 'shape': (2,), }").unwrap();
         assert_eq!((h.elem, h.descr.as_str()), (None, "'|i1'"));
-        let h = parse(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3L, 4L)}", false).unwrap();
+        // Python 2's long integers, as numpy on Python 2 wrote them.
+        let h = parse(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3L, 4L)}").unwrap();
         assert_eq!(h.shape, [3, 4]);
-        let h = parse(b"{'descr': '<f4', 'fortran_order': False, 'shape': ()}", false).unwrap();
+        let h = parse(b"{'descr': '<f4', 'fortran_order': False, 'shape': ()}").unwrap();
         assert!(h.shape.is_empty());
+        // npyz's writer: a space before the tuple's closing parenthesis.
+        let h = parse(b"{'descr': '<f8', 'fortran_order': True, 'shape': (3, 4, ), }").unwrap();
+        assert_eq!((h.fortran_order, h.shape), (true, vec![3, 4]));
+        let h = parse(b"{'descr': '<f8', 'fortran_order': False, 'shape': (0, 4611686018427387904, 3)}").unwrap();
+        assert_eq!(h.shape, [0, 1 << 62, 3]);
     }
 
     #[test]
-    fn names_unsupported_descrs_as_python_does() {
+    fn names_structured_dtypes_without_parsing_them() {
         let text = b"{'descr': [('x', '<f8'), ('y', '<f8', (2,))], 'fortran_order': False, 'shape': (2,)}";
-        let h = parse(text, false).unwrap();
-        assert_eq!((h.elem, h.descr.as_str()), (None, "[('x', '<f8'), ('y', '<f8', (2,))]"));
+        let err = parse(text).unwrap_err();
+        assert!(
+            matches!(&err, NpzErrorKind::UnsupportedDtype(d) if d.starts_with("[('x', '<f8'), ('y', '<f8', (2,))]")),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -443,23 +413,76 @@ mod tests {
             b"{'descr': '<f8', 'fortran_order': None, 'shape': (3, 4)}",
             b"{'descr': '<f8', 'fortran_order': False, 'shape': (03, 4)}",
             b"{'descr': '<f8', 'fortran_order': False, 'shape': (3e2, 4)}",
+            b"{'descr': '<f8', 'fortran_order': False, 'shape': (-3, 4)}",
+            b"{'descr': '<f8', 'fortran_order': False, 'shape': (0x10, 4)}",
             b"{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4)",
             b"{'descr': '<f8' 'fortran_order': False, 'shape': (3, 4)}",
             b"{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999999999999999999999999999999999, 4)}",
+            b"{'descr': '<f8', 'fortran_order': False, 'shape': [3, 4]}",
+            b"{'descr': '<f8', 'fortran_order': False}",
+            b"{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), 'shape': (3, 4)}",
+            b"{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4)} x",
+            b"{'descr': '<\\x66\\x38', 'fortran_order': False, 'shape': (3, 4)}",
+            b"{'descr': '<f8', 'fortran_order': (False,), 'shape': (3, 4)}",
+            b"['descr', '<f8']",
             b"",
         ] {
-            assert!(matches!(parse(text, false), Err(NpzErrorKind::BadHeader(_))), "{}", String::from_utf8_lossy(text));
+            assert!(matches!(parse(text), Err(NpzErrorKind::BadHeader(_))), "{}", String::from_utf8_lossy(text));
         }
+    }
+
+    #[test]
+    fn refuses_shapes_whose_size_overflows_before_npyz_multiplies_them() {
+        // npyz computes the size and strides with unchecked multiplications (a panic in a
+        // debug build): the scan refuses first, whatever the order of the dimensions.
+        for shape in ["(4294967296, 4294967296)", "(0, 4294967296, 4294967296)", "(4294967296, 4294967296, 0)"] {
+            let text = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}}}");
+            let err = parse(text.as_bytes()).unwrap_err();
+            assert!(matches!(&err, NpzErrorKind::BadHeader(w) if w.contains("overflows")), "{shape}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn npyz_only_parses_shallow_bounded_text() {
+        // What would take py_literal exponential time is refused by the scan in linear time;
+        // what passes is bounded (at most 64 values in one tuple, no nesting below it).
+        let nested = |open: &str, close: &str, depth: usize| {
+            format!(
+                "{{'descr': '<f8', 'fortran_order': False, 'shape': {}1{}}}",
+                open.repeat(depth),
+                close.repeat(depth)
+            )
+        };
+        let mut worst = Duration::ZERO;
+        for text in [
+            nested("{", "}", 40),
+            nested("[", "]", 40),
+            nested("(", ",)", 40),
+            format!(
+                "{{'descr': {}'<f8'{}, 'fortran_order': False, 'shape': (2,)}}",
+                "[".repeat(4000),
+                "]".repeat(4000)
+            ),
+            format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({})}}", "1, ".repeat(3000)),
+            format!("{{'descr': '<f8', 'fortran_order': ({}), 'shape': (2,)}}", "1, ".repeat(64)),
+            format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({})}}", "1, ".repeat(64)),
+            format!("{{'descr': '{}', 'fortran_order': False, 'shape': (2,)}}", "f".repeat(9900)),
+        ] {
+            let start = Instant::now();
+            let _ = parse(text.as_bytes());
+            worst = worst.max(start.elapsed());
+        }
+        assert!(worst < Duration::from_millis(500), "{worst:?}");
     }
 
     #[test]
     fn preamble_is_bounded() {
         assert!(matches!(preamble(b"\x93NUM"), Ok(None)));
         assert!(matches!(preamble(b"\x93NUMPY\x02\x00\x10\x27"), Ok(None)));
-        assert_eq!(preamble(b"\x93NUMPY\x02\x00\x10\x27\x00\x00").unwrap(), Some((12, 10_000, false)));
+        assert_eq!(preamble(b"\x93NUMPY\x02\x00\x10\x27\x00\x00").unwrap(), Some((12, 10_000)));
         assert!(matches!(preamble(b"\x93NUMPY\x02\x00\x11\x27\x00\x00"), Err(NpzErrorKind::BadHeader(_))));
         assert!(matches!(preamble(b"\x93NUMPY\x04\x00"), Err(NpzErrorKind::BadHeader(_))));
         assert!(matches!(preamble(b"PK"), Err(NpzErrorKind::BadHeader(_))));
-        assert_eq!(preamble(b"\x93NUMPY\x03\x00\x40\x00\x00\x00").unwrap(), Some((12, 64, true)));
+        assert_eq!(preamble(b"\x93NUMPY\x03\x00\x40\x00\x00\x00").unwrap(), Some((12, 64)));
     }
 }

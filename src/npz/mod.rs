@@ -1,9 +1,11 @@
-//! Row blocks of one 2-D array member of a numpy `.npz` file, read through a memory map.
+//! numpy `.npz` files read through a memory map, and written for reading in place: dense 2-D
+//! arrays by blocks of rows ([`NpzMatrix`], [`save`]) and scipy sparse matrices by shares of
+//! their nonzeros ([`SparseNpz`], [`save_sparse`]), each reader checking what it reads.
 //!
 //! A `.npz` is a zip archive of `.npy` files, one per array: `np.savez` stores them as they
 //! are, `np.savez_compressed` deflates them. [`NpzMatrix::open`] maps the whole file, finds the
-//! member and parses its `.npy` header (shape, dtype, order, byte order), without reading the
-//! array data. Then each caller asks for the rows it needs, as a distributed operator whose
+//! member and parses its `.npy` header (shape, dtype, order, byte order; with
+//! [npyz](https://docs.rs/npyz) behind a guard), without reading the array data. Then each caller asks for the rows it needs, as a distributed operator whose
 //! ranks each keep one block of rows does:
 //! - [`NpzMatrix::view_rows`] views them in place, without a copy, when the member is stored
 //!   (not compressed), in the machine's byte order and its data is aligned for the scalar type;
@@ -38,19 +40,22 @@
 //! its nonzeros with [`SparseNpz`] (see its documentation for the steps:
 //! [`detect`], [`SparseNpz::open`], [`SparseNpz::indptr`], [`split_nnz`], [`SparseNpz::part`]),
 //! and written for zero-copy reading with [`save_sparse`]. The same machinery reads its
-//! members (zip reader, strict header parser, bounded inflater, CRC-32), under the same rules.
+//! members (zip reader, guarded header parse, bounded inflater, CRC-32), under the same rules.
 //!
 //! # Untrusted files
 //! A file from a shared filesystem, another person or another program may be damaged or
 //! crafted. Every inconsistency is a typed [`NpzError`], found quickly and with memory bounded
 //! by the file's real content:
 //! - the zip structures are read by a small reader that checks every offset and size against
-//!   the file's length before using it (time linear in the file's size);
+//!   the file's length before using it (time linear in the file's size; the `zip` crate's
+//!   reader is not bounded on hostile archives, see `src/npz/archive.rs`);
 //! - the `.npy` header's declared length is refused above numpy's own limit for untrusted input
-//!   (10000 bytes, `np.load`'s `max_header_size`) before anything is read or allocated, and the
-//!   header is parsed by a strict parser of the dict numpy writes (linear time, nesting bounded):
-//!   exactly the keys `descr`, `fortran_order` and `shape`, a boolean order and a tuple of
-//!   non-negative integers, as numpy requires (a list shape, which `np.load` refuses, is refused);
+//!   (10000 bytes, `np.load`'s `max_header_size`) or past the member before anything is read
+//!   or allocated, and a linear scan refuses what no header of a dtype read here holds (keys
+//!   other than `descr`, `fortran_order` and `shape`, nesting below a tuple, a shape that is no
+//!   sequence of at most 64 decimal integers or whose size overflows) before npyz parses it
+//!   (npyz's parser takes time exponential in the nesting depth, and multiplies the dimensions
+//!   unchecked); a list shape, which `np.load` refuses, is refused after npyz's parse;
 //! - the data size the header implies must be exactly the member's size; a stored member must
 //!   lie within the file; a deflated member may not declare more bytes than its compressed size
 //!   can inflate to (1032 times, deflate's limit), is inflated no further than it declares, and
@@ -218,11 +223,13 @@ fn read_chunks<T: bytemuck::Pod>(
     Ok(())
 }
 
-/// The `.npy` header at the start of `src`, and its length (preamble included).
-fn read_header(src: &mut impl Read) -> Result<(header::Header, usize), NpzErrorKind> {
+/// The `.npy` header at the start of `src`, a member of `size` bytes, and its length (preamble
+/// included). The declared length is checked against numpy's limit and the member's size before
+/// the header is read (see [`header`]).
+fn read_header(src: &mut impl Read, size: u64) -> Result<(header::Header, usize), NpzErrorKind> {
     let mut preamble = [0u8; 12];
     let mut have = 0;
-    let (pre_len, len, utf8) = loop {
+    let (pre_len, len) = loop {
         if let Some(found) = header::preamble(&preamble[..have])? {
             break found;
         }
@@ -232,10 +239,13 @@ fn read_header(src: &mut impl Read) -> Result<(header::Header, usize), NpzErrorK
         }
         have += 1;
     };
+    if (pre_len + len) as u64 > size {
+        return Err(NpzErrorKind::Truncated);
+    }
     // At most `header::MAX_HEADER_LEN` bytes, checked by `preamble`.
     let mut text = vec![0; len];
     src.read_exact(&mut text).map_err(data_error)?;
-    Ok((header::parse(&text, utf8)?, pre_len + len))
+    Ok((header::parse(&text)?, pre_len + len))
 }
 
 /// One member of the archive, located and its `.npy` header parsed, its size checked against
@@ -280,9 +290,9 @@ impl Member {
 
         // The .npy header, from the map or from the start of the inflated member.
         let (header, header_len) = if compressed {
-            read_header(&mut Inflate::new(compressed_bytes, entry.size))
+            read_header(&mut Inflate::new(compressed_bytes, entry.size), entry.size)
         } else {
-            read_header(&mut &*compressed_bytes)
+            read_header(&mut &*compressed_bytes, entry.size)
         }?;
         let shape: Vec<usize> = header
             .shape

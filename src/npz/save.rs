@@ -1,4 +1,6 @@
-//! [`save`]: one matrix as a new `.npz`, written atomically.
+//! [`save`] (a dense matrix) and [`save_sparse`] (a CSR or CSC matrix, as scipy's `save_npz`),
+//! each as a new `.npz` written atomically, its members stored and their data 64-byte aligned
+//! so that readers (and ranks) map them in place.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -7,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use faer::sparse::{SparseColMatRef, SparseRowMatRef};
 use faer::{Index, MatRef};
+use npyz::WriterBuilder;
 
 use super::{NpzError, NpzErrorKind, SparseIndex};
 use crate::{Dtype, Scalar};
@@ -71,7 +74,7 @@ pub(crate) fn save_rows<T: Scalar>(
     let written = (|| {
         let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
         let len = m * n * size_of::<T>();
-        start_member(&mut zip, member, &descr_of(T::DTYPE), false, &format!("({m}, {n})"), len)?;
+        start_member(&mut zip, member, &descr_of(T::DTYPE), npyz::Order::C, &[m as u64, n as u64], len)?;
         let mut counted = Counted { inner: &mut zip, bytes: 0 };
         rows(&mut counted)?;
         if counted.bytes != len {
@@ -140,32 +143,34 @@ fn descr_of(dtype: Dtype) -> String {
 }
 
 /// Starts member `name` (`.npy` added) of `zip`: stored, aligned to 64 bytes in the file, with
-/// numpy's format 1.0 preamble and header (`descr`, `fortran_order`, `shape` as Python writes
-/// it), padded so that the data starts at a multiple of 64 bytes from the member's start.
-/// `data_len` is the number of data bytes that will follow.
+/// the `.npy` preamble and header npyz writes (`descr` such as `<f8`, `order`, `shape`), which it
+/// pads to a multiple of 64 bytes as numpy does, so that the data starts 64-byte aligned in the
+/// file. `data_len` is the number of data bytes that will follow (written by the caller: npyz's
+/// element writer would go one element at a time). npyz's own `.npz` writer (feature `npz`) is
+/// not used: it is built on zip 0.6, a second zip beside the 7.x that aligns members here.
 fn start_member<W: Write + io::Seek>(
     zip: &mut zip::ZipWriter<W>,
     name: &str,
     descr: &str,
-    fortran_order: bool,
-    shape: &str,
+    order: npyz::Order,
+    shape: &[u64],
     data_len: usize,
 ) -> io::Result<()> {
-    let order = if fortran_order { "True" } else { "False" };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let bytes = data_len + 10 + header.len();
+    let dtype = npyz::DType::Plain(descr.parse().map_err(io::Error::other)?);
+    let mut header = Vec::new();
+    npyz::WriteOptions::new_header_only()
+        .dtype(dtype)
+        .shape(shape)
+        .order(order)
+        .writer(&mut header)
+        .write_header_only()?;
+    debug_assert!(header.len().is_multiple_of(64), "npyz pads the header to 64 bytes");
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .with_alignment(64)
-        .large_file(bytes >= u32::MAX as usize);
+        .large_file((data_len + header.len()) as u64 >= u32::MAX as u64);
     zip.start_file(format!("{name}.npy"), options).map_err(io::Error::other)?;
-    zip.write_all(b"\x93NUMPY\x01\x00")?;
-    zip.write_all(&(header.len() as u16).to_le_bytes())?;
-    zip.write_all(header.as_bytes())
+    zip.write_all(&header)
 }
 
 /// Finishes the archive and flushes it to disk.
@@ -178,7 +183,14 @@ fn finish(zip: zip::ZipWriter<io::BufWriter<File>>) -> io::Result<()> {
 fn write<T: Scalar>(file: File, member: &str, mat: MatRef<'_, T>) -> io::Result<()> {
     let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
     let (m, n) = (mat.nrows(), mat.ncols());
-    start_member(&mut zip, member, &descr_of(T::DTYPE), true, &format!("({m}, {n})"), m * n * size_of::<T>())?;
+    start_member(
+        &mut zip,
+        member,
+        &descr_of(T::DTYPE),
+        npyz::Order::Fortran,
+        &[m as u64, n as u64],
+        m * n * size_of::<T>(),
+    )?;
     for j in 0..mat.ncols() {
         let col = mat.col(j);
         match col.try_as_col_major() {
@@ -286,24 +298,25 @@ fn write_sparse<T: Scalar, I: SparseIndex>(file: File, mat: SparseRef<'_, I, T>)
     let index_descr = format!("{}i{}", if cfg!(target_endian = "little") { '<' } else { '>' }, size_of::<I>());
     let mut zip = zip::ZipWriter::new(io::BufWriter::new(file));
 
-    start_member(&mut zip, "indices", &index_descr, false, &format!("({total},)"), total * size_of::<I>())?;
+    let c = npyz::Order::C;
+    start_member(&mut zip, "indices", &index_descr, c, &[total as u64], total * size_of::<I>())?;
     for r in ranges() {
         zip.write_all(bytemuck::cast_slice(&idx[r]))?;
     }
-    start_member(&mut zip, "indptr", &index_descr, false, &format!("({},)", major + 1), (major + 1) * size_of::<I>())?;
+    start_member(&mut zip, "indptr", &index_descr, c, &[major as u64 + 1], (major + 1) * size_of::<I>())?;
     let mut at = 0usize;
     zip.write_all(bytemuck::bytes_of(&I::truncate(0)))?;
     for k in 0..major {
         at += count(k);
         zip.write_all(bytemuck::bytes_of(&I::truncate(at)))?;
     }
-    start_member(&mut zip, "format", "|S3", false, "()", 3)?;
+    start_member(&mut zip, "format", "|S3", c, &[], 3)?;
     zip.write_all(format.as_bytes())?;
     let shape_descr = format!("{}i8", if cfg!(target_endian = "little") { '<' } else { '>' });
-    start_member(&mut zip, "shape", &shape_descr, false, "(2,)", 16)?;
+    start_member(&mut zip, "shape", &shape_descr, c, &[2], 16)?;
     zip.write_all(&(nrows as i64).to_ne_bytes())?;
     zip.write_all(&(ncols as i64).to_ne_bytes())?;
-    start_member(&mut zip, "data", &descr_of(T::DTYPE), false, &format!("({total},)"), total * size_of::<T>())?;
+    start_member(&mut zip, "data", &descr_of(T::DTYPE), c, &[total as u64], total * size_of::<T>())?;
     for r in ranges() {
         zip.write_all(bytemuck::cast_slice(&val[r]))?;
     }

@@ -248,7 +248,7 @@ pub fn jacobi<T: Scalar>(a: &MpiLop<T>) -> Result<DistDiag<T>, Error> {
 
 /// A faer factorization (`Lu`, `Llt`, … of this rank's block) as the
 /// operator `B⁻¹`: its products solve with the factors (faer's solves take
-/// their own scratch). For [`DistLocal`](crate::mpi::DistLocal).
+/// their own scratch). For [`DistLocal`].
 #[derive(Debug)]
 pub struct LocalSolve<S> {
     n: usize,

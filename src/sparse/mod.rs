@@ -1,5 +1,6 @@
-//! Sparse operators over faer's CSR and CSC matrices, with a multi-column
-//! kernel.
+//! Sparse operators over faer's CSR and CSC matrices, with multi-column SIMD
+//! kernels on column- or row-major operands, threads cut by nonzeros
+//! ([`Prepared`]), and a matrix held in both formats ([`BothWays`]).
 //!
 //! [`Sparse`] wraps a faer sparse matrix (`SparseRowMat`, `SparseColMat`,
 //! their `Ref` views, any faer index type) or a [`SparseView`] of raw
