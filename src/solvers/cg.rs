@@ -475,8 +475,8 @@ impl<T: Scalar> BlockCoefficients<T> {
         // The right-hand side, Hermitian from its lower triangle, rows permuted.
         let (fwd, _) = perm.arrays();
         for j in 0..k {
-            for i in 0..k {
-                let (r, c) = (fwd[i], j);
+            for (i, &r) in fwd.iter().enumerate() {
+                let c = j;
                 self.rhs[(i, j)] = if r >= c { b[(r, c)] } else { b[(c, r)].conj() };
             }
         }
@@ -487,8 +487,8 @@ impl<T: Scalar> BlockCoefficients<T> {
         solve_upper_triangular_in_place(l.adjoint(), top, Par::Seq);
         self.rhs.as_mut().get_mut(rank.., ..).fill(c64::new(0.0, 0.0));
         for j in 0..k {
-            for i in 0..k {
-                self.coef[(fwd[i], j)] = T::from_c64(self.rhs[(i, j)]);
+            for (i, &r) in fwd.iter().enumerate() {
+                self.coef[(r, j)] = T::from_c64(self.rhs[(i, j)]);
             }
         }
         if !(0..k).all(|j| (0..k).all(|i| self.rhs[(i, j)].re.is_finite() && self.rhs[(i, j)].im.is_finite())) {
