@@ -487,6 +487,9 @@ fn main() {
     };
     let dtypes = list("--dtypes", "f64,c64");
     let out_dir = get("--out").map(std::path::PathBuf::from);
+    if let Some(dir) = &out_dir {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("--out {}: {e}", dir.display()));
+    }
     let bw: Vec<(usize, f64)> = opts.threads.iter().map(|&t| (t, triad(t))).collect();
     for (t, b) in &bw {
         eprintln!("STREAM triad, {t} thread(s): {:.1} GB/s", b * 1e-9);

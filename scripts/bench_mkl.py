@@ -116,36 +116,42 @@ def bench_matrix(lib, path, ks, threads, layouts, budget, out):
         label = name + ("_t" if transpose else "")
         for layout in layouts:
             for k in ks:
-                # A fresh handle per (operation, layout, k): hints and optimization for exactly this call.
-                h = ctypes.c_void_p()
-                check(getattr(lib, f"mkl_sparse_{t}_create_csr")(
-                    ctypes.byref(h), 0, m, n, ip, ip + 4, a.indices.ctypes.data, a.data.ctypes.data
-                ), "create_csr")
                 order = "C" if layout == "row" else "F"
                 x = np.asarray(rng.standard_normal((cols, k)), dtype=np_dtype, order=order)
                 if t == "z":
                     x = x + 1j * np.asarray(rng.standard_normal((cols, k)), order=order)
                     x = np.asarray(x, dtype=np_dtype, order=order)
                 y = np.zeros((rows, k), dtype=np_dtype, order=order)
-                mkl_layout = ROW_MAJOR if layout == "row" else COL_MAJOR
-                if k == 1:
-                    check(lib.mkl_sparse_set_mv_hint(h, op, descr, EXPECTED_CALLS), "set_mv_hint")
-                    mv = getattr(lib, f"mkl_sparse_{t}_mv")
-
-                    def run():
-                        check(mv(op, one, h, descr, x.ctypes.data, zero, y.ctypes.data), "mv")
-                else:
-                    check(lib.mkl_sparse_set_mm_hint(h, op, descr, mkl_layout, k, EXPECTED_CALLS), "set_mm_hint")
-                    mm = getattr(lib, f"mkl_sparse_{t}_mm")
-                    ldx, ldy = (k, k) if layout == "row" else (cols, rows)
-
-                    def run():
-                        check(mm(op, one, h, descr, mkl_layout, x.ctypes.data, k, ldx, zero, y.ctypes.data, ldy), "mm")
-
-                check(lib.mkl_sparse_optimize(h), "optimize")
                 want = (a.T if transpose else a) @ x
+                mkl_layout = ROW_MAJOR if layout == "row" else COL_MAJOR
                 for nt in threads:
+                    # The thread count first: `mkl_sparse_optimize` plans for the count set when it
+                    # runs, and a later MKL_Set_Num_Threads does not change an optimized handle's
+                    # (measured: "1 thread" set after it ran on 2). Then a fresh handle per
+                    # (operation, layout, k, threads): hints and optimization for exactly this call.
                     lib.MKL_Set_Num_Threads(nt)
+                    h = ctypes.c_void_p()
+                    check(getattr(lib, f"mkl_sparse_{t}_create_csr")(
+                        ctypes.byref(h), 0, m, n, ip, ip + 4, a.indices.ctypes.data, a.data.ctypes.data
+                    ), "create_csr")
+                    if k == 1:
+                        check(lib.mkl_sparse_set_mv_hint(h, op, descr, EXPECTED_CALLS), "set_mv_hint")
+                        mv = getattr(lib, f"mkl_sparse_{t}_mv")
+
+                        def run():
+                            check(mv(op, one, h, descr, x.ctypes.data, zero, y.ctypes.data), "mv")
+                    else:
+                        check(lib.mkl_sparse_set_mm_hint(h, op, descr, mkl_layout, k, EXPECTED_CALLS),
+                              "set_mm_hint")
+                        mm = getattr(lib, f"mkl_sparse_{t}_mm")
+                        ldx, ldy = (k, k) if layout == "row" else (cols, rows)
+
+                        def run():
+                            check(mm(op, one, h, descr, mkl_layout, x.ctypes.data, k, ldx, zero,
+                                     y.ctypes.data, ldy), "mm")
+
+                    check(lib.mkl_sparse_optimize(h), "optimize")
+                    y[:] = 0
                     run()
                     err = np.abs(y - want).max() / max(np.abs(want).max(), 1e-300)
                     if not err < 1e-10:
@@ -159,7 +165,7 @@ def bench_matrix(lib, path, ks, threads, layouts, budget, out):
                         file=out,
                         flush=True,
                     )
-                lib.mkl_sparse_destroy(h)
+                    lib.mkl_sparse_destroy(h)
 
 
 def main():
