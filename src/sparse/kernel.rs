@@ -97,9 +97,9 @@ const MIN_CHUNK: usize = 4096;
 /// The compressed structure the kernels walk: entries of outer `j` are
 /// `idx[range(j)]`, `val[range(j)]`.
 ///
-/// Invariant (what the unchecked accesses of [`Parts::for_each_entry`],
+/// Invariant (what the unchecked accesses of [`Parts::for_each_entry`], [`gather1`],
 /// [`Parts::for_each_read`] and the panel scatter rest on): for every
-/// outer `j`, `range(j)` lies within `idx` and every index in
+/// outer `j`, `range(j)` lies within `idx` and `val` (of one length) and every index in
 /// `idx[range(j)]` is below `inner`. The fields are private to this module
 /// and [`Parts::of`] is the only constructor: it takes them from a
 /// [`SparseView`], whose constructors check exactly this (its checked
@@ -725,13 +725,45 @@ fn scatter<S: Simd, I: Index, E: Elem, const NV: usize>(
 }
 
 /// [`gather`] for one column, scalar: `y[r - rows.start] = Σ_p a_p · x[idx_p]`.
+///
+/// Compact storage that cannot change (not `mapped`) takes a loop over the
+/// offsets with no bounds check at all: rows of a few entries (stencils)
+/// spend most of their time in a row's setup, not in its entries.
 fn gather1<I: Index, E: Elem>(a: Parts<'_, I, E>, conj: bool, rows: Range<usize>, x: &[E], y: &mut [E]) {
-    let x = Rows::of_slice(x, 1);
-    for (r, out) in rows.zip(y) {
-        // Four chains of accumulators: an addition's latency is hidden by the others.
-        let mut acc = [E::ZERO; 4];
-        a.for_each_read::<4>(r, x, |t, xi, v| acc[t] = E::mul_add1(maybe_conj(v, conj), xi[0], acc[t]));
-        *out = E::add1(E::add1(acc[0], acc[1]), E::add1(acc[2], acc[3]));
+    if a.mapped || a.nnz.is_some() {
+        let x = Rows::of_slice(x, 1);
+        for (r, out) in rows.zip(y) {
+            // Four chains of accumulators: an addition's latency is hidden by the others.
+            let mut acc = [E::ZERO; 4];
+            a.for_each_read::<4>(r, x, |t, xi, v| acc[t] = E::mul_add1(maybe_conj(v, conj), xi[0], acc[t]));
+            *out = E::add1(E::add1(acc[0], acc[1]), E::add1(acc[2], acc[3]));
+        }
+        return;
+    }
+    assert!(x.len() >= a.inner, "{} operand rows for an inner dimension of {}", x.len(), a.inner);
+    let (idx, val) = (a.idx, a.val);
+    let ptr = &a.ptr[rows.start..rows.end + 1];
+    for (ends, out) in ptr.windows(2).zip(y) {
+        let (mut p, end) = (ends[0].zx(), ends[1].zx());
+        // SAFETY (every access below): `p < end`, and `ptr[r]..ptr[r + 1]`
+        // lies within `idx` and `val` for every outer `r` (the invariant of
+        // `Parts`; compact storage, not `mapped`, so unchanged since its
+        // check), so `p` indexes both; `idx[p] < a.inner <= x.len()`
+        // (the invariant, and asserted above).
+        let term = |p: usize, acc: E| unsafe {
+            E::mul_add1(maybe_conj(*val.get_unchecked(p), conj), *x.get_unchecked(idx.get_unchecked(p).zx()), acc)
+        };
+        // Two chains of accumulators: a multiply-add's latency is hidden by the other.
+        let mut acc = [E::ZERO; 2];
+        while p + 2 <= end {
+            acc[0] = term(p, acc[0]);
+            acc[1] = term(p + 1, acc[1]);
+            p += 2;
+        }
+        if p < end {
+            acc[0] = term(p, acc[0]);
+        }
+        *out = E::add1(acc[0], acc[1]);
     }
 }
 
