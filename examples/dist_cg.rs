@@ -18,6 +18,8 @@
 //! relative residual of 1e-8. With `$LAZYLINOP_BENCH_CSV` set, rank 0
 //! appends its figures to that CSV file.
 
+mod common;
+
 use std::io::Write;
 use std::time::Instant;
 
@@ -25,47 +27,17 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::matrix_free::IdentityPrecond;
 use faer::matrix_free::conjugate_gradient::{CgParams, conjugate_gradient, conjugate_gradient_scratch};
 use faer::{Mat, Par};
-use lazylinop::gallery::{Grid, laplacian_3d};
 use lazylinop::mpi::{DistMat, DistOp, MpiLop};
 use lazylinop::parallel::{Gather, MpiOptions};
 use lazylinop::prelude::*;
 use lazylinop::solvers::{self, CgVariant, Params, SolveError};
 use mpi::traits::{Communicator, CommunicatorCollectives};
 
-/// Peak resident memory of this process, bytes (`VmHWM`).
-fn peak_rss() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn main() {
     let universe = mpi::initialize().expect("MPI initializes");
     let world = universe.world();
     let (rank, size) = (world.rank() as usize, world.size() as usize);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (path, name, iters) = match args.first().map(String::as_str) {
-        None | Some("laplace") => {
-            let n: usize = args.get(1).map_or(60, |a| a.parse().expect("usage: dist_cg laplace N [iters]"));
-            let iters = args.get(2).map_or(100, |a| a.parse().expect("iters"));
-            let path = std::env::var_os("LAZYLINOP_MATRIX").map_or_else(
-                || std::env::temp_dir().join(format!("lazylinop-laplace-{n}.npz")),
-                std::path::PathBuf::from,
-            );
-            if rank == 0 {
-                lazylinop::npz::save_sparse(&path, laplacian_3d(Grid::cube(n)).as_ref()).expect("write the matrix");
-            }
-            world.barrier();
-            (path, format!("laplace{n}"), iters)
-        }
-        Some(file) => {
-            let iters = args.get(1).map_or(100, |a| a.parse().expect("iters"));
-            let name = std::path::Path::new(file).file_stem().unwrap().to_string_lossy().into_owned();
-            (file.into(), name, iters)
-        }
-    };
+    let (path, name, iters) = common::problem(&world, "dist_cg [laplace [N] [iters] | FILE.npz [iters]]", 100);
     let l = MpiLop::<f64>::new(&world, &path, None, false, None).expect("open the matrix");
     let n = l.nrows();
     let jacobi = solvers::jacobi(&l).expect("a diagonal without zeros");
@@ -119,7 +91,7 @@ fn main() {
         emit(&format!("{key}_iterations"), k, info.iterations as f64);
         if key == "cg_jacobi" {
             // Peak memory of the one-right-hand-side distributed solves.
-            world.all_gather_into(&peak_rss(), &mut peaks[..]);
+            world.all_gather_into(&common::status_bytes("VmHWM"), &mut peaks[..]);
         }
         if rank == 0 {
             println!(

@@ -16,12 +16,13 @@
 //! read the same file). With `$LAZYLINOP_BENCH_CSV` set, rank 0 appends its
 //! figures to that CSV file (`scripts/bench_distributed.sh` does).
 
+mod common;
+
 use std::io::Write;
 use std::time::Instant;
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{MatMut, MatRef, Par};
-use lazylinop::gallery::{Grid, laplacian_3d};
 use lazylinop::mpi::{DistMat, DistOp, MpiLop};
 use lazylinop::npz::SparseNpz;
 use lazylinop::ops::Mode;
@@ -53,44 +54,15 @@ fn timed(world: &SimpleCommunicator, reps: usize, mut f: impl FnMut()) -> f64 {
     median(times)
 }
 
-/// Resident memory of this process, bytes (`VmRSS`).
-fn rss() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn main() {
     let universe = mpi::initialize().expect("MPI initializes");
     let world = universe.world();
     let (rank, size) = (world.rank() as usize, world.size() as usize);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (path, name, reps) = match args.first().map(String::as_str) {
-        None | Some("laplace") => {
-            let n: usize = args.get(1).map_or(60, |a| a.parse().expect("usage: dist_product laplace N [reps]"));
-            let reps = args.get(2).map_or(20, |a| a.parse().expect("reps"));
-            let path = std::env::var_os("LAZYLINOP_MATRIX").map_or_else(
-                || std::env::temp_dir().join(format!("lazylinop-laplace-{n}.npz")),
-                std::path::PathBuf::from,
-            );
-            if rank == 0 {
-                lazylinop::npz::save_sparse(&path, laplacian_3d(Grid::cube(n)).as_ref()).expect("write the matrix");
-            }
-            world.barrier();
-            (path, format!("laplace{n}"), reps)
-        }
-        Some(file) => {
-            let reps = args.get(1).map_or(20, |a| a.parse().expect("reps"));
-            let name = std::path::Path::new(file).file_stem().unwrap().to_string_lossy().into_owned();
-            (file.into(), name, reps)
-        }
-    };
-    let before = rss();
+    let (path, name, reps) = common::problem(&world, "dist_product [laplace [N] [reps] | FILE.npz [reps]]", 20);
+    let before = common::status_bytes("VmRSS");
     let l = MpiLop::<f64>::new(&world, &path, None, false, None).expect("open the matrix");
     let l = l.with_options(MpiOptions::default().gather(Gather::All));
-    let matrix_rss = rss().saturating_sub(before);
+    let matrix_rss = common::status_bytes("VmRSS").saturating_sub(before);
     let (m, n) = (l.nrows(), l.ncols());
     let stats = l.halo_stats().expect("a sparse file");
     let nnz: usize = l.local_nnz().unwrap();
@@ -106,7 +78,7 @@ fn main() {
         // Distributed: DistMat in, DistMat out, halo exchange.
         // What the vectors take: the operand, the output and the product's scratch (halo
         // buffers, the kernel's), less the output (known exactly).
-        let rss_0 = rss();
+        let rss_0 = common::status_bytes("VmRSS");
         let x = DistMat::from_fn(l.col_layout(), k, |i, j| 1.0 + ((i * 7 + j * 3) % 11) as f64);
         let mut y = DistMat::zeros(l.row_layout(), k);
         y.local_mut().fill(0.0);
@@ -114,7 +86,7 @@ fn main() {
         let t_dist = timed(&world, reps, || {
             l.dist_apply(Mode::Apply, y.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf)).unwrap();
         });
-        let vec_rss = rss().saturating_sub(rss_0).saturating_sub((y.local().nrows() * k * 8) as u64);
+        let vec_rss = common::status_bytes("VmRSS").saturating_sub(rss_0).saturating_sub((y.local().nrows() * k * 8) as u64);
         // The local kernel alone: this rank's rows (global columns) on a whole operand.
         let npz = SparseNpz::open(&path).unwrap();
         let rows = l.row_layout().local_range();

@@ -8,7 +8,7 @@ use faer::traits::math_utils::{add, one};
 use faer::{Accum, Mat, MatMut, MatRef, Par, c64, unzip, zip};
 
 use super::{
-    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, converged, local_dots, norm_of,
+    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, cg_update1, converged, local_dots, norm_of,
     relative, xpby, zeros,
 };
 use crate::Scalar;
@@ -177,15 +177,25 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                         alpha[j] = g / d;
                     }
                 }
-                axpy(x.local_mut(), &alpha, p.local());
-                neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
-                axpy(r.local_mut(), &neg, q.local());
+                // One column: one pass for both updates and ‖r‖².
+                let local_rr = match k {
+                    1 => cg_update1(x.local_mut(), r.local_mut(), alpha[0], p.local(), q.local()),
+                    _ => None,
+                };
+                if local_rr.is_none() {
+                    axpy(x.local_mut(), &alpha, p.local());
+                    neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
+                    axpy(r.local_mut(), &neg, q.local());
+                }
                 if m.is_some() {
                     work.precond(m, z.as_mut(), r.as_ref())?;
                 }
                 let zl = if m.is_some() { z.local() } else { r.local() };
                 let red = work.reduce(2 * k, |v| {
-                    local_dots(r.local(), r.local(), &mut v[k..]);
+                    match local_rr {
+                        Some(rr) => v[k] = rr,
+                        None => local_dots(r.local(), r.local(), &mut v[k..]),
+                    }
                     if m.is_some() {
                         local_dots(r.local(), zl, &mut v[..k]);
                     } else {
