@@ -86,7 +86,8 @@ fn main() {
         let t_dist = timed(&world, reps, || {
             l.dist_apply(Mode::Apply, y.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf)).unwrap();
         });
-        let vec_rss = common::status_bytes("VmRSS").saturating_sub(rss_0).saturating_sub((y.local().nrows() * k * 8) as u64);
+        let vec_rss =
+            common::status_bytes("VmRSS").saturating_sub(rss_0).saturating_sub((y.local().nrows() * k * 8) as u64);
         // The local kernel alone: this rank's rows (global columns) on a whole operand.
         let npz = SparseNpz::open(&path).unwrap();
         let rows = l.row_layout().local_range();

@@ -8,12 +8,13 @@ Each figure of OUT is the median, over the rounds, of the parts' seconds for the
 (matrix, dtype, k, layout, threads, kernel); gflops and gbytes_per_s follow from it. Standard
 library only.
 
-The summary: per matrix (`_t`: the transposed product, the scatter walk), ratios of MKL's time to
-this crate's (above 1: this crate is faster) and this crate's share of the bandwidth bound (the
-bound's time over this crate's). k = 1 on one and two threads (the column-major case: one column
-is contiguous in both layouts); k >= 4: the smallest and the median over f64 and c64, k = 4, 16, 64
-and both layouts of this crate, each against MKL's better layout for the same case; and two
-threads over one. Each cell gives the plain operator, then the prepared one in parentheses.
+The summary: per matrix (`_t`: the transposed product, the scatter walk of the plain operator;
+"prepared": `Prepared` over `BothWays`, which gathers), ratios of MKL's time to this crate's
+(above 1: this crate is faster), each against MKL's better layout for the same case, the smallest
+and the median over the dtypes run (and k = 4, 16, 64 for k >= 4): k = 1 (one column is
+contiguous in both layouts) with this crate's share of the bandwidth bound (the bound's time over
+this crate's, median); k >= 4 with this crate's operand row-major, then column-major; two threads
+over one.
 """
 
 import csv
@@ -60,13 +61,12 @@ def main():
 
 def summary(t, names):
     def get(m, d, k, lay, th, kern):
-        return next((s for key, s in t.items() if key[0] == m and key[1] == d and key[5] == str(k)
-                     and key[6] == lay and key[7] == str(th) and key[8] == kern), None)
+        return t.get((m, d, k, lay, th, kern))
 
+    t = {(key[0], key[1], int(key[5]), key[6], int(key[7]), key[8]): s for key, s in t.items()}
     dtypes = sorted({key[1] for key in t}, key=lambda d: d != "f64")
-    ks = sorted({int(key[5]) for key in t if key[5] != "1"})
-    layouts = sorted({key[6] for key in t})
-    has_mkl = any(key[8] == "mkl" for key in t)
+    ks = sorted({key[2] for key in t if key[2] != 1})
+    has_mkl = any(key[5] == "mkl" for key in t)
 
     def fmt(vals, pct=False):
         vals = [v for v in vals if v is not None]
@@ -74,35 +74,40 @@ def summary(t, names):
             return "-"
         if pct:
             return f"{100 * statistics.median(vals):.0f}%"
-        return f"{statistics.median(vals):.2f}" if len(vals) == 1 else f"{min(vals):.2f}–{statistics.median(vals):.2f}"
+        return f"{vals[0]:.2f}" if len(vals) == 1 else f"{min(vals):.2f}–{statistics.median(vals):.2f}"
 
     def ratio(a, b):
         return a / b if a is not None and b is not None else None
 
-    print(f"| matrix | k=1, 1 thread: vs MKL, % of bound | k=1, 2 threads | k=1, 2 thr / 1 | k≥4, 1 thread: vs MKL | "
-          f"k≥4, 2 threads | k≥4, 2 thr / 1 |\n|---|---|---|---|---|---|---|")
+    def vs_mkl(m, kern, th, k_list, layout):
+        """MKL's time (its better layout) over this crate's, per dtype and k."""
+        vals = []
+        for d in dtypes:
+            for k in k_list:
+                mkl = [get(m, d, k, lay, th, "mkl") for lay in ("col", "row")]
+                mkl = min([v for v in mkl if v is not None], default=None)
+                vals.append(ratio(mkl, get(m, d, k, layout, th, kern)))
+        return fmt(vals) if has_mkl else "no MKL"
+
+    print("| matrix | k=1 vs MKL, 1 / 2 threads | k=1, % of bound | k≥4 row-major vs MKL, 1 / 2 threads | "
+          "k≥4 column-major vs MKL, 1 / 2 threads | 2 threads / 1, k=1; k≥4 |\n|---|---|---|---|---|---|")
     for m in names:
+        kernels = ["lazylinop", "lazylinop_prepared"] if m.endswith("_t") else ["lazylinop"]
         cells = []
-        for kern in ["lazylinop", "lazylinop_prepared"]:
-            c = []
-            for th in (1, 2):
-                ours = [get(m, d, 1, "col", th, kern) for d in dtypes]
-                mkl = [ratio(get(m, d, 1, "col", th, "mkl"), o) for d, o in zip(dtypes, ours)]
-                bound = [ratio(get(m, d, 1, "col", th, "bound"), o) for d, o in zip(dtypes, ours)]
-                c.append(f"{fmt(mkl) if has_mkl else 'no MKL'}, {fmt(bound, pct=True)}")
-            c.append(fmt([ratio(get(m, d, 1, "col", 1, kern), get(m, d, 1, "col", 2, kern)) for d in dtypes]))
-            for th in (1, 2):
-                vals = []
-                for d in dtypes:
-                    for k in ks:
-                        best = [get(m, d, k, lay, th, "mkl") for lay in layouts]
-                        best = min([b for b in best if b is not None], default=None)
-                        vals += [ratio(best, get(m, d, k, lay, th, kern)) for lay in layouts]
-                c.append(fmt(vals) if has_mkl else "no MKL")
-            c.append(fmt([ratio(get(m, d, k, lay, 1, kern), get(m, d, k, lay, 2, kern))
-                          for d in dtypes for k in ks for lay in layouts]))
-            cells.append(c)
-        print(f"| {m} | " + " | ".join(f"{a} ({b})" for a, b in zip(*cells)) + " |")
+        for kern in kernels:
+            k1 = [ratio(get(m, d, 1, "col", th, "bound"), get(m, d, 1, "col", th, kern)) for d in dtypes for th in (1, 2)]
+            speed1 = [ratio(get(m, d, 1, "col", 1, kern), get(m, d, 1, "col", 2, kern)) for d in dtypes]
+            speedk = [ratio(get(m, d, k, lay, 1, kern), get(m, d, k, lay, 2, kern))
+                      for d in dtypes for k in ks for lay in ("col", "row")]
+            cells.append([
+                f"{vs_mkl(m, kern, 1, [1], 'col')} / {vs_mkl(m, kern, 2, [1], 'col')}",
+                fmt(k1, pct=True),
+                f"{vs_mkl(m, kern, 1, ks, 'row')} / {vs_mkl(m, kern, 2, ks, 'row')}",
+                f"{vs_mkl(m, kern, 1, ks, 'col')} / {vs_mkl(m, kern, 2, ks, 'col')}",
+                f"{fmt(speed1)}; {fmt(speedk)}",
+            ])
+        row = cells[0] if len(cells) == 1 else [f"{a} (prepared {b})" for a, b in zip(*cells)]
+        print(f"| {m} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

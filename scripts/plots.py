@@ -185,28 +185,34 @@ def mpilop(rows):
 
 
 def sparse(rows):
-    """bench-results/sparse.csv (benches/sparse.rs): GFLOP/s against the number of columns k,
-    one plot per matrix, dtype and operand layout, one line per kernel and thread count, the
-    bandwidth bound dashed."""
+    """bench-results/sparse.csv (benches/sparse.rs with scripts/bench_mkl.py): GFLOP/s against the
+    number of columns k, one plot per matrix (A·X, and Aᵀ·X as `<matrix>_t`), f64 with row-major
+    operands (MKL's better layout; this crate reads them in place), one line per kernel and
+    thread count, the bandwidth bound dashed. The prepared kernel is drawn for Aᵀ·X only (on A·X
+    it is the plain one); c64 and column-major figures stay in the CSV."""
     plots = []
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        key = (r["matrix"], r["dtype"], r["layout"])
-        groups[key][(r["kernel"], int(r["threads"]))].append((int(r["k"]), float(r["gflops"])))
-    order = {k: i for i, k in enumerate(["faer", "lazylinop", "lazylinop_prepared", "mkl", "bound"])}
-    for (matrix, dtype, layout), lines in sorted(groups.items()):
-        shape = next(r for r in rows if (r["matrix"], r["dtype"], r["layout"]) == (matrix, dtype, layout))
+        if r["dtype"] != "f64" or r["layout"] != "row":
+            continue
+        if r["kernel"] == "lazylinop_prepared" and not r["matrix"].endswith("_t"):
+            continue
+        groups[r["matrix"]][(r["kernel"], int(r["threads"]))].append((int(r["k"]), float(r["gflops"])))
+    order = {k: i for i, k in enumerate(["lazylinop", "lazylinop_prepared", "mkl", "faer", "bound"])}
+    for matrix, lines in sorted(groups.items()):
+        shape = next(r for r in rows if r["matrix"] == matrix)
         series = []
         for kernel, threads in sorted(lines, key=lambda s: (order.get(s[0], 99), s[1])):
-            label = "bound" if kernel == "bound" else f"{kernel}, {threads} thread{'s' if threads > 1 else ''}"
-            series.append({"label": label, "points": lines[(kernel, threads)], "dashed": kernel == "bound"})
+            name = "bound" if kernel == "bound" else kernel
+            label = f"{name}, {threads} thread{'s' if threads > 1 else ''}"
+            series.append({"label": label, "points": sorted(lines[(kernel, threads)]), "dashed": kernel == "bound"})
         svg = line_chart(
-            f"sparse × dense: {matrix}, {dtype}",
-            f"{shape['rows']}×{shape['cols']}, {shape['nnz']} nonzeros, {layout}-major operand",
+            f"sparse × dense: {matrix}, f64",
+            f"{shape['rows']}×{shape['cols']}, {shape['nnz']} nonzeros, row-major operand",
             "columns k", "GFLOP/s", series, log2_x=True,
         )
         if svg:
-            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{matrix}_{dtype}_{layout}")
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in matrix)
             plots.append((f"sparse_{safe}.svg", svg))
     return plots
 

@@ -8,8 +8,8 @@ use faer::traits::math_utils::{add, one};
 use faer::{Accum, Mat, MatMut, MatRef, Par, c64, unzip, zip};
 
 use super::{
-    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, cg_update1, converged, local_dots, norm_of,
-    relative, xpby, zeros,
+    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, cg_update1, converged, local_dots,
+    norm_of, relative, xpby, zeros,
 };
 use crate::Scalar;
 use crate::mpi::{DistMatMut, DistMatRef, DistOp};

@@ -505,7 +505,13 @@ fn update_cols<T: Scalar>(mut y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>, b: 
 /// of `r` and the loop's start twice, about a third of a stencil CG's
 /// vector work. The sum: eight chains of partial sums in `T` over blocks of
 /// rows, added up in c64, as [`local_dots`] sums.
-fn cg_update1<T: Scalar>(x: MatMut<'_, T>, r: MatMut<'_, T>, alpha: c64, p: MatRef<'_, T>, q: MatRef<'_, T>) -> Option<c64> {
+fn cg_update1<T: Scalar>(
+    x: MatMut<'_, T>,
+    r: MatMut<'_, T>,
+    alpha: c64,
+    p: MatRef<'_, T>,
+    q: MatRef<'_, T>,
+) -> Option<c64> {
     let (xs, rs) = (row_major_mut(x).ok()?, row_major_mut(r).ok()?);
     let (ps, qs) = (row_major(p)?, row_major(q)?);
     if p.ncols() != 1 || [xs.len(), rs.len(), qs.len()] != [ps.len(); 3] {
@@ -519,7 +525,9 @@ fn cg_update1<T: Scalar>(x: MatMut<'_, T>, r: MatMut<'_, T>, alpha: c64, p: MatR
     };
     const BLOCK: usize = 1024;
     let mut total = c64::new(0.0, 0.0);
-    for (((xb, rb), pb), qb) in xs.chunks_mut(BLOCK).zip(rs.chunks_mut(BLOCK)).zip(ps.chunks(BLOCK)).zip(qs.chunks(BLOCK)) {
+    for (((xb, rb), pb), qb) in
+        xs.chunks_mut(BLOCK).zip(rs.chunks_mut(BLOCK)).zip(ps.chunks(BLOCK)).zip(qs.chunks(BLOCK))
+    {
         let mut acc = [zero::<T>(); 8];
         let mut x8 = xb.chunks_exact_mut(8);
         let mut r8 = rb.chunks_exact_mut(8);
