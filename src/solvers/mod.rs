@@ -501,10 +501,9 @@ fn update_cols<T: Scalar>(mut y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>, b: 
 
 /// CG's update of one column in one pass over the rows: `x += α·p`,
 /// `r −= α·q`, and the local `‖r‖²` of the new `r`; `None` (nothing done)
-/// unless the four are contiguous columns. Three passes are two more reads
-/// of `r` and the loop's start twice, about a third of a stencil CG's
-/// vector work. The sum: eight chains of partial sums in `T` over blocks of
-/// rows, added up in c64, as [`local_dots`] sums.
+/// unless the four are contiguous columns (two axpys and a dot would read
+/// `r` twice more). The sum: eight chains of partial sums in `T` over
+/// blocks of rows, added up in c64, as [`local_dots`] sums.
 fn cg_update1<T: Scalar>(
     x: MatMut<'_, T>,
     r: MatMut<'_, T>,
