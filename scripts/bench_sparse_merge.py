@@ -45,7 +45,10 @@ def read(paths):
 def main():
     out, parts = sys.argv[1], sys.argv[2:]
     rows, order = read(parts)
-    names = list(dict.fromkeys(k[0] for k in order))
+    # The suite's order (benches/sparse.rs), each matrix before its transpose; others after.
+    suite = ["stencil2d", "stencil3d", "powerlaw", "random", "banded", "lsq"]
+    names = sorted(dict.fromkeys(k[0] for k in order),
+                   key=lambda n: (suite.index(n.removesuffix("_t")) if n.removesuffix("_t") in suite else 99, n))
     order.sort(key=lambda k: (names.index(k[0]), k[1], int(k[5]), k[6], int(k[7]), KERNELS.index(k[8])))
     t = {}
     with open(out, "w", newline="") as f:
