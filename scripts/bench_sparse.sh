@@ -5,7 +5,7 @@
 # alternating for ROUNDS rounds; the medians over rounds go to bench-results/sparse.csv and a
 # summary table to stdout (scripts/bench_sparse_merge.py).
 #
-# Usage: scripts/bench_sparse.sh            (everything: about 30 min on 2 cores)
+# Usage: scripts/bench_sparse.sh   (everything: about 3 h on 2 cores; ROUNDS=1 DTYPES=f64, about 8 min a matrix)
 # Settings (environment): ROUNDS (2), MATRICES (stencil2d,stencil3d,powerlaw,random,banded,lsq),
 # DTYPES (f64,c64), KS (1,4,16,64), LAYOUTS (col,row), THREADS (1,2), BUDGET (seconds of products
 # per figure, 0.3), MKL_VENV (the virtual environment with mkl, numpy and scipy; made when missing,
