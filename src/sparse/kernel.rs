@@ -746,11 +746,11 @@ fn gather1<I: Index, E: Elem>(a: Parts<'_, I, E>, conj: bool, rows: Range<usize>
     let ptr = &a.ptr[rows.start..rows.end + 1];
     for (ends, out) in ptr.windows(2).zip(y) {
         let (mut p, end) = (ends[0].zx(), ends[1].zx());
-        // SAFETY (every access below): `p < end`, and `ptr[r]..ptr[r + 1]`
-        // lies within `idx` and `val` for every outer `r` (the invariant of
-        // `Parts`; compact storage, not `mapped`, so unchanged since its
-        // check), so `p` indexes both; `idx[p] < a.inner <= x.len()`
-        // (the invariant, and asserted above).
+        // SAFETY: `term` is called below with `p < end` only, and
+        // `ptr[r]..ptr[r + 1]` lies within `idx` and `val` for every outer
+        // `r` (the invariant of `Parts`; compact storage, not `mapped`, so
+        // unchanged since its check), so `p` indexes both; `idx[p] <
+        // a.inner <= x.len()` (the invariant, and asserted above).
         let term = |p: usize, acc: E| unsafe {
             E::mul_add1(maybe_conj(*val.get_unchecked(p), conj), *x.get_unchecked(idx.get_unchecked(p).zx()), acc)
         };
