@@ -8,8 +8,8 @@ use faer::traits::math_utils::{add, one};
 use faer::{Accum, Mat, MatMut, MatRef, Par, c64, unzip, zip};
 
 use super::{
-    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, axpy, cg_update1, converged, local_dots,
-    norm_of, relative, xpby, zeros,
+    Callback, InitialGuess, Params, Progress, SolveError, SolveInfo, Work, converged, local_dots, norm_of, relative,
+    update_xr, xpby, zeros,
 };
 use crate::Scalar;
 use crate::mpi::{DistMatMut, DistMatRef, DistOp};
@@ -177,16 +177,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                         alpha[j] = g / d;
                     }
                 }
-                // One column: one pass for both updates and ‖r‖².
-                let local_rr = match k {
-                    1 => cg_update1(x.local_mut(), r.local_mut(), alpha[0], p.local(), q.local()),
-                    _ => None,
-                };
-                if local_rr.is_none() {
-                    axpy(x.local_mut(), &alpha, p.local());
-                    neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
-                    axpy(r.local_mut(), &neg, q.local());
-                }
+                let local_rr = update_xr(x.local_mut(), r.local_mut(), &alpha, &mut neg, p.local(), q.local());
                 if m.is_some() {
                     work.precond(m, z.as_mut(), r.as_ref())?;
                 }
@@ -270,16 +261,17 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                         alpha[j] = zero;
                     }
                 }
-                axpy(x.local_mut(), &alpha, p.local());
-                neg.iter_mut().zip(&alpha).for_each(|(n, a)| *n = -a);
-                axpy(r.local_mut(), &neg, s.local());
+                let local_rr = update_xr(x.local_mut(), r.local_mut(), &alpha, &mut neg, p.local(), s.local());
                 if m.is_some() {
                     work.precond(m, z.as_mut(), r.as_ref())?;
                 }
                 let u = if m.is_some() { z.as_ref() } else { r.as_ref() };
                 work.apply(a, Mode::Apply, q.as_mut(), u)?;
                 let red = work.reduce(3 * k, |v| {
-                    local_dots(r.local(), r.local(), &mut v[2 * k..]);
+                    match local_rr {
+                        Some(rr) => v[2 * k] = rr,
+                        None => local_dots(r.local(), r.local(), &mut v[2 * k..]),
+                    }
                     if m.is_some() {
                         local_dots(r.local(), u.local(), &mut v[..k]);
                     } else {

@@ -499,6 +499,28 @@ fn update_cols<T: Scalar>(mut y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>, b: 
     }
 }
 
+/// CG's updates `x += α·p` and `r −= α·q`, each column with its own `α`:
+/// one pass that also sums the local `‖r‖²` for one contiguous column
+/// (returned), else two axpys (`neg` holds `−α`; `None`).
+fn update_xr<T: Scalar>(
+    mut x: MatMut<'_, T>,
+    mut r: MatMut<'_, T>,
+    alpha: &[c64],
+    neg: &mut [c64],
+    p: MatRef<'_, T>,
+    q: MatRef<'_, T>,
+) -> Option<c64> {
+    if alpha.len() == 1
+        && let Some(rr) = cg_update1(x.rb_mut(), r.rb_mut(), alpha[0], p, q)
+    {
+        return Some(rr);
+    }
+    axpy(x, alpha, p);
+    neg.iter_mut().zip(alpha).for_each(|(n, a)| *n = -a);
+    axpy(r, neg, q);
+    None
+}
+
 /// CG's update of one column in one pass over the rows: `x += α·p`,
 /// `r −= α·q`, and the local `‖r‖²` of the new `r`; `None` (nothing done)
 /// unless the four are contiguous columns (two axpys and a dot would read
