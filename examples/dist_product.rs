@@ -100,8 +100,10 @@ fn main() {
         });
         // Distributed: DistMat in, DistMat out, halo exchange.
         // What the vectors take: the operand, the output and the product's scratch (halo
-        // buffers, the kernel's), less the output (known exactly).
-        let rss_0 = common::status_bytes("VmRSS");
+        // buffers, the kernel's), less the output (known exactly); in anonymous memory
+        // (`RssAnon`), where they live: the pages of code the first product faults in, and
+        // MPI's shared-memory segments, are not the vectors'.
+        let rss_0 = common::status_bytes("RssAnon");
         let x = DistMat::from_fn(l.col_layout(), k, |i, j| 1.0 + ((i * 7 + j * 3) % 11) as f64);
         let mut y = DistMat::zeros(l.row_layout(), k);
         y.local_mut().fill(0.0);
@@ -110,7 +112,7 @@ fn main() {
             l.dist_apply(Mode::Apply, y.as_mut(), x.as_ref(), Par::Seq, MemStack::new(&mut buf)).unwrap();
         });
         let vec_rss =
-            common::status_bytes("VmRSS").saturating_sub(rss_0).saturating_sub((y.local().nrows() * k * 8) as u64);
+            common::status_bytes("RssAnon").saturating_sub(rss_0).saturating_sub((y.local().nrows() * k * 8) as u64);
         // The local kernel alone: this rank's rows (global columns) on a whole operand.
         let npz = SparseNpz::open(&path).unwrap();
         let rows = l.row_layout().local_range();

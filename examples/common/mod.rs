@@ -36,7 +36,8 @@ pub fn problem(world: &SimpleCommunicator, usage: &str, default: usize) -> (Path
 }
 
 /// A size line of `/proc/self/status` (`VmRSS`: resident memory now,
-/// `VmHWM`: its peak), bytes; 0 where there is none.
+/// `VmHWM`: its peak, `RssAnon`: the anonymous part of `VmRSS`), bytes; 0
+/// where there is none.
 pub fn status_bytes(key: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     text.lines()

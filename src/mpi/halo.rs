@@ -18,7 +18,7 @@ use faer::dyn_stack::{MemStack, StackReq};
 use faer::linalg::{temp_mat_scratch, temp_mat_zeroed};
 use faer::mat::AsMatMut;
 use faer::reborrow::{Reborrow, ReborrowMut};
-use faer::traits::math_utils::add;
+use faer::traits::math_utils::{add, conj, mul, zero};
 use faer::{Index, MatMut, MatRef, Par};
 use mpi::ffi::MPI_Request;
 
@@ -110,19 +110,20 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
         self.plan.stats(rank, rows, cols, self.blocks.nnz())
     }
 
-    /// `out[off_rows] += B_o · ghosts` (`b_mode` forward).
-    fn add_off(&self, b_mode: Mode, mut out: MatMut<'_, T>, ghosts: MatRef<'_, T>, par: Par, stack: &mut MemStack) {
+    /// `out[off_rows] += B_o · ghosts` (`b_mode` forward), each row of the
+    /// off-diagonal block summed straight into its row of `out`: no scratch
+    /// (the block holds only the rows with ghosts, each a few entries).
+    fn add_off(&self, b_mode: Mode, mut out: MatMut<'_, T>, ghosts: MatRef<'_, T>) {
         let off = self.blocks.off();
-        if off.nrows() == 0 {
-            return;
-        }
-        let (mut t, stack) = temp_mat_zeroed::<T, _, _>(off.nrows(), ghosts.ncols(), stack);
-        let mut t = t.as_mat_mut();
-        matmul(t.rb_mut(), off, b_mode, ghosts, par, stack);
         for (i, &r) in self.blocks.off_rows().iter().enumerate() {
-            let r = r.zx();
-            for j in 0..t.ncols() {
-                out[(r, j)] = add(&out[(r, j)], &t[(i, j)]);
+            let (idx, val) = off.outer_entries(i);
+            for j in 0..ghosts.ncols() {
+                let mut sum = zero::<T>();
+                for (c, v) in idx.iter().zip(val) {
+                    let v = if b_mode.is_conj() { conj(v) } else { *v };
+                    sum = add(&sum, &mul(&v, &ghosts[(c.zx(), j)]));
+                }
+                out[(r.zx(), j)] = add(&out[(r.zx(), j)], &sum);
             }
         }
     }
@@ -141,13 +142,13 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
     /// Scratch of the local products with `k` columns (either direction).
     fn local_scratch(&self, k: usize, par: Par) -> StackReq {
         let (diag, off) = (self.blocks.diag(), self.blocks.off());
-        let fwd = [Mode::Apply, Mode::Transpose].map(|m| {
-            StackReq::any_of(&[
-                matmul_scratch(diag, m, k, par),
-                temp_mat_scratch::<T>(off.nrows(), k).and(matmul_scratch(off, m, k, par)),
-            ])
-        });
-        StackReq::any_of(&fwd)
+        // Forward: the diagonal block; reverse: it, or the off-diagonal one
+        // on a copy of the rows of `y` that have ghosts.
+        StackReq::any_of(&[
+            matmul_scratch(diag, Mode::Apply, k, par),
+            matmul_scratch(diag, Mode::Transpose, k, par),
+            temp_mat_scratch::<T>(off.nrows(), k).and(matmul_scratch(off, Mode::Transpose, k, par)),
+        ])
     }
 
     /// Scratch of [`dist_run`](Self::dist_run).
@@ -190,7 +191,7 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
             self.plan
                 .forward(s, ghost_buf, sent_buf, k, max, reqs, || matmul(out.rb_mut(), diag, b_mode, rhs, par, stack));
             let ghosts = MatRef::from_row_major_slice(&ghost_buf[..], ghosts, k);
-            self.add_off(b_mode, out, ghosts, par, stack);
+            self.add_off(b_mode, out, ghosts);
         } else {
             // Reverse: the ghosts' contributions go to their owners.
             let g = MatMut::from_row_major_slice_mut(&mut ghost_buf[..], ghosts, k);
@@ -237,9 +238,9 @@ impl<T: Scalar, I: Index> ModeOp<T> for HaloMatrix<T, I> {
                 g.rb_mut().row_mut(i).copy_from(rhs.row(c));
             }
             matmul(out.rb_mut(), h.blocks.diag(), b_mode, rhs.subrows(own.start, own.len()), par, stack);
-            h.add_off(b_mode, out, g.rb(), par, stack);
+            h.add_off(b_mode, out, g.rb());
         } else {
-            out.fill(faer::traits::math_utils::zero());
+            out.fill(zero());
             matmul(out.rb_mut().subrows_mut(own.start, own.len()), h.blocks.diag(), b_mode, rhs, par, stack);
             h.off_reverse(b_mode, g.rb_mut(), rhs, par, stack);
             for (i, &c) in ghosts.iter().enumerate() {

@@ -184,7 +184,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                 let zl = if m.is_some() { z.local() } else { r.local() };
                 let red = work.reduce(2 * k, |v| {
                     match local_rr {
-                        Some(rr) => v[k] = rr,
+                        Some(rr) => v[k..].copy_from_slice(rr),
                         None => local_dots(r.local(), r.local(), &mut v[k..]),
                     }
                     if m.is_some() {
@@ -269,7 +269,7 @@ pub fn cg<T: Scalar, A: DistOp<T> + ?Sized>(
                 work.apply(a, Mode::Apply, q.as_mut(), u)?;
                 let red = work.reduce(3 * k, |v| {
                     match local_rr {
-                        Some(rr) => v[2 * k] = rr,
+                        Some(rr) => v[2 * k..].copy_from_slice(rr),
                         None => local_dots(r.local(), r.local(), &mut v[2 * k..]),
                     }
                     if m.is_some() {

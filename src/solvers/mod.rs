@@ -500,71 +500,93 @@ fn update_cols<T: Scalar>(mut y: MatMut<'_, T>, a: &[c64], x: MatRef<'_, T>, b: 
 }
 
 /// CG's updates `x += α·p` and `r −= α·q`, each column with its own `α`:
-/// one pass that also sums the local `‖r‖²` for one contiguous column
-/// (returned), else two axpys (`neg` holds `−α`; `None`).
-fn update_xr<T: Scalar>(
+/// one pass that also sums the local `‖r‖²` of each column into `work`
+/// (returned) when the four are row-major (contiguous, as a `DistMat`'s
+/// rows are) and `k ≤ 64`, else two axpys (`work` holds `−α`; `None`). The
+/// pass reads `r` once where two axpys and the dots read it three times.
+fn update_xr<'w, T: Scalar>(
     mut x: MatMut<'_, T>,
     mut r: MatMut<'_, T>,
     alpha: &[c64],
-    neg: &mut [c64],
+    work: &'w mut [c64],
     p: MatRef<'_, T>,
     q: MatRef<'_, T>,
-) -> Option<c64> {
-    if alpha.len() == 1
-        && let Some(rr) = cg_update1(x.rb_mut(), r.rb_mut(), alpha[0], p, q)
-    {
-        return Some(rr);
+) -> Option<&'w [c64]> {
+    if cg_update(x.rb_mut(), r.rb_mut(), alpha, work, p, q).is_some() {
+        return Some(work);
     }
     axpy(x, alpha, p);
-    neg.iter_mut().zip(alpha).for_each(|(n, a)| *n = -a);
-    axpy(r, neg, q);
+    work.iter_mut().zip(alpha).for_each(|(n, a)| *n = -a);
+    axpy(r, work, q);
     None
 }
 
-/// CG's update of one column in one pass over the rows: `x += α·p`,
-/// `r −= α·q`, and the local `‖r‖²` of the new `r`; `None` (nothing done)
-/// unless the four are contiguous columns (two axpys and a dot would read
-/// `r` twice more). The sum: eight chains of partial sums in `T` over
-/// blocks of rows, added up in c64, as [`local_dots`] sums.
-fn cg_update1<T: Scalar>(
+/// The one pass of [`update_xr`] (`None`: nothing done). The sums: partial
+/// sums in `T` over blocks of rows, added up in c64, as [`local_dots`] sums;
+/// eight chains of them for one column.
+fn cg_update<T: Scalar>(
     x: MatMut<'_, T>,
     r: MatMut<'_, T>,
-    alpha: c64,
+    alpha: &[c64],
+    out: &mut [c64],
     p: MatRef<'_, T>,
     q: MatRef<'_, T>,
-) -> Option<c64> {
-    let (xs, rs) = (row_major_mut(x).ok()?, row_major_mut(r).ok()?);
-    let (ps, qs) = (row_major(p)?, row_major(q)?);
-    if p.ncols() != 1 || [xs.len(), rs.len(), qs.len()] != [ps.len(); 3] {
+) -> Option<()> {
+    let k = alpha.len();
+    if k > 64 || k == 0 {
         return None;
     }
-    let (a, na) = (T::from_c64(alpha), T::from_c64(-alpha));
-    let step = |x: &mut T, r: &mut T, p: &T, q: &T, acc: &mut T| {
-        *x = add(x, &mul(&a, p));
-        *r = add(r, &mul(&na, q));
+    let (xs, rs) = (row_major_mut(x).ok()?, row_major_mut(r).ok()?);
+    let (ps, qs) = (row_major(p)?, row_major(q)?);
+    if [xs.len(), rs.len(), qs.len()] != [ps.len(); 3] || ps.len() != p.nrows() * k {
+        return None;
+    }
+    let (mut a, mut na) = ([zero::<T>(); 64], [zero::<T>(); 64]);
+    for j in 0..k {
+        (a[j], na[j]) = (T::from_c64(alpha[j]), T::from_c64(-alpha[j]));
+    }
+    let step = |x: &mut T, r: &mut T, p: &T, q: &T, acc: &mut T, j: usize| {
+        *x = add(x, &mul(&a[j], p));
+        *r = add(r, &mul(&na[j], q));
         *acc = add(acc, &mul(&conj(r), r));
     };
-    const BLOCK: usize = 1024;
-    let mut total = c64::new(0.0, 0.0);
+    out.fill(c64::new(0.0, 0.0));
+    // Rows per block: about 1024 elements of each operand.
+    let block = (1024 / k).max(1) * k;
+    let mut acc = [zero::<T>(); 64];
     for (((xb, rb), pb), qb) in
-        xs.chunks_mut(BLOCK).zip(rs.chunks_mut(BLOCK)).zip(ps.chunks(BLOCK)).zip(qs.chunks(BLOCK))
+        xs.chunks_mut(block).zip(rs.chunks_mut(block)).zip(ps.chunks(block)).zip(qs.chunks(block))
     {
-        let mut acc = [zero::<T>(); 8];
-        let mut x8 = xb.chunks_exact_mut(8);
-        let mut r8 = rb.chunks_exact_mut(8);
-        let (mut p8, mut q8) = (pb.chunks_exact(8), qb.chunks_exact(8));
-        for (((x, r), p), q) in (&mut x8).zip(&mut r8).zip(&mut p8).zip(&mut q8) {
-            for l in 0..8 {
-                step(&mut x[l], &mut r[l], &p[l], &q[l], &mut acc[l]);
+        acc.fill(zero());
+        if k == 1 {
+            // Eight independent chains, for one column.
+            let mut x8 = xb.chunks_exact_mut(8);
+            let mut r8 = rb.chunks_exact_mut(8);
+            let (mut p8, mut q8) = (pb.chunks_exact(8), qb.chunks_exact(8));
+            for (((x, r), p), q) in (&mut x8).zip(&mut r8).zip(&mut p8).zip(&mut q8) {
+                for l in 0..8 {
+                    step(&mut x[l], &mut r[l], &p[l], &q[l], &mut acc[l], 0);
+                }
+            }
+            let rest = x8.into_remainder().iter_mut().zip(r8.into_remainder()).zip(p8.remainder()).zip(q8.remainder());
+            for (((x, r), p), q) in rest {
+                step(x, r, p, q, &mut acc[0], 0);
+            }
+            out[0] += acc.iter().fold(zero::<T>(), |s, v| add(&s, v)).to_c64();
+        } else {
+            let rows =
+                xb.chunks_exact_mut(k).zip(rb.chunks_exact_mut(k)).zip(pb.chunks_exact(k)).zip(qb.chunks_exact(k));
+            for (((x, r), p), q) in rows {
+                for j in 0..k {
+                    step(&mut x[j], &mut r[j], &p[j], &q[j], &mut acc[j], j);
+                }
+            }
+            for (o, v) in out.iter_mut().zip(&acc[..k]) {
+                *o += v.to_c64();
             }
         }
-        let rest = x8.into_remainder().iter_mut().zip(r8.into_remainder()).zip(p8.remainder()).zip(q8.remainder());
-        for (((x, r), p), q) in rest {
-            step(x, r, p, q, &mut acc[0]);
-        }
-        total += acc.iter().fold(zero::<T>(), |s, v| add(&s, v)).to_c64();
     }
-    Some(total)
+    Some(())
 }
 
 /// `y_j += a[j] · x_j` for each column.
