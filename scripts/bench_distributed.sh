@@ -5,7 +5,8 @@
 # round by round:
 #   - products: examples/dist_product (distributed, local kernel, exchange
 #     alone, replicated; vector memory) against PETSc's MatMult (k = 1) and
-#     MatMatMult with 16 dense columns;
+#     MatMatMult with 16 dense columns, medians of 200 (a product takes well
+#     under a millisecond: with fewer, the host's noise set the median);
 #   - solvers: examples/dist_cg (CG, fused CG, Jacobi CG, block CG k = 16,
 #     the replicated faer CG, iteration counts of CG and GMRES(30), peak RSS)
 #     against KSPCG (none, jacobi) and PETSc's iteration counts.
@@ -47,8 +48,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 for round in $(seq "$rounds"); do
     for p in 1 2; do
         echo "== round $round, $p rank(s)"
-        LAZYLINOP_BENCH_CSV=$csv run "$p" -x LAZYLINOP_BENCH_CSV "$bin/dist_product" "$file" 20
-        run "$p" -x PYTHONPATH /usr/bin/python3 scripts/bench_petsc.py product "$file" 20 "$csv"
+        LAZYLINOP_BENCH_CSV=$csv run "$p" -x LAZYLINOP_BENCH_CSV "$bin/dist_product" "$file" 200
+        run "$p" -x PYTHONPATH /usr/bin/python3 scripts/bench_petsc.py product "$file" 200 "$csv"
         LAZYLINOP_BENCH_CSV=$csv run "$p" -x LAZYLINOP_BENCH_CSV "$bin/dist_cg" "$file" 100
         for pc in none jacobi; do
             run "$p" -x PYTHONPATH /usr/bin/python3 scripts/bench_petsc.py cg "$file" 100 "$pc" "$csv"
