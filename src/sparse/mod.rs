@@ -317,6 +317,29 @@ impl<'a, I: Index, T> SparseView<'a, I, T> {
         SparseView { format: self.format.other(), nrows: self.ncols, ncols: self.nrows, ..self }
     }
 
+    /// Outer indices `outer` alone (rows of a CSR matrix, columns of a CSC
+    /// one), a view of the same slices.
+    ///
+    /// # Panics
+    /// If `outer` is not within the outer dimension.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn outer_block(self, outer: core::ops::Range<usize>) -> Self {
+        let (len, _) = self.format.outer_inner((self.nrows, self.ncols));
+        assert!(outer.start <= outer.end && outer.end <= len, "outer block {outer:?} not within 0..{len}");
+        let (nrows, ncols) = match self.format {
+            Format::Csr => (outer.len(), self.ncols),
+            Format::Csc => (self.nrows, outer.len()),
+        };
+        SparseView {
+            nrows,
+            ncols,
+            ptr: &self.ptr[outer.start..=outer.end],
+            nnz: self.nnz.map(|n| &n[outer.clone()]),
+            cuts: None,
+            ..self
+        }
+    }
+
     /// The indices and values stored for outer index `j`: row `j` of a CSR
     /// matrix, column `j` of a CSC one.
     ///

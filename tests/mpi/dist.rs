@@ -206,6 +206,28 @@ fn halo_cases_and_stats(world: &SimpleCommunicator) {
     }
 }
 
+/// Forward products large enough that each rank multiplies its diagonal
+/// block in pieces, moving the halo's messages on between them (a path
+/// graph of 64000 rows, k = 17: at least two pieces a rank on up to four
+/// ranks), against faer's sequential product.
+fn pieced_forward_products_match(world: &SimpleCommunicator) {
+    let a = banded(64_000, true);
+    let path = saved(world, "pieced", &a, false);
+    let l = MpiLop::<f64>::new(world, &path, None, false, None).unwrap();
+    let k = 17;
+    let x = random::mat::<f64>(a.ncols(), k, 91);
+    let want = a.as_ref() * &x;
+    for mode in [Mode::Apply, Mode::Conj] {
+        let y = l.dist_product(mode, DistMat::from_full(l.col_layout(), x.as_ref()).as_ref()).unwrap();
+        let got = y.gather(Gather::All).unwrap().expect("gathered on every rank");
+        assert_close(got.as_ref(), want.as_ref(), &format!("a pieced forward product, {mode:?}"));
+    }
+    world.barrier();
+    if world.rank() == 0 {
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
 /// Compositions, sums, scaling, the views, a rank-local operator and a
 /// distributed diagonal, against their dense matrices.
 fn distributed_algebra_matches(world: &SimpleCommunicator) {
@@ -424,6 +446,7 @@ pub(super) const TESTS: &[(&str, super::Test, u64)] = &[
     ("distributed_sparse_products_match", distributed_sparse_products_match, 600),
     ("distributed_dense_products_match", distributed_dense_products_match, 600),
     ("halo_cases_and_stats", halo_cases_and_stats, 120),
+    ("pieced_forward_products_match", pieced_forward_products_match, 120),
     ("distributed_algebra_matches", distributed_algebra_matches, 120),
     ("distributed_reductions_match", distributed_reductions_match, 120),
     ("distributed_bad_input_is_an_error_on_every_rank", distributed_bad_input_is_an_error_on_every_rank, 120),
