@@ -189,8 +189,7 @@ impl HaloPlan {
 /// only inside its calls (the receiver, once it has matched the sender's
 /// announcement, copies the data and tells the sender), so without calls
 /// during the local product every message would wait for both ranks to
-/// reach the wait (measured: 0.1–0.4 ms of a 2.4 ms product at k = 16 on
-/// the 60³ Laplacian over two ranks; see BENCHMARKS.md).
+/// reach the wait (measured in BENCHMARKS.md's distributed section).
 fn exchange<T: Equivalence, R>(
     s: &Session<'_>,
     recv: (&mut [T], &[(usize, Range<usize>)]),
