@@ -2,7 +2,7 @@
 //! `mpirun`: the 7-point Laplacian on a 60³ grid (216 000 rows) or a square
 //! scipy sparse file, `b` all ones. Prints the iterations, the residual and
 //! the time per iteration of each variant (standard and fused CG, Jacobi,
-//! block CG with 16 right-hand sides, GMRES(30)), then checks the solution
+//! CG on 16 right-hand sides at once, GMRES(30)), then checks the solution
 //! against the replicated solve (faer's CG run on every rank on an `MpiLop`
 //! with `Gather::All`: whole vectors on every rank), which it also times.
 //!

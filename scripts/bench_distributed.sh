@@ -7,7 +7,7 @@
 #     alone, replicated; vector memory) against PETSc's MatMult (k = 1) and
 #     MatMatMult with 16 dense columns, medians of 200 (a product takes well
 #     under a millisecond: with fewer, the host's noise set the median);
-#   - solvers: examples/dist_cg (CG, fused CG, Jacobi CG, block CG k = 16,
+#   - solvers: examples/dist_cg (CG, fused CG, Jacobi CG, CG on 16 RHS at once,
 #     the replicated faer CG, iteration counts of CG and GMRES(30), peak RSS)
 #     against KSPCG (none, jacobi) and PETSc's iteration counts.
 # Every figure is appended to bench-results/distributed.csv (replaced), as
@@ -80,7 +80,7 @@ for p in (1, 2):
         pe = get("petsc", p, k, "product", "petsc")
         mem = get("lazylinop", p, k, "memory_ratio", "distributed")
         print(f"| {p} | {k} | {ms(d)} | {ms(ke)} | {ms(r)} | {ms(pe)} | {pe / d:.2f} | {mem:.2f} |")
-print("\n| ranks | CG | fused CG | Jacobi CG | PETSc CG | PETSc Jacobi CG | PETSc / CG | block CG k=16, per RHS | per RHS / PETSc CG | replicated faer CG | peak RSS (MB): ours / PETSc |")
+print("\n| ranks | CG | fused CG | Jacobi CG | PETSc CG | PETSc Jacobi CG | PETSc / CG | CG, 16 RHS at once, per RHS | per RHS / PETSc CG | replicated faer CG | peak RSS (MB): ours / PETSc |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for p in (1, 2):
     c = get("lazylinop", p, 1, "cg_none", "lazylinop")

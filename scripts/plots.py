@@ -241,7 +241,7 @@ def distributed(rows):
             line("CG", "lazylinop", name, 1, "cg_none", "lazylinop"),
             line("CG, fused", "lazylinop", name, 1, "cg_fused", "lazylinop"),
             line("CG, Jacobi", "lazylinop", name, 1, "cg_jacobi", "lazylinop"),
-            line("block CG k=16, per RHS", "lazylinop", name, 16, "cg16_none", "lazylinop", 1e3 / 16),
+            line("CG, 16 RHS at once, per RHS", "lazylinop", name, 16, "cg16_none", "lazylinop", 1e3 / 16),
             line("faer CG, replicated", "lazylinop", name, 1, "cg_replicated", "lazylinop"),
             line("PETSc KSPCG", "petsc", name, 1, "cg_none", "petsc"),
             line("PETSc KSPCG, Jacobi", "petsc", name, 1, "cg_jacobi", "petsc"),
