@@ -195,8 +195,9 @@ fn sparse_products_do_not_allocate() {
                 l.transpose_apply(out.as_mut(), x, par, MemStack::new(buf));
                 l.adjoint_apply(out.as_mut(), x, par, MemStack::new(buf));
             };
-            // Warm up (faer's dense kernels set themselves up once per process).
-            products(&mut buf, &mut out);
+            // Warm up (faer's dense kernels set themselves up once per process;
+            // rayon's pool is built at its first job).
+            rayon::join(|| products(&mut buf, &mut out), || ());
             let run = || {
                 for _ in 0..rounds {
                     products(&mut buf, &mut out);

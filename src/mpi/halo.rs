@@ -13,6 +13,7 @@
 //! their owners).
 
 use core::mem::MaybeUninit;
+use core::ops::Range;
 
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::linalg::{temp_mat_scratch, temp_mat_zeroed};
@@ -168,13 +169,26 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
         ])
     }
 
-    /// Scratch of [`dist_run`](Self::dist_run).
+    /// The pieces of rows a forward product multiplies the diagonal block
+    /// by (one when no message travels), tiling its rows.
+    fn pieces(&self, k: usize, max: usize) -> impl Iterator<Item = Range<usize>> {
+        let diag = self.blocks.diag();
+        let pieces = if self.plan.messages(k, max) == 0 { 1 } else { diag.nnz().saturating_mul(k) / PIECE_WORK };
+        let (rows, pieces) = (diag.nrows(), pieces.clamp(1, MAX_PIECES));
+        (0..pieces).map(move |p| rows * p / pieces..rows * (p + 1) / pieces)
+    }
+
+    /// Scratch of [`dist_run`](Self::dist_run): a piece may take another
+    /// plan than the whole block (fewer threads), so each piece's is asked for.
     pub(crate) fn dist_scratch(&self, k: usize, max: usize, par: Par) -> StackReq {
         let (ghosts, sent) = (self.plan.ghosts(), self.plan.sent());
+        let diag = self.blocks.diag();
+        let pieces = self.pieces(k, max).map(|r| matmul_scratch(diag.outer_block(r), Mode::Apply, k, par));
+        let pieces = pieces.fold(StackReq::EMPTY, StackReq::or);
         temp_slice_scratch::<T>(ghosts * k)
             .and(temp_slice_scratch::<T>(sent * k))
             .and(self.plan.scratch(k, max))
-            .and(self.local_scratch(k, par))
+            .and(self.local_scratch(k, par).or(pieces))
     }
 
     /// The distributed product `out = A_mode · rhs` on this rank's rows
@@ -210,11 +224,7 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
             }
             self.plan.forward(s, ghost_buf, sent_buf, k, max, reqs, |progress| {
                 // The diagonal block by pieces of rows, the messages moved on between them.
-                let pieces =
-                    if self.plan.messages(k, max) == 0 { 1 } else { diag.nnz().saturating_mul(k) / PIECE_WORK };
-                let (rows, pieces) = (diag.nrows(), pieces.clamp(1, MAX_PIECES));
-                for p in 0..pieces {
-                    let r = rows * p / pieces..rows * (p + 1) / pieces;
+                for r in self.pieces(k, max) {
                     let out = out.rb_mut().subrows_mut(r.start, r.len());
                     matmul(out, diag.outer_block(r), b_mode, rhs, par, stack);
                     progress();

@@ -208,10 +208,10 @@ fn halo_cases_and_stats(world: &SimpleCommunicator) {
 
 /// Forward products large enough that each rank multiplies its diagonal
 /// block in pieces, moving the halo's messages on between them (a path
-/// graph of 64000 rows, k = 17: at least two pieces a rank on up to four
-/// ranks), against faer's sequential product.
+/// graph of 100 000 rows, three entries a row, k = 17: at least two pieces
+/// a rank on up to four ranks), against faer's sequential product.
 fn pieced_forward_products_match(world: &SimpleCommunicator) {
-    let a = banded(64_000, true);
+    let a = banded(100_000, true);
     let path = saved(world, "pieced", &a, false);
     let l = MpiLop::<f64>::new(world, &path, None, false, None).unwrap();
     let k = 17;
