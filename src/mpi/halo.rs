@@ -236,10 +236,8 @@ impl<T: Scalar, I: Index> HaloMatrix<T, I> {
             // Reverse: the ghosts' contributions go to their owners.
             let g = MatMut::from_row_major_slice_mut(&mut ghost_buf[..], ghosts, k);
             self.off_reverse(b_mode, g, rhs, par, stack);
-            self.plan.reverse(s, sent_buf, ghost_buf, k, max, reqs, |progress| {
-                matmul(out.rb_mut(), diag, b_mode, rhs, par, stack);
-                progress();
-            });
+            self.plan
+                .reverse(s, sent_buf, ghost_buf, k, max, reqs, |_| matmul(out.rb_mut(), diag, b_mode, rhs, par, stack));
             for (i, &l) in self.plan.send_idx().iter().enumerate() {
                 for j in 0..k {
                     out[(l, j)] = add(&out[(l, j)], &sent_buf[i * k + j]);

@@ -470,6 +470,9 @@ fn local_dots<T: Scalar>(x: MatRef<'_, T>, y: MatRef<'_, T>, out: &mut [c64]) {
                 }
                 j0 += 8;
             }
+            if j0 == k {
+                continue;
+            }
             let mut acc = [zero::<T>(); 8];
             for (xr, yr) in rows() {
                 for ((a, xv), yv) in acc.iter_mut().zip(&xr[j0..]).zip(&yr[j0..]) {
